@@ -1,0 +1,1 @@
+"""Application modules (feature flags, Redis, HTTP services, Prometheus) live here."""

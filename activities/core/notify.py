@@ -1,0 +1,88 @@
+"""``core.notify``: tell people what a playbook is doing, through a generic JSON webhook.
+
+The payload's ``text`` key is what Slack-compatible incoming webhooks show; the other keys give
+any other receiver (a chat bridge, a paging tool, an audit sink) structured fields to use.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import structlog
+from pydantic import BaseModel, Field
+from temporalio import activity
+
+from activities.contract import module
+from activities.core.runtime import (
+    HttpClientSet,
+    idempotency_key,
+    invalid_input,
+    require_url,
+    run_headers,
+    running,
+    status_error,
+    transport_error,
+)
+from fireline.plan import Risk
+
+log = structlog.get_logger(__name__)
+
+
+class NotifyInput(BaseModel):
+    message: str
+    severity: Literal["info", "warning", "critical"] = "info"
+    url: str | None = Field(default=None, description="defaults to FIRELINE_NOTIFY_WEBHOOK_URL")
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class NotifyOutput(BaseModel):
+    delivered: bool
+    """Always true when the module returns: a refused or failed delivery raises instead."""
+    status: int
+
+
+class NotifyModules(HttpClientSet):
+    """Webhook notifications sharing one connection pool per worker."""
+
+    @module("core.notify", domain="core", risk=Risk.low, mutates=False)
+    async def notify(self, request: NotifyInput) -> NotifyOutput:
+        """Post a message to a JSON webhook (Slack-compatible ``text``), deduplicated by key.
+
+        Failures raise like any other module, so the retry policy applies and a lost
+        notification shows up in the run instead of disappearing.
+        """
+        async with running("core.notify"):
+            url = request.url or self.settings.notify_webhook_url
+            if not url:
+                raise invalid_input(
+                    "core.notify has no url and FIRELINE_NOTIFY_WEBHOOK_URL is not set"
+                )
+            require_url(url, "url")
+            info = activity.info()
+            payload = {
+                "text": request.message,
+                "severity": request.severity,
+                "fields": request.fields,
+                "workflow_id": info.workflow_id,
+                "activity_id": info.activity_id,
+                "sent_at": datetime.now(UTC).isoformat(),
+            }
+            timeout_s = self.settings.http_timeout_seconds
+            try:
+                response = await self.http.post(
+                    url, json=payload, headers=run_headers(), timeout=timeout_s
+                )
+            except httpx.RequestError as exc:
+                raise transport_error("POST", url, exc, timeout_s) from exc
+            if not 200 <= response.status_code < 300:
+                raise status_error("POST", url, response.status_code, response.text, "2xx")
+            log.info(
+                "notification delivered",
+                url=url,
+                severity=request.severity,
+                status=response.status_code,
+                idempotency_key=idempotency_key(),
+            )
+            return NotifyOutput(delivered=True, status=response.status_code)

@@ -1,0 +1,1 @@
+"""Database modules (PostgreSQL via psycopg 3): each target system gets a file of its own here."""

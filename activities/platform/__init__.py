@@ -1,0 +1,1 @@
+"""Platform modules (HAProxy, Kubernetes): each target system gets a file of its own here."""

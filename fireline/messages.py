@@ -1,0 +1,213 @@
+"""Everything that crosses the PlaybookWorkflow boundary: input, signals, updates, query, result.
+
+The worker, the CLI, the tests and the bench share these models, so a field added here is
+added everywhere at once and old histories keep decoding (new fields always have defaults).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from fireline.plan import GateSpec, Plan, Risk
+
+WORKFLOW_NAME = "PlaybookWorkflow"
+
+# Signals: fire-and-forget, audited whether accepted or ignored.
+SIGNAL_APPROVE = "approve"
+SIGNAL_REJECT = "reject"
+SIGNAL_DECIDE = "decide"
+# Updates: the same decisions with an answer, refused (and audited) when not allowed.
+UPDATE_APPROVE = "approve_step"
+UPDATE_REJECT = "reject_step"
+UPDATE_DECIDE = "decide_step"
+QUERY_STATUS = "status"
+
+# Search attributes Fireline registers and keeps current, for the Temporal UI's filters.
+SA_PLAYBOOK = "FirelinePlaybook"
+SA_PHASE = "FirelinePhase"
+SA_RISK = "FirelineMaxRisk"
+SA_REQUESTED_BY = "FirelineRequestedBy"
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    SA_PLAYBOOK: "Keyword",
+    SA_PHASE: "Keyword",
+    SA_RISK: "Keyword",
+    SA_REQUESTED_BY: "Keyword",
+}
+
+
+class RunRequest(BaseModel):
+    """Workflow input: the sealed plan, its inputs, and who asked."""
+
+    plan: Plan
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str = "unknown"
+    task_queue_prefix: str = "fireline"
+
+
+class Approval(BaseModel):
+    step: str
+    approver: str = Field(min_length=1)
+    comment: str = ""
+
+
+class DecisionAction(StrEnum):
+    retry = "retry"
+    skip = "skip"
+    compensate = "compensate"
+
+
+class Decision(BaseModel):
+    """A human's answer to a step paused by ``on_failure: ask``."""
+
+    step: str
+    action: DecisionAction
+    by: str = Field(min_length=1)
+    comment: str = ""
+    inputs: dict[str, Any] | None = None
+    """For ``retry``: replaces the named ``with:`` values of the step before it runs again."""
+
+
+class StepStatus(StrEnum):
+    pending = "pending"
+    checking = "checking"
+    awaiting_approval = "awaiting_approval"
+    running = "running"
+    verifying = "verifying"
+    awaiting_decision = "awaiting_decision"
+    succeeded = "succeeded"
+    skipped = "skipped"
+    failed = "failed"
+    rejected = "rejected"
+    cancelled = "cancelled"
+    compensated = "compensated"
+    compensation_failed = "compensation_failed"
+
+
+class RunPhase(StrEnum):
+    running = "running"
+    awaiting_approval = "awaiting_approval"
+    awaiting_decision = "awaiting_decision"
+    compensating = "compensating"
+    succeeded = "succeeded"
+    failed = "failed"
+    """Stopped by ``on_failure: halt``: nothing was rolled back."""
+    compensated = "compensated"
+    compensation_failed = "compensation_failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset(
+    {
+        RunPhase.succeeded,
+        RunPhase.failed,
+        RunPhase.compensated,
+        RunPhase.compensation_failed,
+        RunPhase.cancelled,
+    }
+)
+
+
+class CheckObservation(BaseModel):
+    check: str
+    stage: Literal["pre", "post", "rollback"]
+    satisfied: bool
+    observed: Any = None
+    expected: Any = None
+    detail: str = ""
+    attempts: int = 1
+    at: datetime
+
+
+class ApprovalRecord(BaseModel):
+    by: str
+    decision: Literal["approved", "rejected"]
+    comment: str = ""
+    at: datetime
+
+
+class StepState(BaseModel):
+    id: str
+    name: str
+    kind: Literal["step", "parallel", "include"] = "step"
+    module: str | None = None
+    risk: Risk = Risk.low
+    status: StepStatus = StepStatus.pending
+    attempts: int = 0
+    inputs: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    gate: GateSpec | None = None
+    gate_deadline: datetime | None = None
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    checks: list[CheckObservation] = Field(default_factory=list)
+    child_workflow_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class CompensationRecord(BaseModel):
+    """One pushed compensation: resolved when pushed, so it can run even from a parent."""
+
+    step: str
+    module: str
+    domain: str
+    local: bool = False
+    input: dict[str, Any] = Field(default_factory=dict)
+    start_to_close_s: float = 60.0
+    retry_max_attempts: int = 5
+    verify: list[dict[str, Any]] = Field(default_factory=list)
+    """Resolved precondition checks (CheckCall dumps) re-run after the rollback."""
+    status: Literal["pending", "succeeded", "failed"] = "pending"
+    error: str | None = None
+    verified: bool | None = None
+
+
+class AuditEvent(BaseModel):
+    at: datetime
+    actor: str
+    kind: str
+    step: str | None = None
+    message: str = ""
+
+
+class RunState(BaseModel):
+    """The whole state of one run, returned by the ``status`` query."""
+
+    workflow_id: str = ""
+    playbook: str
+    version: str
+    plan_hash: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str = "unknown"
+    phase: RunPhase = RunPhase.running
+    reason: str | None = None
+    steps: list[StepState] = Field(default_factory=list)
+    compensations: list[CompensationRecord] = Field(default_factory=list)
+    events: list[AuditEvent] = Field(default_factory=list)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def step(self, step_id: str) -> StepState:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+
+class RunResult(BaseModel):
+    """What a finished run returns (and what a parent takes from an included playbook)."""
+
+    phase: RunPhase
+    reason: str | None = None
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    compensations: list[CompensationRecord] = Field(default_factory=list)
+    """Pending compensations of a successful run, for a parent to run if it later fails."""

@@ -1,0 +1,204 @@
+"""The compiled, validated form of a playbook: what a PlaybookWorkflow receives and runs.
+
+A Plan carries everything the workflow needs (module names, domains, timeouts, retry policies,
+checks, gates, compensations, expressions still to resolve) so workflow code never consults the
+module registry or the file system, and the history records exactly what ran. Its ``hash`` is
+the SHA-256 of its canonical JSON without the hash itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WAIT_MODULE = "core.wait"
+"""Runs as a durable workflow timer, not an activity holding a worker slot."""
+
+
+class Risk(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+class OnFailure(StrEnum):
+    compensate = "compensate"
+    """Roll back every completed step in reverse order (the default)."""
+    halt = "halt"
+    """Stop where it failed and leave everything as it is for a human."""
+    ask = "ask"
+    """Pause and wait for a human decision: retry (maybe with new inputs), skip, or compensate."""
+
+
+class CheckResult(BaseModel):
+    """What a check saw: ``satisfied`` decides, the rest is evidence for the audit trail."""
+
+    satisfied: bool
+    observed: Any = None
+    expected: Any = None
+    detail: str = ""
+
+
+class SourceRef(BaseModel):
+    """Where a piece of a plan came from, for error messages and the status view."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+class RetrySpec(BaseModel):
+    """Temporal retry policy in plain numbers, so it survives the JSON round trip."""
+
+    initial_interval_s: float = 1.0
+    backoff: float = 2.0
+    max_interval_s: float = 30.0
+    max_attempts: int = 3
+    non_retryable: list[str] = Field(default_factory=list)
+
+
+class ActivityCall(BaseModel):
+    """One invocation of a registered activity; ``with_`` may still hold ``${{ }}`` expressions."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    module: str
+    domain: str
+    local: bool = False
+    """Run as a local activity on the workflow worker (cheap checks without credentials)."""
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    start_to_close_s: float = 60.0
+    heartbeat_s: float | None = None
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    when: str | None = None
+    """Dotted path (``input.health_url``): the call is skipped when it resolves to nothing."""
+
+
+class CheckCall(ActivityCall):
+    """A named check: preconditions run once, postconditions poll until satisfied or deadline."""
+
+    name: str
+    poll_interval_s: float = 2.0
+    deadline_s: float = 60.0
+
+
+class GateSpec(BaseModel):
+    """A human approval gate in front of a step's action."""
+
+    role: str
+    tier: int = Field(default=1, ge=0, le=3)
+    timeout_s: float = 900.0
+    min_approvals: int = Field(default=1, ge=1)
+    approvers: list[str] | None = None
+    """Who may approve, resolved from the catalog at compile time; None admits any named person."""
+
+
+class StepNode(BaseModel):
+    kind: Literal["step"] = "step"
+    id: str
+    name: str
+    action: ActivityCall
+    risk: Risk = Risk.low
+    mutates: bool = False
+    idempotent: bool = True
+    preconditions: list[CheckCall] = Field(default_factory=list)
+    postconditions: list[CheckCall] = Field(default_factory=list)
+    gate: GateSpec | None = None
+    compensation: ActivityCall | None = None
+    """Expressions here may also use ``input.*`` and ``output.*`` of the forward step."""
+    on_failure: OnFailure = OnFailure.compensate
+    decision_timeout_s: float = 3600.0
+    """How long ``on_failure: ask`` waits for a human before it compensates."""
+    is_check: bool = False
+    """The action is a check used as a step: an unsatisfied result fails the step."""
+    requires: list[str] = Field(default_factory=list)
+    provides: list[str] = Field(default_factory=list)
+    source: SourceRef | None = None
+
+
+class ParallelNode(BaseModel):
+    """Branches that run at once; one failing cancels the others, then policy applies."""
+
+    kind: Literal["parallel"] = "parallel"
+    id: str
+    name: str
+    branches: list[Node]
+    source: SourceRef | None = None
+
+
+class IncludeNode(BaseModel):
+    """Another playbook run as a unit (a child workflow); its outputs are this node's outputs."""
+
+    kind: Literal["include"] = "include"
+    id: str
+    name: str
+    plan: Plan
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    gate: GateSpec | None = None
+    on_failure: OnFailure = OnFailure.compensate
+    decision_timeout_s: float = 3600.0
+    source: SourceRef | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+Node = Annotated[StepNode | ParallelNode | IncludeNode, Field(discriminator="kind")]
+
+
+class InputSpec(BaseModel):
+    name: str
+    type: Literal["string", "integer", "number", "boolean", "object", "array"] = "string"
+    description: str = ""
+    required: bool = False
+    default: Any = None
+
+
+class Plan(BaseModel):
+    name: str
+    version: str = "1"
+    owner: str = ""
+    outage_class: str = ""
+    description: str = ""
+    inputs: list[InputSpec] = Field(default_factory=list)
+    nodes: list[Node]
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    on_failure: OnFailure = OnFailure.compensate
+    source: SourceRef | None = None
+    hash: str = ""
+
+    def content_hash(self) -> str:
+        body = self.model_dump(mode="json", by_alias=True, exclude={"hash"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def sealed(self) -> Plan:
+        """A copy carrying its own content hash."""
+        return self.model_copy(update={"hash": self.content_hash()})
+
+    def walk(self) -> list[StepNode | ParallelNode | IncludeNode]:
+        """Every node of this plan in document order (not descending into includes)."""
+        out: list[StepNode | ParallelNode | IncludeNode] = []
+
+        def visit(node: StepNode | ParallelNode | IncludeNode) -> None:
+            out.append(node)
+            if isinstance(node, ParallelNode):
+                for branch in node.branches:
+                    visit(branch)
+
+        for node in self.nodes:
+            visit(node)
+        return out
+
+
+ParallelNode.model_rebuild()
+IncludeNode.model_rebuild()
+Plan.model_rebuild()

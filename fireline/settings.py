@@ -1,0 +1,81 @@
+"""Settings read from the environment (``FIRELINE_*``) or a ``fireline.toml`` file.
+
+Everything that differs between a laptop and a cluster lives here, so the same commands point
+at the embedded dev server or an existing Temporal deployment. Secrets stay here too: activities
+read them from settings, never from workflow inputs, so they never enter workflow history.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DOMAINS: tuple[str, ...] = ("core", "platform", "database", "application")
+
+
+class Settings(BaseSettings):
+    """Fireline configuration; see the README for every variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FIRELINE_", toml_file="fireline.toml", extra="ignore"
+    )
+
+    temporal_address: str = Field(
+        default="127.0.0.1:7233", description="host:port of the Temporal frontend"
+    )
+    temporal_namespace: str = "default"
+    temporal_api_key: SecretStr | None = None
+    temporal_tls: bool = False
+    temporal_ui_url: str = Field(
+        default="http://127.0.0.1:8233", description="base URL of the Temporal Web UI"
+    )
+    task_queue_prefix: str = Field(
+        default="fireline", description="workflow queue is PREFIX, domain queues PREFIX-DOMAIN"
+    )
+    playbooks_dir: Path = Path("playbooks")
+    data_dir: Path = Path("data")
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+    http_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_bearer_token: SecretStr | None = Field(
+        default=None, description="sent as Authorization to core.http_* targets that ask for it"
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token the operator API requires, when set"
+    )
+    notify_webhook_url: str | None = Field(
+        default=None, description="default target of core.notify when a step names none"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment wins over the TOML file; init arguments win over both."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def workflow_task_queue(self) -> str:
+        return self.task_queue_prefix
+
+    def domain_task_queue(self, domain: str) -> str:
+        return f"{self.task_queue_prefix}-{domain}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,881 @@
+"""PlaybookWorkflow: runs a compiled Plan durably.
+
+Each step goes preconditions -> approval gate -> action -> push compensation ->
+postconditions (polled until satisfied or their deadline). On a failed step, a failed check, a
+rejection, a gate timeout or a cancellation the pushed compensations run in reverse, each
+retried and then verified by re-running the forward step's preconditions. ``on_failure: ask``
+pauses instead and waits for a human to retry (maybe with corrected inputs), skip or compensate.
+
+Everything here is deterministic: time comes from ``workflow.now()``, waiting from timers and
+``wait_condition``, and all I/O from activities. The plan says which activity to call by name,
+so this module never imports the module registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from fireline import errors
+    from fireline.expressions import ExpressionError, lookup, parse_path, resolve
+    from fireline.messages import (
+        QUERY_STATUS,
+        SA_PHASE,
+        SIGNAL_APPROVE,
+        SIGNAL_DECIDE,
+        SIGNAL_REJECT,
+        UPDATE_APPROVE,
+        UPDATE_DECIDE,
+        UPDATE_REJECT,
+        WORKFLOW_NAME,
+        Approval,
+        ApprovalRecord,
+        AuditEvent,
+        CheckObservation,
+        CompensationRecord,
+        Decision,
+        DecisionAction,
+        RunPhase,
+        RunRequest,
+        RunResult,
+        RunState,
+        StepState,
+        StepStatus,
+    )
+    from fireline.plan import (
+        WAIT_MODULE,
+        ActivityCall,
+        CheckCall,
+        GateSpec,
+        IncludeNode,
+        OnFailure,
+        ParallelNode,
+        Plan,
+        RetrySpec,
+        StepNode,
+    )
+    from workflows.banner import render_banner
+
+AnyNode = StepNode | ParallelNode | IncludeNode
+
+# Compensations get more patience than forward steps: giving up half-way through a rollback is
+# the worst outcome a run can have.
+COMPENSATION_RETRY = RetrySpec(max_attempts=5, initial_interval_s=1.0, max_interval_s=30.0)
+
+
+@dataclass
+class StepFailed(Exception):
+    """A step could not complete; ``askable`` says whether ``on_failure: ask`` may pause on it."""
+
+    step: str
+    kind: str
+    message: str
+    askable: bool = True
+
+    def __str__(self) -> str:
+        return f"step '{self.step}' {self.kind}: {self.message}"
+
+
+def _retry_policy(spec: RetrySpec) -> RetryPolicy:
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=spec.initial_interval_s),
+        backoff_coefficient=spec.backoff,
+        maximum_interval=timedelta(seconds=spec.max_interval_s),
+        maximum_attempts=spec.max_attempts,
+        non_retryable_error_types=[*errors.NON_RETRYABLE_ACTIVITY_ERRORS, *spec.non_retryable],
+    )
+
+
+def _failure_text(err: BaseException) -> str:
+    """The innermost meaningful message of an activity or child failure."""
+    while isinstance(err, ActivityError | ChildWorkflowError) and err.cause is not None:
+        err = err.cause
+    return str(err) or type(err).__name__
+
+
+def _cancelled(err: BaseException) -> bool:
+    """True when an activity or child failed because this run is being cancelled."""
+    if isinstance(err, asyncio.CancelledError):
+        return True
+    return isinstance(err, ActivityError | ChildWorkflowError) and isinstance(
+        err.cause, CancelledError
+    )
+
+
+def _apply_defaults(plan: Plan, given: dict[str, Any]) -> dict[str, Any]:
+    values = dict(given)
+    for spec in plan.inputs:
+        if spec.name not in values and spec.default is not None:
+            values[spec.name] = spec.default
+    return values
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class PlaybookWorkflow:
+    @workflow.init
+    def __init__(self, request: RunRequest) -> None:
+        self._request = request
+        self._plan = request.plan
+        self._inputs = _apply_defaults(request.plan, request.inputs)
+        self._nodes: dict[str, AnyNode] = {n.id: n for n in request.plan.walk()}
+        self._state = RunState(
+            workflow_id=workflow.info().workflow_id,
+            playbook=request.plan.name,
+            version=request.plan.version,
+            plan_hash=request.plan.hash,
+            inputs=self._inputs,
+            requested_by=request.requested_by,
+            steps=[
+                StepState(
+                    id=n.id,
+                    name=n.name,
+                    kind=n.kind,
+                    module=n.action.module if isinstance(n, StepNode) else None,
+                    risk=n.risk if isinstance(n, StepNode) else "low",
+                    gate=n.gate if isinstance(n, StepNode | IncludeNode) else None,
+                )
+                for n in self._nodes.values()
+            ],
+        )
+        self._steps = {s.id: s for s in self._state.steps}
+        self._outputs: dict[str, dict[str, Any]] = {}
+        self._stack: list[CompensationRecord] = []
+        self._rejections: dict[str, ApprovalRecord] = {}
+        self._decisions: dict[str, Decision] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._sa_phase: str | None = None
+
+    # ------------------------------------------------------------------ run
+
+    @workflow.run
+    async def run(self, request: RunRequest) -> RunResult:
+        self._state.started_at = workflow.now()
+        self._event(
+            "run_started", f"{self._plan.name} v{self._plan.version}", actor=request.requested_by
+        )
+        self._refresh()
+        try:
+            await self._run_sequence(self._plan.nodes)
+            try:
+                self._state.outputs = resolve(self._plan.outputs, self._context())
+            except ExpressionError as err:
+                raise StepFailed("outputs", "outputs", str(err), askable=False) from err
+        except StepFailed as failure:
+            policy = self._policy_for(failure.step)
+            self._event("step_failed", str(failure), step=failure.step)
+            if policy is OnFailure.halt:
+                await self._finish(RunPhase.failed, str(failure))
+                raise ApplicationError(
+                    f"{failure} (halted, nothing rolled back)",
+                    self._result().model_dump(mode="json"),
+                    type=errors.PLAYBOOK_FAILED,
+                    non_retryable=True,
+                ) from None
+            ok = await self._compensate(str(failure))
+            phase = RunPhase.compensated if ok else RunPhase.compensation_failed
+            await self._finish(phase, str(failure))
+            raise ApplicationError(
+                f"{failure}; {self._compensation_summary()}",
+                self._result().model_dump(mode="json"),
+                type=errors.PLAYBOOK_COMPENSATED if ok else errors.PLAYBOOK_COMPENSATION_FAILED,
+                non_retryable=True,
+            ) from None
+        except asyncio.CancelledError:
+            self._event("run_cancelled", "cancellation requested: rolling back")
+            for step in self._state.steps:
+                if step.status in _ACTIVE:
+                    step.status = StepStatus.cancelled
+                    step.finished_at = workflow.now()
+            ok = await self._compensate("run cancelled")
+            if not ok:
+                await self._finish(RunPhase.compensation_failed, "run cancelled")
+                raise ApplicationError(
+                    f"run cancelled; {self._compensation_summary()}",
+                    self._result().model_dump(mode="json"),
+                    type=errors.PLAYBOOK_COMPENSATION_FAILED,
+                    non_retryable=True,
+                ) from None
+            await self._finish(RunPhase.cancelled, "run cancelled")
+            raise
+        await self._finish(RunPhase.succeeded, None)
+        return self._result()
+
+    async def _finish(self, phase: RunPhase, reason: str | None) -> None:
+        self._state.phase = phase
+        self._state.reason = reason
+        self._state.finished_at = workflow.now()
+        self._event("run_finished", f"{phase.value}" + (f": {reason}" if reason else ""))
+        self._refresh()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    def _result(self) -> RunResult:
+        return RunResult(
+            phase=self._state.phase,
+            reason=self._state.reason,
+            outputs=self._state.outputs,
+            compensations=[c for c in self._stack if c.status == "pending"],
+        )
+
+    def _policy_for(self, step_id: str) -> OnFailure:
+        node = self._nodes.get(step_id)
+        if isinstance(node, StepNode | IncludeNode):
+            return node.on_failure
+        return self._plan.on_failure
+
+    # ---------------------------------------------------------------- nodes
+
+    async def _run_sequence(self, nodes: list[AnyNode]) -> None:
+        for node in nodes:
+            await self._run_node(node)
+
+    async def _run_node(self, node: AnyNode) -> None:
+        if isinstance(node, StepNode):
+            await self._with_policy(node, self._run_step)
+        elif isinstance(node, IncludeNode):
+            await self._with_policy(node, self._run_include)
+        else:
+            await self._run_parallel(node)
+
+    async def _with_policy(self, node: StepNode | IncludeNode, body: Any) -> None:
+        """Run a step or include; on an askable failure under ``ask``, wait for a human."""
+        state = self._steps[node.id]
+        state.started_at = state.started_at or workflow.now()
+        while True:
+            state.attempts += 1
+            try:
+                await body(node, state)
+            except asyncio.CancelledError:
+                state.status = StepStatus.cancelled
+                state.finished_at = workflow.now()
+                self._event("step_cancelled", state.name, step=node.id)
+                raise
+            except StepFailed as failure:
+                state.error = failure.message
+                if state.status not in (StepStatus.rejected, StepStatus.cancelled):
+                    state.status = StepStatus.failed
+                state.finished_at = workflow.now()
+                if node.on_failure is not OnFailure.ask or not failure.askable:
+                    raise
+                decision = await self._ask(node, state, failure)
+                if decision.action is DecisionAction.retry:
+                    if decision.inputs:
+                        self._overrides.setdefault(node.id, {}).update(decision.inputs)
+                    state.error = None
+                    state.finished_at = None
+                    continue
+                if decision.action is DecisionAction.skip:
+                    state.status = StepStatus.skipped
+                    self._outputs[node.id] = {}
+                    self._refresh()
+                    return
+                raise StepFailed(
+                    node.id,
+                    failure.kind,
+                    f"{failure.message}; {decision.by} chose to compensate",
+                    askable=False,
+                ) from None
+            else:
+                state.status = StepStatus.succeeded
+                state.finished_at = workflow.now()
+                self._event("step_succeeded", state.name, step=node.id)
+                self._refresh()
+                return
+
+    async def _run_step(self, node: StepNode, state: StepState) -> None:
+        context = self._context()
+        try:
+            with_ = self._resolve_with(node.action, context)
+            with_.update(self._overrides.get(node.id, {}))
+        except ExpressionError as err:
+            raise StepFailed(node.id, "input", str(err)) from err
+        state.inputs = with_
+
+        state.status = StepStatus.checking
+        self._refresh()
+        for check in node.preconditions:
+            obs = await self._check(node.id, check, {**context, "input": with_}, stage="pre")
+            if obs is not None and not obs.satisfied:
+                raise StepFailed(
+                    node.id, "precondition", f"{check.name} not satisfied: {obs.detail}"
+                )
+
+        if node.gate is not None:
+            await self._gate(node.id, node.gate, state)
+
+        state.status = StepStatus.running
+        self._event("step_started", f"{node.name} ({node.action.module})", step=node.id)
+        self._refresh()
+        try:
+            output = await self._act(node, with_, state)
+        except (ActivityError, asyncio.CancelledError) as err:
+            if _cancelled(err):
+                self._push_compensation(node, with_, None, maybe_ran=True)
+                raise asyncio.CancelledError from None
+            raise StepFailed(node.id, "action", _failure_text(err)) from err
+        state.outputs = output
+        self._push_compensation(node, with_, output)
+        if node.is_check:
+            obs = self._observe(node.action.module, "post", output, 1)
+            state.checks.append(obs)
+            if not obs.satisfied:
+                raise StepFailed(
+                    node.id, "check", f"{node.action.module} not satisfied: {obs.detail}"
+                )
+
+        if node.postconditions:
+            state.status = StepStatus.verifying
+            self._refresh()
+            post_context = {**context, "input": with_, "output": output}
+            for check in node.postconditions:
+                obs = await self._check(node.id, check, post_context, stage="post")
+                if obs is not None and not obs.satisfied:
+                    raise StepFailed(
+                        node.id,
+                        "postcondition",
+                        f"{check.name} not satisfied after {obs.attempts} attempts: {obs.detail}",
+                    )
+        self._outputs[node.id] = output
+
+    async def _act(self, node: StepNode, with_: dict[str, Any], state: StepState) -> dict[str, Any]:
+        if node.action.module == WAIT_MODULE:
+            seconds = float(with_.get("seconds", 0))
+            await workflow.sleep(
+                timedelta(seconds=seconds), summary=f"{node.name}: wait {seconds:g}s"
+            )
+            return {"waited_s": seconds}
+        activity_id = node.id if state.attempts == 1 else f"{node.id}#{state.attempts}"
+        return await self._call(
+            node.action, with_, activity_id, f"{node.name} ({node.action.module})"
+        )
+
+    async def _run_include(self, node: IncludeNode, state: StepState) -> None:
+        if node.gate is not None:
+            await self._gate(node.id, node.gate, state)
+        try:
+            child_inputs = resolve(node.with_, self._context())
+        except ExpressionError as err:
+            raise StepFailed(node.id, "input", str(err)) from err
+        state.inputs = child_inputs
+        state.status = StepStatus.running
+        child_id = f"{workflow.info().workflow_id}.{node.id}"
+        if state.attempts > 1:
+            child_id += f"-{state.attempts}"
+        state.child_workflow_id = child_id
+        self._event("include_started", f"{node.plan.name} as {child_id}", step=node.id)
+        self._refresh()
+        try:
+            result = await workflow.execute_child_workflow(
+                PlaybookWorkflow.run,
+                RunRequest(
+                    plan=node.plan,
+                    inputs=child_inputs,
+                    requested_by=self._request.requested_by,
+                    task_queue_prefix=self._request.task_queue_prefix,
+                ),
+                id=child_id,
+                static_summary=f"{node.plan.name} (included by {self._plan.name}/{node.id})",
+            )
+        except ChildWorkflowError as err:
+            if _cancelled(err):
+                raise asyncio.CancelledError from None
+            raise StepFailed(node.id, "include", _failure_text(err)) from err
+        state.outputs = result.outputs
+        self._outputs[node.id] = result.outputs
+        for record in result.compensations:
+            self._stack.append(record.model_copy(update={"step": f"{node.id}/{record.step}"}))
+
+    async def _run_parallel(self, node: ParallelNode) -> None:
+        state = self._steps[node.id]
+        state.status = StepStatus.running
+        state.started_at = workflow.now()
+        self._refresh()
+        tasks = [asyncio.create_task(self._run_node(branch)) for branch in node.branches]
+        try:
+            await workflow.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            # Branches are tasks of their own: a cancelled run must stop them before it
+            # rolls back, or they would go on acting while compensations run.
+            await self._cancel_all(tasks)
+            raise
+        failures = [
+            t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()
+        ]
+        if failures:
+            await self._cancel_all(tasks)
+        state.finished_at = workflow.now()
+        if failures:
+            state.status = StepStatus.failed
+            failure = failures[0]
+            state.error = str(failure)
+            if isinstance(failure, StepFailed):
+                raise failure
+            raise failure  # an unexpected error: fail the workflow task, to be fixed and replayed
+        state.status = StepStatus.succeeded
+        self._refresh()
+
+    @staticmethod
+    async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await workflow.wait(tasks)
+
+    # ----------------------------------------------------------- activities
+
+    async def _call(
+        self, call: ActivityCall, arg: dict[str, Any], activity_id: str, summary: str
+    ) -> dict[str, Any]:
+        timeout = timedelta(seconds=call.start_to_close_s)
+        if call.local:
+            return await workflow.execute_local_activity(
+                call.module,
+                arg,
+                start_to_close_timeout=timeout,
+                retry_policy=_retry_policy(call.retry),
+                activity_id=activity_id,
+                summary=summary,
+                result_type=dict,
+            )
+        return await workflow.execute_activity(
+            call.module,
+            arg,
+            task_queue=f"{self._request.task_queue_prefix}-{call.domain}",
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=timedelta(seconds=call.heartbeat_s) if call.heartbeat_s else None,
+            retry_policy=_retry_policy(call.retry),
+            activity_id=activity_id,
+            summary=summary,
+            result_type=dict,
+        )
+
+    async def _check(
+        self, step_id: str, check: CheckCall, context: dict[str, Any], *, stage: str
+    ) -> CheckObservation | None:
+        """Run a check once (``pre``) or poll it until satisfied or its deadline (``post``,
+        ``rollback``); the last observation is recorded on the step either way."""
+        if check.when and self._absent(check.when, context):
+            return None
+        try:
+            params = self._resolve_with(check, context)
+        except ExpressionError as err:
+            raise StepFailed(step_id, f"{stage}condition", f"{check.name}: {err}") from err
+        deadline = workflow.now() + timedelta(seconds=check.deadline_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            summary = f"{stage} check {check.name} for {step_id}"
+            try:
+                raw = await self._call(
+                    check, params, f"{stage}:{step_id}:{check.name}:{attempt}", summary
+                )
+                obs = self._observe(check.name, stage, raw, attempt)
+            except ActivityError as err:
+                if _cancelled(err):
+                    raise asyncio.CancelledError from None
+                obs = CheckObservation(
+                    check=check.name,
+                    stage=stage,
+                    satisfied=False,
+                    attempts=attempt,
+                    detail=f"check could not run: {_failure_text(err)}",
+                    at=workflow.now(),
+                )
+            if obs.satisfied or stage == "pre" or workflow.now() >= deadline:
+                break
+            await workflow.sleep(
+                timedelta(seconds=check.poll_interval_s), summary=f"re-check {check.name}"
+            )
+        if step_id in self._steps:
+            self._steps[step_id].checks.append(obs)
+        self._event(
+            "check_passed" if obs.satisfied else "check_failed",
+            f"{stage} {check.name}: {obs.detail}",
+            step=step_id,
+        )
+        return obs
+
+    def _observe(
+        self, name: str, stage: str, raw: dict[str, Any], attempts: int
+    ) -> CheckObservation:
+        return CheckObservation(
+            check=name,
+            stage=stage,
+            satisfied=bool(raw.get("satisfied")),
+            observed=raw.get("observed"),
+            expected=raw.get("expected"),
+            detail=str(raw.get("detail", "")),
+            attempts=attempts,
+            at=workflow.now(),
+        )
+
+    # ---------------------------------------------------------------- gates
+
+    async def _gate(self, step_id: str, gate: GateSpec, state: StepState) -> None:
+        if (
+            state.approvals
+            and sum(a.decision == "approved" for a in state.approvals) >= gate.min_approvals
+        ):
+            return  # approved on an earlier attempt: a retry does not ask again
+        state.status = StepStatus.awaiting_approval
+        state.gate_deadline = workflow.now() + timedelta(seconds=gate.timeout_s)
+        who = f"role {gate.role}" + (f" ({', '.join(gate.approvers)})" if gate.approvers else "")
+        self._event(
+            "gate_opened",
+            f"needs {gate.min_approvals} approval(s) from {who} within {gate.timeout_s:g}s",
+            step=step_id,
+        )
+        self._refresh()
+        try:
+            await workflow.wait_condition(
+                lambda: step_id in self._rejections or self._approved(state, gate),
+                timeout=timedelta(seconds=gate.timeout_s),
+                timeout_summary=f"approval deadline for {step_id}",
+            )
+        except TimeoutError:
+            state.status = StepStatus.rejected
+            self._event("gate_timed_out", f"no decision within {gate.timeout_s:g}s", step=step_id)
+            raise StepFailed(
+                step_id,
+                "gate timed out",
+                f"not approved by {who} within {gate.timeout_s:g}s",
+                askable=False,
+            ) from None
+        rejection = self._rejections.get(step_id)
+        if rejection is not None:
+            state.status = StepStatus.rejected
+            reason = f" ({rejection.comment})" if rejection.comment else ""
+            raise StepFailed(
+                step_id, "rejected", f"rejected by {rejection.by}{reason}", askable=False
+            )
+        state.gate_deadline = None
+
+    @staticmethod
+    def _approved(state: StepState, gate: GateSpec) -> bool:
+        return sum(a.decision == "approved" for a in state.approvals) >= gate.min_approvals
+
+    def _judge_approval(self, approval: Approval, decision: str) -> str | None:
+        """Why this approval or rejection cannot be accepted, or None when it can."""
+        state = self._steps.get(approval.step)
+        if state is None:
+            return f"no step '{approval.step}' in {self._plan.name}"
+        if state.status is not StepStatus.awaiting_approval or state.gate is None:
+            return (
+                f"step '{approval.step}' is not waiting for approval (it is {state.status.value})"
+            )
+        gate = state.gate
+        if gate.approvers is not None and approval.approver not in gate.approvers:
+            allowed = ", ".join(gate.approvers)
+            return f"{approval.approver} may not decide for role {gate.role} ({allowed})"
+        if decision == "approved" and any(
+            a.by == approval.approver and a.decision == "approved" for a in state.approvals
+        ):
+            return f"{approval.approver} already approved '{approval.step}'; another person must"
+        return None
+
+    def _record_approval(self, approval: Approval, decision: str) -> str | None:
+        refusal = self._judge_approval(approval, decision)
+        verb = "approval" if decision == "approved" else "rejection"
+        if refusal is not None:
+            self._event(f"{verb}_refused", refusal, step=approval.step, actor=approval.approver)
+            return refusal
+        record = ApprovalRecord(
+            by=approval.approver, decision=decision, comment=approval.comment, at=workflow.now()
+        )
+        self._steps[approval.step].approvals.append(record)
+        if decision == "rejected":
+            self._rejections[approval.step] = record
+        self._event(
+            decision,
+            approval.comment or f"{verb} recorded",
+            step=approval.step,
+            actor=approval.approver,
+        )
+        self._refresh()
+        return None
+
+    @workflow.signal(name=SIGNAL_APPROVE)
+    def approve_signal(self, approval: Approval) -> None:
+        self._record_approval(approval, "approved")
+
+    @workflow.signal(name=SIGNAL_REJECT)
+    def reject_signal(self, approval: Approval) -> None:
+        self._record_approval(approval, "rejected")
+
+    @workflow.update(name=UPDATE_APPROVE)
+    def approve_update(self, approval: Approval) -> StepState:
+        return self._answer(approval.step, self._record_approval(approval, "approved"))
+
+    @workflow.update(name=UPDATE_REJECT)
+    def reject_update(self, approval: Approval) -> StepState:
+        return self._answer(approval.step, self._record_approval(approval, "rejected"))
+
+    def _answer(self, step_id: str, refusal: str | None) -> StepState:
+        if refusal is not None:
+            raise ApplicationError(refusal, type=errors.REFUSED, non_retryable=True)
+        return self._steps[step_id]
+
+    # ------------------------------------------------------------ decisions
+
+    async def _ask(
+        self, node: StepNode | IncludeNode, state: StepState, failure: StepFailed
+    ) -> Decision:
+        self._decisions.pop(node.id, None)
+        state.status = StepStatus.awaiting_decision
+        self._event(
+            "decision_needed",
+            f"{failure}; retry, skip or compensate within {node.decision_timeout_s:g}s",
+            step=node.id,
+        )
+        self._refresh()
+        try:
+            await workflow.wait_condition(
+                lambda: node.id in self._decisions,
+                timeout=timedelta(seconds=node.decision_timeout_s),
+                timeout_summary=f"decision deadline for {node.id}",
+            )
+        except TimeoutError:
+            self._event("decision_timed_out", "no decision in time: compensating", step=node.id)
+            state.status = StepStatus.failed
+            return Decision(step=node.id, action=DecisionAction.compensate, by="fireline")
+        decision = self._decisions.pop(node.id)
+        state.status = StepStatus.failed
+        return decision
+
+    def _record_decision(self, decision: Decision) -> str | None:
+        state = self._steps.get(decision.step)
+        refusal = None
+        if state is None:
+            refusal = f"no step '{decision.step}' in {self._plan.name}"
+        elif state.status is not StepStatus.awaiting_decision:
+            refusal = (
+                f"step '{decision.step}' is not waiting for a decision (it is {state.status.value})"
+            )
+        elif decision.inputs and decision.action is not DecisionAction.retry:
+            refusal = "new inputs only make sense with retry"
+        elif decision.inputs and not isinstance(self._nodes[decision.step], StepNode):
+            refusal = "new inputs apply to module steps, not to included playbooks"
+        if refusal is not None:
+            self._event("decision_refused", refusal, step=decision.step, actor=decision.by)
+            return refusal
+        self._decisions[decision.step] = decision
+        changed = f" with {sorted(decision.inputs)}" if decision.inputs else ""
+        note = f": {decision.comment}" if decision.comment else ""
+        self._event(
+            f"decided_{decision.action.value}",
+            f"{decision.action.value}{changed}{note}",
+            step=decision.step,
+            actor=decision.by,
+        )
+        return None
+
+    @workflow.signal(name=SIGNAL_DECIDE)
+    def decide_signal(self, decision: Decision) -> None:
+        self._record_decision(decision)
+
+    @workflow.update(name=UPDATE_DECIDE)
+    def decide_update(self, decision: Decision) -> StepState:
+        return self._answer(decision.step, self._record_decision(decision))
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> RunState:
+        return self._state
+
+    # --------------------------------------------------------- compensation
+
+    def _push_compensation(
+        self,
+        node: StepNode,
+        with_: dict[str, Any],
+        output: dict[str, Any] | None,
+        *,
+        maybe_ran: bool = False,
+    ) -> None:
+        """Record how to undo a step that ran (or may have run, when interrupted mid-action)."""
+        self._stack = [c for c in self._stack if c.step != node.id]
+        call = node.compensation
+        if call is None:
+            return
+        context = {**self._context(), "input": with_}
+        if output is not None:
+            context["output"] = output
+        if call.when and self._absent(call.when, context):
+            return
+        try:
+            comp_input = self._resolve_with(call, context)
+            verify = [
+                c.model_copy(
+                    update={"with_": self._resolve_with(c, context), "when": None}
+                ).model_dump(by_alias=True)
+                for c in node.preconditions
+                if not (c.when and self._absent(c.when, context))
+            ]
+        except ExpressionError as err:
+            if maybe_ran:
+                self._event(
+                    "compensation_unresolved", f"may need a manual undo: {err}", step=node.id
+                )
+                return
+            raise StepFailed(node.id, "compensation", f"cannot derive the undo: {err}") from err
+        self._stack.append(
+            CompensationRecord(
+                step=node.id,
+                module=call.module,
+                domain=call.domain,
+                local=call.local,
+                input=comp_input,
+                start_to_close_s=call.start_to_close_s,
+                retry_max_attempts=max(call.retry.max_attempts, COMPENSATION_RETRY.max_attempts),
+                verify=verify,
+            )
+        )
+
+    async def _compensate(self, reason: str) -> bool:
+        """Run pushed compensations newest first; keep going past a failure, report it."""
+        pending = [c for c in self._stack if c.status == "pending"]
+        if not pending:
+            return True
+        self._state.phase = RunPhase.compensating
+        self._event("compensation_started", f"{len(pending)} to undo because {reason}")
+        self._refresh()
+        all_ok = True
+        for record in reversed(pending):
+            self._state.compensations.append(record)
+            owner = self._steps.get(record.step.split("/", 1)[0])
+            call = ActivityCall(
+                module=record.module,
+                domain=record.domain,
+                local=record.local,
+                start_to_close_s=record.start_to_close_s,
+                retry=COMPENSATION_RETRY.model_copy(
+                    update={"max_attempts": record.retry_max_attempts}
+                ),
+            )
+            try:
+                await self._call(
+                    call,
+                    record.input,
+                    f"undo:{record.step}",
+                    f"undo {record.step} ({record.module})",
+                )
+            except ActivityError as err:
+                record.status, record.error = "failed", _failure_text(err)
+                self._event(
+                    "compensation_failed", f"{record.module}: {record.error}", step=record.step
+                )
+            else:
+                record.status = "succeeded"
+                record.verified = await self._verify_rollback(record)
+                if record.verified is False:
+                    record.error = "rollback ran but the step's preconditions do not hold again"
+                self._event(
+                    "compensated" if record.verified is not False else "compensation_unverified",
+                    f"{record.module}" + (f": {record.error}" if record.error else ""),
+                    step=record.step,
+                )
+            ok = record.status == "succeeded" and record.verified is not False
+            all_ok = all_ok and ok
+            if owner is not None:
+                owner.status = StepStatus.compensated if ok else StepStatus.compensation_failed
+            self._refresh()
+        return all_ok
+
+    async def _verify_rollback(self, record: CompensationRecord) -> bool | None:
+        if not record.verify:
+            return None
+        step_id = record.step.split("/", 1)[0]
+        for raw in record.verify:
+            check = CheckCall.model_validate(raw)
+            obs = await self._check(step_id, check, self._context(), stage="rollback")
+            if obs is not None and not obs.satisfied:
+                return False
+        return True
+
+    def _compensation_summary(self) -> str:
+        done = [
+            c
+            for c in self._state.compensations
+            if c.status == "succeeded" and c.verified is not False
+        ]
+        bad = [c for c in self._state.compensations if c not in done]
+        if not self._state.compensations:
+            return "nothing to roll back"
+        text = f"rolled back {len(done)} of {len(self._state.compensations)}"
+        if bad:
+            text += "; NOT rolled back: " + ", ".join(f"{c.step} ({c.error})" for c in bad)
+        return text
+
+    # -------------------------------------------------------------- helpers
+
+    def _context(self) -> dict[str, Any]:
+        return {
+            "inputs": self._inputs,
+            "steps": {sid: {"outputs": out} for sid, out in self._outputs.items()},
+        }
+
+    @staticmethod
+    def _resolve_with(call: ActivityCall, context: dict[str, Any]) -> dict[str, Any]:
+        with_ = call.with_
+        if set(with_) == {"$from"}:
+            whole = resolve(with_["$from"], context)
+            if not isinstance(whole, dict):
+                raise ExpressionError(f"{with_['$from']} is not an object")
+            return dict(whole)
+        return resolve(with_, context)
+
+    @staticmethod
+    def _absent(path: str, context: dict[str, Any]) -> bool:
+        try:
+            return lookup(context, parse_path(path)) is None
+        except ExpressionError:
+            return True
+
+    def _event(
+        self, kind: str, message: str, *, step: str | None = None, actor: str = "fireline"
+    ) -> None:
+        self._state.events.append(
+            AuditEvent(at=workflow.now(), actor=actor, kind=kind, step=step, message=message)
+        )
+        if not workflow.unsafe.is_replaying():
+            workflow.logger.info(
+                "%s %s: %s", kind, step or "-", message, extra={"step": step, "actor": actor}
+            )
+
+    def _refresh(self) -> None:
+        """Keep the phase, the UI banner and the phase search attribute current."""
+        if not self._state.phase.terminal and self._state.phase is not RunPhase.compensating:
+            statuses = {s.status for s in self._state.steps}
+            if StepStatus.awaiting_decision in statuses:
+                self._state.phase = RunPhase.awaiting_decision
+            elif StepStatus.awaiting_approval in statuses:
+                self._state.phase = RunPhase.awaiting_approval
+            else:
+                self._state.phase = RunPhase.running
+        workflow.set_current_details(render_banner(self._state))
+        phase = self._state.phase.value
+        if phase != self._sa_phase and SA_PHASE_KEY in workflow.info().typed_search_attributes:
+            workflow.upsert_search_attributes([SA_PHASE_KEY.value_set(phase)])
+        self._sa_phase = phase
+
+
+SA_PHASE_KEY = SearchAttributeKey.for_keyword(SA_PHASE)
+_ACTIVE = frozenset(
+    {
+        StepStatus.checking,
+        StepStatus.awaiting_approval,
+        StepStatus.running,
+        StepStatus.verifying,
+        StepStatus.awaiting_decision,
+    }
+)
