@@ -1,1 +1,1 @@
-"""Playbook modules: Temporal activities grouped by domain (core, platform, database, application)."""
+"""Playbook modules: Temporal activities grouped by domain (core, platform, database, ...)."""

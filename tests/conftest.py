@@ -20,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from fireline.binaries import temporal_cli, temporal_test_server
 from fireline.devserver import TUNING_FLAGS
 from fireline.messages import SEARCH_ATTRIBUTES
+from tests.support.target import target  # noqa: F401  (the recording HTTP target fixture)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -115,10 +115,10 @@ def _cancelled(err: BaseException) -> bool:
 
 
 def _apply_defaults(plan: Plan, given: dict[str, Any]) -> dict[str, Any]:
+    """Declared inputs the starter left out take their default, or null, so expressions resolve."""
     values = dict(given)
     for spec in plan.inputs:
-        if spec.name not in values and spec.default is not None:
-            values[spec.name] = spec.default
+        values.setdefault(spec.name, spec.default)
     return values
 
 
@@ -304,8 +304,8 @@ class PlaybookWorkflow:
 
         state.status = StepStatus.checking
         self._refresh()
-        for check in node.preconditions:
-            obs = await self._check(node.id, check, {**context, "input": with_}, stage="pre")
+        for n, check in enumerate(node.preconditions):
+            obs = await self._check(node.id, n, check, {**context, "input": with_}, stage="pre")
             if obs is not None and not obs.satisfied:
                 raise StepFailed(
                     node.id, "precondition", f"{check.name} not satisfied: {obs.detail}"
@@ -338,8 +338,8 @@ class PlaybookWorkflow:
             state.status = StepStatus.verifying
             self._refresh()
             post_context = {**context, "input": with_, "output": output}
-            for check in node.postconditions:
-                obs = await self._check(node.id, check, post_context, stage="post")
+            for n, check in enumerate(node.postconditions):
+                obs = await self._check(node.id, n, check, post_context, stage="post")
                 if obs is not None and not obs.satisfied:
                     raise StepFailed(
                         node.id,
@@ -461,7 +461,7 @@ class PlaybookWorkflow:
         )
 
     async def _check(
-        self, step_id: str, check: CheckCall, context: dict[str, Any], *, stage: str
+        self, step_id: str, index: int, check: CheckCall, context: dict[str, Any], *, stage: str
     ) -> CheckObservation | None:
         """Run a check once (``pre``) or poll it until satisfied or its deadline (``post``,
         ``rollback``); the last observation is recorded on the step either way."""
@@ -478,7 +478,7 @@ class PlaybookWorkflow:
             summary = f"{stage} check {check.name} for {step_id}"
             try:
                 raw = await self._call(
-                    check, params, f"{stage}:{step_id}:{check.name}:{attempt}", summary
+                    check, params, f"{stage}:{step_id}:{index}:{check.name}:{attempt}", summary
                 )
                 obs = self._observe(check.name, stage, raw, attempt)
             except ActivityError as err:
@@ -795,9 +795,9 @@ class PlaybookWorkflow:
         if not record.verify:
             return None
         step_id = record.step.split("/", 1)[0]
-        for raw in record.verify:
+        for n, raw in enumerate(record.verify):
             check = CheckCall.model_validate(raw)
-            obs = await self._check(step_id, check, self._context(), stage="rollback")
+            obs = await self._check(step_id, n, check, self._context(), stage="rollback")
             if obs is not None and not obs.satisfied:
                 return False
         return True

@@ -1,0 +1,296 @@
+"""The operator HTTP API: the same operations as the CLI, over JSON.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` when a token is
+configured. Failures map to status codes the way an operator expects: a refused decision is
+409 with the workflow's reason, an unknown run 404, a playbook that does not compile 422 with
+every problem, bad inputs 400, an unreachable Temporal 503. Alert webhooks will live on their
+own router next to the operator one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from temporalio.client import Client
+
+from fireline import __version__, operations
+from fireline.client import make_client
+from fireline.errors import CompileError
+from fireline.messages import DecisionAction, RunState, StepState
+from fireline.plan import InputSpec
+from fireline.settings import DOMAINS, Settings
+
+log = structlog.get_logger("fireline.api")
+
+_HEALTH_TIMEOUT = timedelta(seconds=5)
+
+
+class StartRunBody(BaseModel):
+    playbook: str = Field(min_length=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str = Field(min_length=1)
+
+
+class GateBody(BaseModel):
+    by: str = Field(min_length=1)
+    comment: str = ""
+
+
+class DecideBody(BaseModel):
+    by: str = Field(min_length=1)
+    action: DecisionAction
+    comment: str = ""
+    inputs: dict[str, Any] | None = None
+
+
+class CancelBody(BaseModel):
+    reason: str = ""
+
+
+class CancelAnswer(BaseModel):
+    workflow_id: str
+    cancel_requested: bool = True
+
+
+class Health(BaseModel):
+    status: str
+    temporal: str
+    detail: str = ""
+
+
+class PlaybookInfo(BaseModel):
+    """A playbook of the library as it compiles now; ``problems`` is empty when it does."""
+
+    name: str
+    ok: bool
+    version: str | None = None
+    description: str = ""
+    owner: str = ""
+    outage_class: str = ""
+    max_risk: str | None = None
+    plan_hash: str | None = None
+    inputs: list[InputSpec] = Field(default_factory=list)
+    problems: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def api_token(settings: Settings) -> str | None:
+    """The bearer token the API demands (``FIRELINE_API_TOKEN``), or None for an open API."""
+    return settings.api_token.get_secret_value() or None if settings.api_token else None
+
+
+class _Temporal:
+    """The one shared client: connected at start-up, or on first use if Temporal was down."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> Client:
+        async with self._lock:
+            if self.client is None:
+                self.client = await make_client(self.settings)
+            return self.client
+
+    async def get(self) -> Client:
+        if self.client is not None:
+            return self.client
+        try:
+            return await self.connect()
+        except Exception as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"cannot reach Temporal at {self.settings.temporal_address}: {exc}",
+            ) from exc
+
+
+async def _client(request: Request) -> Client:
+    temporal: _Temporal = request.app.state.temporal
+    return await temporal.get()
+
+
+Temporal = Annotated[Client, Depends(_client)]
+"""The app's shared client, as a route parameter (module level, so annotations resolve)."""
+
+
+def _problems(exc: CompileError) -> list[dict[str, Any]]:
+    return [
+        p.to_dict() if callable(getattr(p, "to_dict", None)) else {"message": str(p)}  # type: ignore[attr-defined]
+        for p in exc.problems
+    ]
+
+
+def _playbook_info(settings: Settings) -> list[PlaybookInfo]:
+    library = operations.load_library(settings)
+    out: list[PlaybookInfo] = []
+    for name in sorted(library.names()):
+        try:
+            plan = library.compile(name)
+        except CompileError as exc:
+            out.append(PlaybookInfo(name=name, ok=False, problems=_problems(exc)))
+            continue
+        out.append(
+            PlaybookInfo(
+                name=name,
+                ok=True,
+                version=plan.version,
+                description=plan.description,
+                owner=plan.owner,
+                outage_class=plan.outage_class,
+                max_risk=operations.max_risk(plan).value,
+                plan_hash=plan.hash or plan.content_hash(),
+                inputs=plan.inputs,
+            )
+        )
+    return out
+
+
+def _module_list(domain: str | None) -> list[dict[str, Any]]:
+    from activities.contract import REGISTRY, load_domains
+
+    load_domains()
+    specs = sorted(REGISTRY.values(), key=lambda s: s.name)
+    return [s.describe() for s in specs if domain is None or s.domain == domain]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def handler(code: int, body: Any) -> JSONResponse:
+        return JSONResponse(status_code=code, content={"detail": body})
+
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, operations.OperationRefused)
+        return handler(status.HTTP_409_CONFLICT, exc.reason)
+
+    async def not_found(_: Request, exc: Exception) -> JSONResponse:
+        return handler(status.HTTP_404_NOT_FOUND, str(exc))
+
+    async def bad_inputs(_: Request, exc: Exception) -> JSONResponse:
+        return handler(status.HTTP_400_BAD_REQUEST, str(exc))
+
+    async def compile_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, CompileError)
+        body = {"message": "the playbook does not compile", "problems": _problems(exc)}
+        return handler(status.HTTP_422_UNPROCESSABLE_CONTENT, body)
+
+    async def upstream(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("temporal operation failed", error=str(exc))
+        return handler(status.HTTP_502_BAD_GATEWAY, str(exc))
+
+    app.add_exception_handler(operations.OperationRefused, refused)
+    app.add_exception_handler(operations.RunNotFound, not_found)
+    app.add_exception_handler(operations.InvalidInputs, bad_inputs)
+    app.add_exception_handler(CompileError, compile_error)
+    app.add_exception_handler(operations.OperationError, upstream)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app; ``uvicorn`` serves it for ``fireline api`` and ``fireline up``."""
+    settings = settings or Settings()
+    token = api_token(settings)
+    temporal = _Temporal(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            await temporal.connect()
+        except Exception as exc:  # keep serving: /healthz reports it, routes retry
+            log.warning(
+                "temporal unreachable at start-up",
+                address=settings.temporal_address,
+                error=str(exc),
+            )
+        yield
+
+    async def authorized(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    app = FastAPI(title="Fireline", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.temporal = temporal
+    _install_error_handlers(app)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> JSONResponse:
+        """Liveness plus Temporal reachability; open, so load balancers can probe it."""
+        try:
+            c = await temporal.get()
+            ok = await c.service_client.check_health(timeout=_HEALTH_TIMEOUT)
+            detail = "" if ok else "health check answered not serving"
+        except Exception as exc:
+            ok, detail = False, str(getattr(exc, "detail", exc))
+        body = Health(
+            status="ok" if ok else "unavailable", temporal=settings.temporal_address, detail=detail
+        )
+        code = status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE
+        return JSONResponse(status_code=code, content=body.model_dump())
+
+    ops = APIRouter(dependencies=[Depends(authorized)])
+
+    @ops.get("/playbooks", response_model=list[PlaybookInfo])
+    async def playbooks() -> list[PlaybookInfo]:
+        return await asyncio.to_thread(_playbook_info, settings)
+
+    @ops.get("/modules")
+    async def modules(domain: str | None = None) -> list[dict[str, Any]]:
+        if domain is not None and domain not in DOMAINS:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown domain {domain!r}")
+        return _module_list(domain)
+
+    @ops.post("/runs", status_code=status.HTTP_201_CREATED, response_model=operations.StartedRun)
+    async def start(body: StartRunBody, c: Temporal) -> operations.StartedRun:
+        return await operations.start_run(
+            c, settings, body.playbook, body.inputs, body.requested_by
+        )
+
+    @ops.get("/runs", response_model=list[operations.RunSummary])
+    async def runs(
+        c: Temporal, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+    ) -> list[operations.RunSummary]:
+        return await operations.list_runs(c, limit)
+
+    @ops.get("/runs/{workflow_id}", response_model=RunState)
+    async def run_status(workflow_id: str, c: Temporal) -> RunState:
+        return await operations.status(c, workflow_id)
+
+    @ops.post("/runs/{workflow_id}/steps/{step}/approve", response_model=StepState)
+    async def approve(workflow_id: str, step: str, body: GateBody, c: Temporal) -> StepState:
+        return await operations.approve(c, workflow_id, step, body.by, body.comment)
+
+    @ops.post("/runs/{workflow_id}/steps/{step}/reject", response_model=StepState)
+    async def reject(workflow_id: str, step: str, body: GateBody, c: Temporal) -> StepState:
+        return await operations.reject(c, workflow_id, step, body.by, body.comment)
+
+    @ops.post("/runs/{workflow_id}/steps/{step}/decide", response_model=StepState)
+    async def decide(workflow_id: str, step: str, body: DecideBody, c: Temporal) -> StepState:
+        return await operations.decide(
+            c, workflow_id, step, body.action, body.by, body.comment, body.inputs
+        )
+
+    @ops.post(
+        "/runs/{workflow_id}/cancel",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=CancelAnswer,
+    )
+    async def cancel(workflow_id: str, c: Temporal, body: CancelBody | None = None) -> CancelAnswer:
+        await operations.cancel(c, workflow_id, body.reason if body else "")
+        return CancelAnswer(workflow_id=workflow_id)
+
+    app.include_router(ops)
+    return app

@@ -1,0 +1,514 @@
+"""The ``fireline`` command: run the stack, check playbooks, start and steer runs.
+
+Exit codes: 0 success, 1 the operation failed or was refused (or a followed run did not
+succeed), 2 the command line, the inputs or the playbook were wrong. Errors go to stderr.
+Settings are built fresh for every invocation, so ``FIRELINE_*`` changes always apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from fireline import operations, render
+from fireline.errors import CompileError
+from fireline.messages import DecisionAction, RunPhase, RunState, StepState, StepStatus
+from fireline.settings import DOMAINS, Settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="fireline",
+    help="Incident-response runbooks as code, run durably on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+# --- plumbing -------------------------------------------------------------------------------
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    _err().print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        _fail(f"invalid settings: {exc}", EXIT_USAGE)
+
+
+def identity(given: str | None) -> str:
+    """Who is acting: ``--as``, else ``FIRELINE_USER``, else the OS user name."""
+    return given or os.environ.get("FIRELINE_USER") or getpass.getuser()
+
+
+def parse_assignments(values: list[str] | None) -> dict[str, str]:
+    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; a key may be given once."""
+    out: dict[str, str] = {}
+    for raw in values or []:
+        key, sep, value = raw.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise typer.BadParameter(f"{raw!r} is not key=value")
+        if key in out:
+            raise typer.BadParameter(f"{key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _assignments_callback(values: list[str] | None) -> list[str]:
+    parse_assignments(values)
+    return values or []
+
+
+def _print_compile_error(exc: CompileError) -> None:
+    err = _err()
+    err.print("[bold red]error:[/] the playbook does not compile", markup=True)
+    for problem in exc.problems:
+        err.print(f"  {problem}", markup=False, soft_wrap=True)
+
+
+async def _connect(settings: Settings) -> Client:
+    from fireline.client import make_client
+
+    try:
+        return await make_client(settings)
+    except Exception as exc:  # connection errors come as RuntimeError or RPCError
+        raise operations.OperationError(
+            f"cannot reach Temporal at {settings.temporal_address}: {exc}"
+        ) from exc
+
+
+def _run(factory: Callable[[Client], Awaitable[T]], settings: Settings) -> T:
+    """Connect, run one operation, and turn every expected failure into a message and code."""
+
+    async def main() -> T:
+        return await factory(await _connect(settings))
+
+    try:
+        return asyncio.run(main())
+    except CompileError as exc:
+        _print_compile_error(exc)
+        raise typer.Exit(EXIT_USAGE) from None
+    except operations.InvalidInputs as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except operations.OperationRefused as exc:
+        _fail(f"refused: {exc.reason}")
+    except (operations.OperationError, RPCError) as exc:
+        _fail(str(exc))
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+AsOption = Annotated[
+    str | None,
+    typer.Option("--as", help="who is acting (default: $FIRELINE_USER or the OS user)"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+InputOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        "-i",
+        metavar="KEY=VALUE",
+        help="a playbook input; repeat for more",
+        callback=_assignments_callback,
+    ),
+]
+
+
+# --- running the stack ----------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    no_api: Annotated[bool, typer.Option("--no-api", help="do not serve the HTTP API")] = False,
+    api_host: Annotated[str, typer.Option(help="address the API binds")] = "127.0.0.1",
+    api_port: Annotated[int, typer.Option(help="port of the HTTP API")] = 8080,
+    embedded: Annotated[
+        bool | None,
+        typer.Option(
+            "--embedded/--no-embedded",
+            help="force (or refuse) the embedded dev server; default: only when 7233 is free",
+        ),
+    ] = None,
+) -> None:
+    """Start the embedded Temporal dev server, the workers and the API, until Ctrl-C."""
+    from fireline import devserver
+    from fireline.worker_runtime import exit_process
+
+    argv = ["--api-host", api_host, "--api-port", str(api_port)]
+    argv += ["--no-api"] if no_api else []
+    argv += [] if embedded is None else ["--embedded" if embedded else "--no-embedded"]
+    exit_process(devserver.main(argv))
+
+
+def _parse_domains(values: list[str] | None) -> list[str]:
+    from fireline.worker_runtime import parse_domains
+
+    try:
+        return list(parse_domains(",".join(values))) if values else list(DOMAINS)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--domains") from None
+
+
+@app.command()
+def worker(
+    domains: Annotated[
+        list[str] | None,
+        typer.Option("--domains", "-d", help="comma-separated domains (default: all)"),
+    ] = None,
+    workflows: Annotated[
+        bool, typer.Option("--workflows/--no-workflows", help="also run playbook workflows")
+    ] = True,
+) -> None:
+    """Run workers for the given domains (and the workflow queue) until SIGINT/SIGTERM."""
+    from fireline import worker_runtime
+
+    argv = ["--domains", ",".join(_parse_domains(domains))]
+    argv += [] if workflows else ["--no-workflows"]
+    worker_runtime.exit_process(worker_runtime.main(argv))
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 8080,
+) -> None:
+    """Serve the operator HTTP API."""
+    import uvicorn
+
+    from fireline.api import create_app
+    from fireline.logging import configure_logging
+    from fireline.worker_runtime import exit_process
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    exit_process(0)
+
+
+# --- playbooks and modules ------------------------------------------------------------------
+
+
+@app.command()
+def validate(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="playbook files or directories")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compile every playbook and report each problem as file:line: step: message."""
+    settings = _settings()
+    chosen = paths or [settings.playbooks_dir]
+    missing = [str(p) for p in chosen if not p.exists()]
+    if missing:
+        _fail(f"no such file or directory: {', '.join(missing)}", EXIT_USAGE)
+    library = operations.load_library(settings, *chosen)
+    results = {str(k): list(v) for k, v in library.validate_all().items()}
+    failed = sorted(f for f, problems in results.items() if problems)
+    if as_json:
+        _echo_json(
+            {
+                "ok": not failed,
+                "files": [
+                    {
+                        "file": f,
+                        "ok": f not in failed,
+                        "problems": [p.to_dict() for p in results[f]],
+                    }
+                    for f in sorted(results)
+                ],
+            }
+        )
+    else:
+        out = _out()
+        for f in sorted(results):
+            mark = ("✗", "red") if f in failed else ("✓", "green")
+            out.print(Text.assemble(mark, " ", f), soft_wrap=True)
+            for problem in results[f]:
+                out.print(f"  {problem}", markup=False, soft_wrap=True)
+        out.print(f"{len(results)} file(s) checked, {len(failed)} with errors", markup=False)
+    if not results:
+        _fail(f"no playbooks found in {', '.join(map(str, chosen))}")
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _module_descriptions(domain: str | None) -> list[dict[str, Any]]:
+    from activities.contract import REGISTRY, load_domains
+
+    load_domains()
+    specs = sorted(REGISTRY.values(), key=lambda s: s.name)
+    return [s.describe() for s in specs if domain is None or s.domain == domain]
+
+
+@app.command()
+def modules(
+    name: Annotated[str | None, typer.Argument(help="show one module in detail")] = None,
+    domain: Annotated[str | None, typer.Option(help="only modules of this domain")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List registered modules and checks with their contracts."""
+    if domain is not None and domain not in DOMAINS:
+        _fail(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}", EXIT_USAGE)
+    described = _module_descriptions(domain)
+    if name is not None:
+        found = [d for d in described if d["name"] == name]
+        if not found:
+            _fail(f"no module named {name!r}", EXIT_USAGE)
+        if as_json:
+            _echo_json(found[0])
+        else:
+            _out().print(render.module_detail(found[0]))
+        return
+    if as_json:
+        _echo_json(described)
+    else:
+        _out().print(render.modules_table(described))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the playbook YAML (for editors and CI)."""
+    from fireline.spec import PlaybookSpec
+
+    _echo_json(PlaybookSpec.model_json_schema(by_alias=True))
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def _approve_hints(previous: RunState | None, state: RunState) -> list[str]:
+    """How to approve, printed once when a step starts waiting at its gate."""
+    before = {s.id: s.status for s in previous.steps} if previous else {}
+    return [
+        f"  approve with: fireline approve {state.workflow_id} {s.id} --as NAME"
+        for s in state.steps
+        if s.status == StepStatus.awaiting_approval
+        and before.get(s.id) != StepStatus.awaiting_approval
+    ]
+
+
+async def _follow_run(client: Client, workflow_id: str, *, quiet: bool) -> RunState:
+    """Show progress until the run ends; a Live table on a terminal, lines otherwise."""
+    console = _out()
+    final: RunState | None = None
+    if quiet:
+        async for state in operations.follow(client, workflow_id):
+            final = state
+    elif console.is_terminal:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            async for state in operations.follow(client, workflow_id):
+                live.update(render.live_view(state))
+                final = state
+    else:
+        previous: RunState | None = None
+        async for state in operations.follow(client, workflow_id):
+            lines = render.changes(previous, state) + _approve_hints(previous, state)
+            for line in lines:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+            previous = final = state
+    assert final is not None, "follow always yields at least once"
+    return final
+
+
+@app.command()
+def run(
+    playbook: Annotated[str, typer.Argument(help="playbook name or path")],
+    inputs: InputOption = None,
+    as_: AsOption = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="show progress until done")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a playbook run; with --follow, exit 0 only if it succeeds."""
+    settings = _settings()
+    given = parse_assignments(inputs)
+    who = identity(as_)
+
+    async def go(client: Client) -> tuple[operations.StartedRun, RunState | None]:
+        started = await operations.start_run(client, settings, playbook, given, who)
+        if not as_json:
+            out = _out()
+            out.print(f"started {started.workflow_id}", markup=False)
+            out.print(f"  {started.ui_url}", markup=False, soft_wrap=True)
+        final = await _follow_run(client, started.workflow_id, quiet=as_json) if follow else None
+        return started, final
+
+    started, final = _run(go, settings)
+    if as_json:
+        data: dict[str, Any] = started.model_dump(mode="json")
+        if final is not None:
+            data["final"] = final.model_dump(mode="json")
+        _echo_json(data)
+    if final is None:
+        return
+    if not as_json:
+        _print_outcome(final)
+    if final.phase != RunPhase.succeeded:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_outcome(state: RunState) -> None:
+    style = "green" if state.phase == RunPhase.succeeded else "red"
+    line = Text.assemble("outcome: ", (state.phase.value, style))
+    if state.reason:
+        line.append(f": {state.reason}")
+    _out().print(line, soft_wrap=True)
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")], as_json: JsonOption = False
+) -> None:
+    """Show a run: phase, steps, approvals, checks, compensations, timeline."""
+    settings = _settings()
+    state = _run(lambda c: operations.status(c, run_id), settings)
+    if as_json:
+        typer.echo(state.model_dump_json(indent=2))
+    else:
+        _out().print(render.run_view(state))
+
+
+def _emit_answer(verb: str, run_id: str, answer: StepState, as_json: bool) -> None:
+    """The step as the workflow saw it right after accepting the decision."""
+    if as_json:
+        typer.echo(answer.model_dump_json(indent=2))
+        return
+    line = f"{verb} step {answer.id} of {run_id}"
+    if answer.gate is not None:
+        approved = sum(a.decision == "approved" for a in answer.approvals)
+        line += f" ({approved}/{answer.gate.min_approvals} approvals)"
+    _out().print(line, markup=False, soft_wrap=True)
+
+
+@app.command()
+def approve(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    step: Annotated[str, typer.Argument()],
+    as_: AsOption = None,
+    comment: Annotated[str, typer.Option(help="recorded with the approval")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Approve a step waiting at its gate."""
+    settings, who = _settings(), identity(as_)
+    answer = _run(lambda c: operations.approve(c, run_id, step, who, comment), settings)
+    _emit_answer("approved", run_id, answer, as_json)
+
+
+@app.command()
+def reject(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    step: Annotated[str, typer.Argument()],
+    as_: AsOption = None,
+    comment: Annotated[str, typer.Option(help="recorded with the rejection")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Reject a step waiting at its gate; completed steps are compensated."""
+    settings, who = _settings(), identity(as_)
+    answer = _run(lambda c: operations.reject(c, run_id, step, who, comment), settings)
+    _emit_answer("rejected", run_id, answer, as_json)
+
+
+@app.command()
+def decide(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    step: Annotated[str, typer.Argument()],
+    action: Annotated[DecisionAction, typer.Argument(help="retry, skip or compensate")],
+    as_: AsOption = None,
+    comment: Annotated[str, typer.Option(help="recorded with the decision")] = "",
+    inputs: InputOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer a failed step that waits for a decision (on_failure: ask)."""
+    settings, who = _settings(), identity(as_)
+    new_inputs = parse_assignments(inputs)
+    if new_inputs and action != DecisionAction.retry:
+        raise typer.BadParameter("only retry takes new inputs", param_hint="--input")
+    answer = _run(
+        lambda c: operations.decide(c, run_id, step, action, who, comment, new_inputs or None),
+        settings,
+    )
+    _emit_answer(f"decided {action.value} for", run_id, answer, as_json)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    reason: Annotated[str, typer.Option(help="recorded with the cancellation")] = "",
+) -> None:
+    """Cancel a run; the workflow compensates what already ran."""
+    settings = _settings()
+    _run(lambda c: operations.cancel(c, run_id, reason), settings)
+    _out().print(f"cancellation requested for {run_id}", markup=False)
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List recent playbook runs."""
+    settings = _settings()
+    found = _run(lambda c: operations.list_runs(c, limit), settings)
+    if as_json:
+        _echo_json([r.model_dump(mode="json") for r in found])
+    else:
+        _out().print(render.runs_table(found))
+
+
+def main() -> None:
+    """Console-script entry point.
+
+    Leaves through ``exit_process``: once a Temporal client existed, normal interpreter
+    finalization aborts now and then (SIGABRT), which would turn a clean exit 0 into 134.
+    """
+    from fireline.worker_runtime import exit_process
+
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except KeyboardInterrupt:
+        code = 130
+    exit_process(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""What an operator can do to runs: start, inspect, follow, approve, reject, decide, cancel, list.
+
+The CLI and the HTTP API are thin shells over these coroutines, so both speak the same rules,
+the same error types and the same models. Every function takes an already connected client:
+the CLI makes one per command, the API shares one for its lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from fireline import errors
+from fireline.messages import (
+    QUERY_STATUS,
+    SA_PHASE,
+    SA_PLAYBOOK,
+    SA_REQUESTED_BY,
+    SA_RISK,
+    UPDATE_APPROVE,
+    UPDATE_DECIDE,
+    UPDATE_REJECT,
+    WORKFLOW_NAME,
+    Approval,
+    Decision,
+    DecisionAction,
+    RunPhase,
+    RunRequest,
+    RunState,
+    StepState,
+)
+from fireline.plan import IncludeNode, ParallelNode, Plan, Risk, StepNode
+from fireline.settings import Settings
+
+if TYPE_CHECKING:
+    from fireline.compiler import PlaybookLibrary
+
+_RISK_ORDER: tuple[Risk, ...] = (Risk.low, Risk.medium, Risk.high, Risk.critical)
+_QUERY_TIMEOUT = timedelta(seconds=15)
+
+
+class OperationError(Exception):
+    """Base of every failure an operator should see as a plain sentence, not a traceback."""
+
+
+class RunNotFound(OperationError):
+    """No workflow with that id exists in the namespace."""
+
+
+class OperationRefused(OperationError):
+    """The workflow said no (wrong step state, approver not in the role, run already over)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class InvalidInputs(OperationError, ValueError):
+    """The given playbook inputs are missing, unknown or of the wrong type."""
+
+
+class StartedRun(BaseModel):
+    workflow_id: str
+    run_id: str
+    ui_url: str
+    plan_hash: str
+    playbook: str
+
+
+class RunSummary(BaseModel):
+    """One line of ``fireline runs``: visibility data, no query needed."""
+
+    workflow_id: str
+    run_id: str
+    status: str
+    playbook: str | None = None
+    phase: str | None = None
+    requested_by: str | None = None
+    max_risk: str | None = None
+    parent_id: str | None = None
+    start_time: datetime | None = None
+    close_time: datetime | None = None
+
+
+# --- compiling ------------------------------------------------------------------------------
+
+
+def load_library(settings: Settings, *paths: Path) -> PlaybookLibrary:
+    """The playbook library of ``settings.playbooks_dir`` (or the given paths), modules loaded.
+
+    Imported lazily: the compiler pulls in every domain package, which the API's health check
+    and ``fireline runs`` do not need.
+    """
+    from activities.contract import load_domains
+    from fireline.compiler import PlaybookLibrary
+
+    load_domains()
+    return PlaybookLibrary.load(*(paths or (settings.playbooks_dir,)))
+
+
+def compile_playbook(settings: Settings, playbook: str) -> Plan:
+    """Compile one playbook by name or path; raises ``CompileError`` with every problem."""
+    return load_library(settings).compile(playbook)
+
+
+def max_risk(plan: Plan) -> Risk:
+    """The highest risk of any step, included playbooks counted, for the UI's filters."""
+    highest = Risk.low
+    for node in plan.walk():
+        if isinstance(node, StepNode):
+            risk = node.risk
+        elif isinstance(node, IncludeNode):
+            risk = max_risk(node.plan)
+        else:
+            continue
+        if _RISK_ORDER.index(risk) > _RISK_ORDER.index(highest):
+            highest = risk
+    return highest
+
+
+def resolve_inputs(plan: Plan, given: dict[str, Any]) -> dict[str, Any]:
+    """Checked inputs, strings coerced to the declared types, defaults filled in.
+
+    Raises :class:`InvalidInputs` naming every problem, so a run never starts half-specified.
+    """
+    from fireline.compiler import apply_input_defaults
+
+    try:
+        return apply_input_defaults(plan, given)
+    except ValueError as exc:
+        raise InvalidInputs(str(exc)) from None
+
+
+# --- starting -------------------------------------------------------------------------------
+
+
+def new_workflow_id(playbook: str, now: datetime | None = None) -> str:
+    """Readable and sortable in the UI, unique without a round trip to the server."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    return f"fireline-{playbook}-{stamp}-{secrets.token_hex(3)}"
+
+
+def ui_url(settings: Settings, workflow_id: str) -> str:
+    base = settings.temporal_ui_url.rstrip("/")
+    return f"{base}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
+
+
+def plan_details(plan: Plan) -> str:
+    """Markdown outline of the steps, shown as the workflow's details in the Temporal UI."""
+    lines = [f"**{plan.name}** v{plan.version}"]
+    if plan.description:
+        lines.append(plan.description.strip())
+    lines += [f"Plan `{plan.hash[:12]}`, max risk {max_risk(plan).value}", "", "Steps:"]
+
+    def outline(nodes: list[Any], depth: int) -> None:
+        pad = "  " * depth
+        for node in nodes:
+            if isinstance(node, StepNode):
+                extra = f", gate: {node.gate.role}" if node.gate else ""
+                lines.append(
+                    f"{pad}- `{node.id}` {node.name}: {node.action.module} "
+                    f"({node.risk.value}{extra})"
+                )
+            elif isinstance(node, ParallelNode):
+                lines.append(f"{pad}- `{node.id}` {node.name} (parallel)")
+                outline(node.branches, depth + 1)
+            elif isinstance(node, IncludeNode):
+                lines.append(f"{pad}- `{node.id}` {node.name}: playbook {node.plan.name}")
+
+    outline(plan.nodes, 0)
+    return "\n".join(lines)
+
+
+async def start_run(
+    client: Client,
+    settings: Settings,
+    playbook: str,
+    inputs: dict[str, Any],
+    requested_by: str,
+) -> StartedRun:
+    """Compile, check inputs, and start a PlaybookWorkflow; nothing starts if either fails."""
+    # Compiling reads files and imports modules: keep it off the event loop.
+    plan = await asyncio.to_thread(compile_playbook, settings, playbook)
+    if not plan.hash:
+        plan = plan.sealed()
+    resolved = resolve_inputs(plan, inputs)
+    workflow_id = new_workflow_id(plan.name)
+    attributes = TypedSearchAttributes(
+        [
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PLAYBOOK), plan.name),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), RunPhase.running.value),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_RISK), max_risk(plan).value),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_REQUESTED_BY), requested_by),
+        ]
+    )
+    request = RunRequest(
+        plan=plan,
+        inputs=resolved,
+        requested_by=requested_by,
+        task_queue_prefix=settings.task_queue_prefix,
+    )
+    handle = await client.start_workflow(
+        WORKFLOW_NAME,
+        request,
+        id=workflow_id,
+        task_queue=settings.workflow_task_queue,
+        search_attributes=attributes,
+        static_summary=f"{plan.name} v{plan.version} by {requested_by}",
+        static_details=plan_details(plan),
+    )
+    return StartedRun(
+        workflow_id=workflow_id,
+        run_id=handle.result_run_id or "",
+        ui_url=ui_url(settings, workflow_id),
+        plan_hash=plan.hash,
+        playbook=plan.name,
+    )
+
+
+# --- inspecting -----------------------------------------------------------------------------
+
+
+def _not_found(exc: RPCError) -> bool:
+    return exc.status == RPCStatusCode.NOT_FOUND
+
+
+async def status(client: Client, workflow_id: str) -> RunState:
+    """The run's state from the workflow's own query: the source of truth, open or closed."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        state: RunState = await handle.query(
+            QUERY_STATUS, result_type=RunState, rpc_timeout=_QUERY_TIMEOUT
+        )
+    except RPCError as exc:
+        if _not_found(exc):
+            raise RunNotFound(f"no run {workflow_id!r}") from None
+        raise OperationError(f"cannot query {workflow_id!r}: {exc.message}") from exc
+    except WorkflowQueryFailedError as exc:
+        raise OperationError(f"query of {workflow_id!r} failed: {exc.message}") from exc
+    if not state.workflow_id:
+        state.workflow_id = workflow_id
+    return state
+
+
+async def is_open(client: Client, workflow_id: str) -> bool:
+    try:
+        described = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if _not_found(exc):
+            raise RunNotFound(f"no run {workflow_id!r}") from None
+        raise
+    return described.status == WorkflowExecutionStatus.RUNNING
+
+
+async def follow(
+    client: Client, workflow_id: str, *, interval_s: float = 0.5
+) -> AsyncIterator[RunState]:
+    """Yield the run's state each time it changes, ending with its final state.
+
+    Polling the query keeps this independent of history encoding; it stops at a terminal phase,
+    or when the workflow closed without reaching one (terminated or timed out).
+    """
+    last: str | None = None
+    while True:
+        state = await status(client, workflow_id)
+        fingerprint = state.model_dump_json()
+        if fingerprint != last:
+            last = fingerprint
+            yield state
+        if state.phase.terminal:
+            return
+        if not await is_open(client, workflow_id):
+            final = await status(client, workflow_id)
+            if final.model_dump_json() != last:
+                yield final
+            return
+        await asyncio.sleep(interval_s)
+
+
+def _summary(execution: WorkflowExecution) -> RunSummary:
+    attrs = execution.typed_search_attributes
+
+    def keyword(name: str) -> str | None:
+        return attrs.get(SearchAttributeKey.for_keyword(name))
+
+    return RunSummary(
+        workflow_id=execution.id,
+        run_id=execution.run_id,
+        status=execution.status.name.lower() if execution.status else "unknown",
+        playbook=keyword(SA_PLAYBOOK),
+        phase=keyword(SA_PHASE),
+        requested_by=keyword(SA_REQUESTED_BY),
+        max_risk=keyword(SA_RISK),
+        parent_id=execution.parent_id,
+        start_time=execution.start_time,
+        close_time=execution.close_time,
+    )
+
+
+async def list_runs(client: Client, limit: int = 20) -> list[RunSummary]:
+    """Most recent playbook runs from visibility (search attributes, no worker involved)."""
+    runs: list[RunSummary] = []
+    query = f"WorkflowType = '{WORKFLOW_NAME}'"
+    async for execution in client.list_workflows(query, limit=limit):
+        runs.append(_summary(execution))
+    runs.sort(key=lambda r: r.start_time or datetime.min.replace(tzinfo=UTC), reverse=True)
+    return runs
+
+
+# --- deciding -------------------------------------------------------------------------------
+
+
+async def _update(handle: WorkflowHandle[Any, Any], name: str, arg: BaseModel) -> StepState:
+    """Run an update and translate the workflow's refusals into :class:`OperationRefused`."""
+    try:
+        answer: StepState = await handle.execute_update(name, arg, result_type=StepState)
+        return answer
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type == errors.REFUSED:
+            raise OperationRefused(cause.message) from None
+        raise OperationError(str(cause or exc)) from exc
+    except RPCError as exc:
+        if "already completed" in exc.message:
+            raise OperationRefused(f"run {handle.id!r} has already finished") from None
+        if _not_found(exc):
+            raise RunNotFound(f"no run {handle.id!r}") from None
+        raise OperationError(exc.message) from exc
+
+
+async def approve(
+    client: Client, workflow_id: str, step: str, by: str, comment: str = ""
+) -> StepState:
+    """Approve a gated step; returns the step as the workflow now sees it."""
+    handle = client.get_workflow_handle(workflow_id)
+    return await _update(handle, UPDATE_APPROVE, Approval(step=step, approver=by, comment=comment))
+
+
+async def reject(
+    client: Client, workflow_id: str, step: str, by: str, comment: str = ""
+) -> StepState:
+    """Reject a gated step: the workflow compensates what already ran."""
+    handle = client.get_workflow_handle(workflow_id)
+    return await _update(handle, UPDATE_REJECT, Approval(step=step, approver=by, comment=comment))
+
+
+async def decide(
+    client: Client,
+    workflow_id: str,
+    step: str,
+    action: DecisionAction | str,
+    by: str,
+    comment: str = "",
+    inputs: dict[str, Any] | None = None,
+) -> StepState:
+    """Answer a step paused by ``on_failure: ask``: retry (new inputs allowed), skip, compensate."""
+    decision = Decision(
+        step=step, action=DecisionAction(action), by=by, comment=comment, inputs=inputs or None
+    )
+    return await _update(client.get_workflow_handle(workflow_id), UPDATE_DECIDE, decision)
+
+
+async def cancel(client: Client, workflow_id: str, reason: str = "") -> None:
+    """Ask the run to stop; the workflow compensates what already ran before it ends."""
+    # The server accepts a cancel of a closed run silently; an operator should hear it.
+    if not await is_open(client, workflow_id):
+        raise OperationRefused(f"run {workflow_id!r} has already finished")
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        await handle.cancel(reason=reason)
+    except RPCError as exc:
+        if "already completed" in exc.message:
+            raise OperationRefused(f"run {workflow_id!r} has already finished") from None
+        if _not_found(exc):
+            raise RunNotFound(f"no run {workflow_id!r}") from None
+        raise OperationError(exc.message) from exc

@@ -1,0 +1,201 @@
+"""Record the workflow histories that tests/test_replay.py replays on every change.
+
+Run ``python -m tests.record_histories`` after an intended change to workflow behaviour that
+old runs will never meet (and say so in the change); otherwise never re-record: these files are
+what proves that runs started by an older Fireline still replay on the new code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from fireline.binaries import temporal_cli
+from fireline.devserver import TUNING_FLAGS
+from fireline.messages import (
+    QUERY_STATUS,
+    UPDATE_APPROVE,
+    UPDATE_DECIDE,
+    Approval,
+    Decision,
+    DecisionAction,
+    RunState,
+    StepStatus,
+)
+from tests.support.target import Reply, Target, start_target
+from tests.support.workers import compile_playbooks, fireline_workers, start_run
+
+HERE = Path(__file__).parent / "histories"
+
+STEP = """
+  - id: {id}
+    uses: core.http_request
+    with: {{url: "${{{{ inputs.base }}}}/{id}", compensation: {{url: "${{{{ inputs.base }}}}/undo/{id}"}}}}"""
+
+
+def playbook(name: str, body: str, outputs: str = "") -> str:
+    return (
+        f"name: {name}\ninputs: {{base: {{type: string, required: true}}}}\nsteps:{body}\n{outputs}"
+    )
+
+
+async def wait_status(handle: WorkflowHandle[Any, Any], step: str, status: StepStatus) -> None:
+    # Polling a remote query: there is no local event to wait on.
+    while (await handle.query(QUERY_STATUS, result_type=RunState)).step(step).status is not status:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Scenario:
+    name: str
+    files: dict[str, str]
+    routes: dict[str, Reply] = field(default_factory=dict)
+    act: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]] | None = None
+
+
+async def approve_twice(handle: WorkflowHandle[Any, Any]) -> None:
+    await wait_status(handle, "b", StepStatus.awaiting_approval)
+    for who in ("mallory", "carol", "erin"):
+        # mallory is refused: that refusal is part of the recorded history.
+        with contextlib.suppress(WorkflowUpdateFailedError):
+            await handle.execute_update(UPDATE_APPROVE, Approval(step="b", approver=who))
+
+
+async def retry_with_fix(handle: WorkflowHandle[Any, Any]) -> None:
+    await wait_status(handle, "b", StepStatus.awaiting_decision)
+    url = (await handle.query(QUERY_STATUS, result_type=RunState)).inputs["base"] + "/fixed"
+    await handle.execute_update(
+        UPDATE_DECIDE,
+        Decision(step="b", action=DecisionAction.retry, by="alice", inputs={"url": url}),
+    )
+
+
+async def cancel_at_gate(handle: WorkflowHandle[Any, Any]) -> None:
+    await wait_status(handle, "b", StepStatus.awaiting_approval)
+    await handle.cancel()
+
+
+GATE = "\n    approval: {role: sre-senior, min_approvals: 2, timeout: 1h}"
+SCENARIOS = [
+    Scenario(
+        "succeeded",
+        {
+            "p.yaml": playbook(
+                "ok",
+                STEP.format(id="a")
+                + STEP.format(id="b")
+                + '\n    postconditions: [{check: core.http_probe, with: {url: "${{ inputs.base }}/health"}}]',
+                'outputs: {status: "${{ steps.a.outputs.status }}"}',
+            )
+        },
+        {"POST /a": Reply(200), "POST /b": Reply(200), "GET /health": Reply(200)},
+    ),
+    Scenario(
+        "compensated",
+        {"p.yaml": playbook("undo", STEP.format(id="a") + STEP.format(id="b"))},
+        {"POST /a": Reply(200), "POST /b": Reply(500), "POST /undo/a": Reply(200)},
+    ),
+    Scenario(
+        "approved",
+        {"p.yaml": playbook("gate", STEP.format(id="a") + STEP.format(id="b") + GATE)},
+        {"POST /a": Reply(200), "POST /b": Reply(200)},
+        approve_twice,
+    ),
+    Scenario(
+        "ask_retry",
+        {
+            "p.yaml": playbook(
+                "ask", STEP.format(id="a") + STEP.format(id="b") + "\n    on_failure: ask"
+            )
+        },
+        {"POST /a": Reply(200), "POST /b": Reply(404), "POST /fixed": Reply(200)},
+        retry_with_fix,
+    ),
+    Scenario(
+        "parallel_include",
+        {
+            "child.yaml": playbook("child", STEP.format(id="c")),
+            "p.yaml": playbook(
+                "fan",
+                "\n  - id: group\n    parallel:"
+                + STEP.format(id="a").replace("\n", "\n    ")
+                + STEP.format(id="b").replace("\n", "\n    ")
+                + '\n  - id: inc\n    playbook: child\n    with: {base: "${{ inputs.base }}"}',
+            ),
+        },
+        {"POST /a": Reply(200), "POST /b": Reply(200), "POST /c": Reply(200)},
+    ),
+    Scenario(
+        "cancelled",
+        {"p.yaml": playbook("gate", STEP.format(id="a") + STEP.format(id="b") + GATE)},
+        {"POST /a": Reply(200), "POST /undo/a": Reply(200)},
+        cancel_at_gate,
+    ),
+]
+
+
+async def record(client: Client, target: Target, scenario: Scenario, out: Path) -> None:
+    for route, reply in scenario.routes.items():
+        method, path = route.split(" ", 1)
+        target.route(method, path, reply)
+    prefix = f"rec-{uuid.uuid4().hex[:8]}"
+    name = next(
+        line.split(":", 1)[1].strip()
+        for line in scenario.files["p.yaml"].splitlines()
+        if line.startswith("name:")
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = compile_playbooks(Path(tmp), scenario.files, name)
+    async with fireline_workers(client, prefix):
+        handle = await start_run(client, prefix, plan, {"base": target.base_url})
+        if scenario.act:
+            await scenario.act(handle)
+        # Failed and cancelled runs are histories worth keeping too.
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+        history = await handle.fetch_history()
+    text = json.dumps(history.to_json_dict(), indent=1) + "\n"
+    out.write_text(text)  # noqa: ASYNC240 (a one-off script, not a server)
+    print(f"recorded {out.name}: {len(history.events)} events")
+
+
+async def main(names: list[str]) -> None:
+    HERE.mkdir(exist_ok=True)
+    env = await WorkflowEnvironment.start_local(
+        ip="127.0.0.1",
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        dev_server_extra_args=list(TUNING_FLAGS),
+    )
+    try:
+        for scenario in SCENARIOS:
+            if names and scenario.name not in names:
+                continue
+            target = start_target()
+            try:
+                await record(env.client, target, scenario, HERE / f"{scenario.name}.json")
+            finally:
+                target.close()
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,1009 @@
+"""Compiling playbooks to Plans: structure of the plan, and one test per rejection rule."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from activities.contract import REGISTRY, load_domains
+from fireline.catalog import Catalog
+from fireline.compiler import PlaybookLibrary, Problem, apply_input_defaults
+from fireline.errors import CompileError
+from fireline.plan import (
+    WAIT_MODULE,
+    IncludeNode,
+    OnFailure,
+    ParallelNode,
+    Plan,
+    Risk,
+    StepNode,
+)
+
+FACT_MODULES = "tests.support.fact_modules"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _test_modules() -> Iterator[None]:
+    """The test.* modules exist while this file runs; other test files see the real registry."""
+    load_domains(["core"])
+    importlib.import_module(FACT_MODULES)
+    yield
+    for name in [n for n in REGISTRY if n.startswith("test.")]:
+        del REGISTRY[name]
+    sys.modules.pop(FACT_MODULES, None)
+
+
+CATALOG = Catalog.model_validate(
+    {
+        "roles": {
+            "sre-oncall": {"tier": 1, "members": ["bob", "alice"]},
+            "sre-senior": {"tier": 2, "members": ["carol"]},
+            "anyone": {"tier": 1},
+        }
+    }
+)
+
+
+def _write(tmp_path: Path, files: dict[str, str]) -> Path:
+    folder = tmp_path / "playbooks"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+def _library(tmp_path: Path, files: dict[str, str], catalog: Catalog | None = CATALOG):
+    return PlaybookLibrary.load(_write(tmp_path, files), catalog=catalog)
+
+
+def _compile(tmp_path: Path, text: str, *others: str) -> Plan:
+    files = {"main.yaml": text} | {f"other{i}.yaml": t for i, t in enumerate(others)}
+    return _library(tmp_path, files).compile(_name(text))
+
+
+def _problems(tmp_path: Path, text: str, *others: str) -> list[Problem]:
+    with pytest.raises(CompileError) as caught:
+        _compile(tmp_path, text, *others)
+    problems = caught.value.problems
+    assert problems
+    assert all(isinstance(p, Problem) for p in problems)
+    return problems  # type: ignore[return-value]
+
+
+def _only(tmp_path: Path, text: str, *others: str) -> Problem:
+    problems = _problems(tmp_path, text, *others)
+    assert len(problems) == 1, [str(p) for p in problems]
+    return problems[0]
+
+
+def _name(text: str) -> str:
+    for line in textwrap.dedent(text).splitlines():
+        if line.startswith("name:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no name")
+
+
+def _line(text: str, needle: str, nth: int = 1) -> int:
+    """1-based line of the nth line of ``text`` containing ``needle``."""
+    seen = 0
+    for number, line in enumerate(textwrap.dedent(text).splitlines(), start=1):
+        if needle in line:
+            seen += 1
+            if seen == nth:
+                return number
+    raise AssertionError(f"{needle!r} not in text")
+
+
+HAPPY = """\
+name: happy
+version: 2
+owner: team-x
+outage_class: demo
+description: All the shapes.
+on_failure: halt
+inputs:
+  flag: {type: string, required: true, description: which flag}
+  replicas: {type: integer, default: 3}
+steps:
+  - id: look
+    uses: test.read
+    with: {target: "${{ inputs.flag }}"}
+  - id: observe
+    name: Observe first
+    uses: test.probe
+    with: {target: "${{ steps.look.outputs.target }}"}
+  - id: flip
+    uses: test.toggle
+    with: {flag: "${{ inputs.flag }}", enabled: true}
+    preconditions:
+      - check: test.probe
+        with: {target: "${{ input.flag }}"}
+    postconditions:
+      - check: test.probe
+        with: {target: "${{ output.flag }}"}
+        deadline: 2m
+        interval: 5s
+    timeout: 45s
+    heartbeat: 10s
+    retry: {max_attempts: 5, initial_interval: 2s}
+    on_failure: ask
+    decision_timeout: 30m
+  - id: both
+    name: Both at once
+    parallel:
+      - id: left
+        uses: test.read
+        with: {target: left}
+      - id: right
+        uses: core.wait
+        with: {seconds: 5}
+  - id: scale
+    uses: test.scale
+    with: {replicas: "${{ inputs.replicas }}", undo: {replicas: 1}}
+  - id: approved
+    uses: test.scale
+    with: {replicas: 2}
+    approval: {role: sre-oncall, timeout: 15m, min_approvals: 2}
+outputs:
+  seen: "${{ steps.observe.outputs.observed }}"
+  left: "${{ steps.left.outputs.target }}"
+"""
+
+
+class TestPlanStructure:
+    def test_steps_parallel_groups_and_metadata(self, tmp_path: Path) -> None:
+        """A playbook compiles to a sealed Plan mirroring its steps, groups and metadata."""
+        plan = _compile(tmp_path, HAPPY)
+        assert (plan.name, plan.version, plan.owner, plan.outage_class) == (
+            "happy",
+            "2",
+            "team-x",
+            "demo",
+        )
+        assert plan.hash == plan.content_hash()
+        assert [n.id for n in plan.nodes] == [
+            "look",
+            "observe",
+            "flip",
+            "both",
+            "scale",
+            "approved",
+        ]
+        both = plan.nodes[3]
+        assert isinstance(both, ParallelNode)
+        assert both.name == "Both at once"
+        assert [b.id for b in both.branches] == ["left", "right"]
+        right = both.branches[1]
+        assert isinstance(right, StepNode)
+        assert right.action.module == WAIT_MODULE
+        assert plan.outputs == {
+            "seen": "${{ steps.observe.outputs.observed }}",
+            "left": "${{ steps.left.outputs.target }}",
+        }
+        assert plan.source is not None
+        assert plan.source.file.endswith("main.yaml")
+
+    def test_inputs_become_input_specs(self, tmp_path: Path) -> None:
+        """Declared inputs keep their order, types, defaults and descriptions."""
+        plan = _compile(tmp_path, HAPPY)
+        assert [(i.name, i.type, i.required, i.default, i.description) for i in plan.inputs] == [
+            ("flag", "string", True, None, "which flag"),
+            ("replicas", "integer", False, 3, ""),
+        ]
+
+    def test_step_carries_module_facts_and_overrides(self, tmp_path: Path) -> None:
+        """Timeouts, retry, policy and source come from the step, the rest from the module."""
+        plan = _compile(tmp_path, HAPPY)
+        flip = plan.nodes[2]
+        assert isinstance(flip, StepNode)
+        assert flip.action.module == "test.toggle"
+        assert flip.action.domain == "core"
+        assert flip.action.with_ == {"flag": "${{ inputs.flag }}", "enabled": True}
+        assert (flip.action.start_to_close_s, flip.action.heartbeat_s) == (45.0, 10.0)
+        assert (flip.action.retry.max_attempts, flip.action.retry.initial_interval_s) == (5, 2.0)
+        assert flip.action.retry.max_interval_s == 30.0  # kept from the module
+        assert (flip.risk, flip.mutates, flip.idempotent) == (Risk.medium, True, True)
+        assert (flip.on_failure, flip.decision_timeout_s) == (OnFailure.ask, 1800.0)
+        assert flip.source is not None
+        assert flip.source.line == _line(HAPPY, "- id: flip")
+
+    def test_defaults_apply_where_the_step_says_nothing(self, tmp_path: Path) -> None:
+        """Playbook on_failure, module timeout and retry, and 1 h decision timeout by default."""
+        plan = _compile(tmp_path, HAPPY)
+        look = plan.nodes[0]
+        assert isinstance(look, StepNode)
+        assert look.name == "look"
+        assert look.on_failure == OnFailure.halt
+        assert look.decision_timeout_s == 3600.0
+        assert look.action.start_to_close_s == 60.0
+        assert look.action.retry.max_attempts == 3
+        assert look.gate is None
+        assert look.compensation is None
+
+    def test_checks_and_check_steps(self, tmp_path: Path) -> None:
+        """Step checks become CheckCalls with deadlines; a check as a step is marked."""
+        plan = _compile(tmp_path, HAPPY)
+        observe, flip = plan.nodes[1], plan.nodes[2]
+        assert isinstance(observe, StepNode)
+        assert isinstance(flip, StepNode)
+        assert observe.is_check
+        assert observe.action.local
+        assert not flip.is_check
+        [pre] = flip.preconditions
+        assert (pre.name, pre.deadline_s, pre.poll_interval_s, pre.local) == (
+            "test.probe",
+            60.0,
+            2.0,
+            True,
+        )
+        [post] = flip.postconditions
+        assert (post.deadline_s, post.poll_interval_s) == (120.0, 5.0)
+        assert post.with_ == {"target": "${{ output.flag }}"}
+
+    def test_module_compensation_is_resolved_into_the_step(self, tmp_path: Path) -> None:
+        """A mapping compensation is copied; a whole-expression one becomes ``$from``."""
+        plan = _compile(tmp_path, HAPPY)
+        flip, scale = plan.nodes[2], plan.nodes[4]
+        assert isinstance(flip, StepNode)
+        assert isinstance(scale, StepNode)
+        assert flip.compensation is not None
+        assert flip.compensation.module == "test.toggle"
+        assert flip.compensation.with_ == {
+            "flag": "${{ input.flag }}",
+            "enabled": "${{ output.previous }}",
+        }
+        assert scale.compensation is not None
+        assert scale.compensation.with_ == {"$from": "${{ input.undo }}"}
+        assert scale.compensation.when is None  # undo is written out, so it always exists
+
+    def test_gate_resolves_approvers_from_the_catalog(self, tmp_path: Path) -> None:
+        """Tier defaults to the role's, approvers are the sorted members."""
+        plan = _compile(tmp_path, HAPPY)
+        approved = plan.nodes[5]
+        assert isinstance(approved, StepNode)
+        assert approved.gate is not None
+        assert approved.gate.model_dump() == {
+            "role": "sre-oncall",
+            "tier": 1,
+            "timeout_s": 900.0,
+            "min_approvals": 2,
+            "approvers": ["alice", "bob"],
+        }
+
+    def test_role_without_members_admits_anyone(self, tmp_path: Path) -> None:
+        """A role without members compiles to approvers=None."""
+        text = HAPPY.replace("{role: sre-oncall, timeout: 15m, min_approvals: 2}", "{role: anyone}")
+        approved = _compile(tmp_path, text).nodes[5]
+        assert isinstance(approved, StepNode)
+        assert approved.gate is not None
+        assert approved.gate.approvers is None
+        assert approved.gate.timeout_s == 900.0
+
+    def test_declared_postcondition_follows_its_when_input(self, tmp_path: Path) -> None:
+        """A module's check appears only when its ``when`` input is set; guarded if dynamic."""
+        base = """\
+        name: restore
+        inputs: {url: {type: string}}
+        steps:
+          - id: compat
+            uses: test.check_compat
+            with: {app_version: "1", schema_version: "2"}
+          - id: restore
+            uses: test.restore_database
+            with: {backup_id: b1%s}
+            approval: {role: sre-senior}
+        """
+        without = _compile(tmp_path / "a", base % "").nodes[1]
+        static = _compile(tmp_path / "b", base % ", verify_url: http://x").nodes[1]
+        dynamic = _compile(tmp_path / "c", base % ', verify_url: "${{ inputs.url }}"').nodes[1]
+        joined = ', verify_url: "${{ inputs.url }}/x/${{ inputs.url }}"'
+        text = _compile(tmp_path / "d", base % joined).nodes[1]
+        assert isinstance(without, StepNode)
+        assert isinstance(static, StepNode)
+        assert isinstance(dynamic, StepNode)
+        assert without.postconditions == []
+        assert [(c.name, c.when) for c in static.postconditions] == [("test.probe", None)]
+        assert [(c.name, c.when) for c in dynamic.postconditions] == [
+            ("test.probe", "input.verify_url")
+        ]
+        assert dynamic.postconditions[0].with_ == {"target": "${{ input.verify_url }}"}
+        assert isinstance(text, StepNode)
+        assert [c.when for c in text.postconditions] == [None]  # text is never null
+        assert (dynamic.risk, dynamic.requires, dynamic.idempotent) == (
+            Risk.critical,
+            ["app_compatible"],
+            False,
+        )
+
+    def test_step_compensate_overrides_the_module(self, tmp_path: Path) -> None:
+        """``compensate:`` replaces the module's own compensation."""
+        text = """\
+        name: override
+        steps:
+          - id: flip
+            uses: test.toggle
+            with: {flag: f, enabled: true}
+            compensate:
+              uses: test.scale
+              with: {replicas: "${{ output.previous }}"}
+        """
+        flip = _compile(tmp_path, text).nodes[0]
+        assert isinstance(flip, StepNode)
+        assert flip.compensation is not None
+        assert flip.compensation.module == "test.scale"
+        assert flip.compensation.with_ == {"replicas": "${{ output.previous }}"}
+
+
+class TestHash:
+    def test_same_yaml_same_hash(self, tmp_path: Path) -> None:
+        """Compiling the same file twice yields the same content hash."""
+        library = _library(tmp_path, {"main.yaml": HAPPY})
+        first, second = library.compile("happy"), library.compile("happy")
+        assert first.hash == second.hash
+        assert len(first.hash) == 64
+        assert (
+            PlaybookLibrary.load(tmp_path / "playbooks", catalog=CATALOG).compile("happy").hash
+            == first.hash
+        )
+
+    def test_changed_yaml_changes_the_hash(self, tmp_path: Path) -> None:
+        """Any change to what runs changes the hash."""
+        before = _compile(tmp_path / "a", HAPPY).hash
+        after = _compile(tmp_path / "b", HAPPY.replace("enabled: true", "enabled: false")).hash
+        assert before != after
+
+
+PARENT = """\
+name: parent
+inputs: {flag: {type: string, required: true}}
+steps:
+  - id: first
+    uses: test.read
+    with: {target: x}
+  - id: child
+    playbook: child
+    with: {flag: "${{ inputs.flag }}"}
+    approval: {role: sre-senior}
+    on_failure: halt
+  - id: after
+    uses: test.read
+    with: {target: "${{ steps.child.outputs.flipped }}"}
+outputs:
+  flipped: "${{ steps.child.outputs.flipped }}"
+"""
+
+CHILD = """\
+name: child
+inputs:
+  flag: {type: string, required: true}
+  mode: {type: string, default: fast}
+  extra: {type: string}
+steps:
+  - id: flip
+    uses: test.toggle
+    with: {flag: "${{ inputs.flag }}", enabled: true}
+outputs:
+  flipped: "${{ steps.flip.outputs.flag }}"
+"""
+
+
+class TestIncludes:
+    def test_include_embeds_the_compiled_child(self, tmp_path: Path) -> None:
+        """An include carries the child's sealed Plan, its gate and the filled-in inputs."""
+        plan = _compile(tmp_path, PARENT, CHILD)
+        include = plan.nodes[1]
+        assert isinstance(include, IncludeNode)
+        assert include.plan.name == "child"
+        assert include.plan.hash == include.plan.content_hash()
+        assert include.plan == _library(tmp_path, {}).compile("child")
+        assert include.with_ == {"flag": "${{ inputs.flag }}", "mode": "fast", "extra": None}
+        assert include.gate is not None
+        assert (include.gate.role, include.gate.tier, include.gate.approvers) == (
+            "sre-senior",
+            2,
+            ["carol"],
+        )
+        assert include.on_failure == OnFailure.halt
+
+    def test_unknown_playbook(self, tmp_path: Path) -> None:
+        """Including a playbook that does not exist names the close one."""
+        text = PARENT.replace("playbook: child", "playbook: chlid")
+        problem = _only(tmp_path, text, CHILD)
+        assert (problem.line, problem.step) == (_line(text, "playbook: chlid"), "child")
+        assert "no playbook named 'chlid' (did you mean 'child'?)" in problem.message
+
+    def test_include_inputs_are_checked(self, tmp_path: Path) -> None:
+        """Unknown and missing child inputs are errors at the include."""
+        text = PARENT.replace('with: {flag: "${{ inputs.flag }}"}', "with: {flga: x}")
+        messages = [(p.line, p.message) for p in _problems(tmp_path, text, CHILD)]
+        assert (
+            _line(text, "flga"),
+            "playbook 'child' has no input 'flga' (did you mean 'flag'?); its inputs are: "
+            "flag, mode, extra",
+        ) in messages
+        assert (
+            _line(text, "flga"),
+            "playbook 'child' requires input 'flag' (string); add it under with:",
+        ) in messages
+
+    def test_include_output_must_exist_in_the_child(self, tmp_path: Path) -> None:
+        """``steps.<include>.outputs.X`` must be one of the child's outputs."""
+        text = PARENT.replace(
+            'target: "${{ steps.child.outputs.flipped }}"',
+            'target: "${{ steps.child.outputs.flopped }}"',
+        )
+        problem = _only(tmp_path, text, CHILD)
+        assert problem.line == _line(text, "flopped")
+        assert "step 'child' (playbook child) has no output 'flopped'" in problem.message
+        assert "did you mean 'flipped'?" in problem.message
+
+    def test_include_cycle_names_the_chain(self, tmp_path: Path) -> None:
+        """a includes b includes a is refused, naming the chain."""
+        a = """\
+        name: a
+        steps:
+          - id: to_b
+            playbook: b
+        """
+        b = """\
+        name: b
+        steps:
+          - id: to_a
+            playbook: a
+        """
+        problems = _problems(tmp_path, a, b)
+        cycle = [p for p in problems if "include cycle" in p.message]
+        assert len(cycle) == 1
+        assert cycle[0].message.startswith("include cycle: a -> b -> a")
+        assert cycle[0].file.endswith("other0.yaml")
+        assert (cycle[0].line, cycle[0].step) == (4, "to_a")
+
+    def test_self_include(self, tmp_path: Path) -> None:
+        """A playbook including itself is a cycle too."""
+        text = """\
+        name: loop
+        steps:
+          - id: again
+            playbook: loop
+        """
+        problem = _only(tmp_path, text)
+        assert problem.message.startswith("include cycle: loop -> loop")
+        assert problem.line == 4
+
+    def test_broken_child_fails_the_parent(self, tmp_path: Path) -> None:
+        """The child's own problems are reported along with the include that uses it."""
+        child = CHILD.replace("uses: test.toggle", "uses: test.togle")
+        problems = _problems(tmp_path, PARENT, child)
+        files = {(Path(p.file).name, p.line) for p in problems}
+        assert ("other0.yaml", _line(child, "test.togle")) in files
+        assert ("main.yaml", _line(PARENT, "playbook: child")) in files
+
+
+class TestUnknownNames:
+    def test_unknown_module_suggests_close_names(self, tmp_path: Path) -> None:
+        """An unknown module is reported at its ``uses:`` line with a suggestion."""
+        text = HAPPY.replace("uses: test.toggle", "uses: test.togle")
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step, problem.field) == (
+            _line(text, "test.togle"),
+            "flip",
+            "uses",
+        )
+        assert "unknown module or check 'test.togle' (did you mean 'test.toggle'?)" in (
+            problem.message
+        )
+        assert str(problem).endswith(f":{problem.line}: step 'flip': {problem.message}")
+
+    def test_unknown_check(self, tmp_path: Path) -> None:
+        """A precondition naming an unknown check, or a module, is refused."""
+        text = HAPPY.replace(
+            '- check: test.probe\n        with: {target: "${{ input.flag }}"}',
+            '- check: test.prob\n        with: {target: "${{ input.flag }}"}',
+        )
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.field) == (_line(text, "check: test.prob"), "preconditions")
+        assert "unknown check 'test.prob' (did you mean 'test.probe'?)" in problem.message
+        as_module = HAPPY.replace("- check: test.probe", "- check: test.read", 1)
+        problem = _only(tmp_path / "m", as_module)
+        assert "'test.read' is a module, not a check" in problem.message
+
+    def test_duplicate_step_ids(self, tmp_path: Path) -> None:
+        """Step ids are unique across the playbook, including inside parallel groups."""
+        text = HAPPY.replace("- id: right", "- id: look")
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step) == (_line(text, "- id: look", 2), "look")
+        assert problem.message.startswith(
+            f"duplicate step id 'look' (first used at line {_line(text, '- id: look')})"
+        )
+
+    def test_step_needs_exactly_one_kind(self, tmp_path: Path) -> None:
+        """uses, parallel and playbook exclude each other; extra keys per kind are refused."""
+        text = """\
+        name: kinds
+        steps:
+          - id: both
+            uses: test.read
+            playbook: other
+          - id: group
+            parallel:
+              - {id: a, uses: test.read, with: {target: x}}
+            retry: {max_attempts: 2}
+        """
+        problems = _problems(tmp_path, text)
+        assert [(p.line, p.step) for p in problems] == [(3, "both"), (9, "group")]
+        assert "exactly one of uses" in problems[0].message
+        assert "(found uses, playbook)" in problems[0].message
+        assert problems[1].message.startswith("'retry' does not apply here: a parallel group")
+
+
+class TestWithInputs:
+    def test_unknown_input_field(self, tmp_path: Path) -> None:
+        """A ``with:`` key the module does not take is refused with a suggestion."""
+        text = HAPPY.replace("with: {target: left}", "with: {target: left, limt: 3}")
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step, problem.field) == (
+            _line(text, "limt"),
+            "left",
+            "with",
+        )
+        assert problem.message.startswith(
+            "test.read has no input 'limt' (did you mean 'limit'?); its inputs are: limit, target"
+        )
+
+    def test_missing_required_input_field(self, tmp_path: Path) -> None:
+        """A required module input left out is an error naming it."""
+        text = HAPPY.replace("with: {target: left}", "with: {limit: 3}")
+        problem = _only(tmp_path, text)
+        assert problem.line == _line(text, "with: {limit: 3}")
+        assert problem.message == "test.read requires input 'target'; add it under with:"
+
+    def test_static_value_of_the_wrong_type(self, tmp_path: Path) -> None:
+        """Values known at compile time are validated against the input model."""
+        text = HAPPY.replace("with: {target: left}", "with: {target: left, limit: many}")
+        problem = _only(tmp_path, text)
+        assert problem.line == _line(text, "limit: many")
+        assert problem.message.startswith("with.limit: Input should be a valid integer")
+
+    def test_expression_values_skip_type_checks_but_must_exist(self, tmp_path: Path) -> None:
+        """``${{ }}`` values are typed at run time, yet their key must be a real input."""
+        ok = HAPPY.replace(
+            "with: {target: left}", 'with: {target: left, limit: "${{ inputs.flag }}"}'
+        )
+        assert _compile(tmp_path / "ok", ok).nodes
+        bad = HAPPY.replace(
+            "with: {target: left}", 'with: {target: left, lim: "${{ inputs.flag }}"}'
+        )
+        problem = _only(tmp_path / "bad", bad)
+        assert "test.read has no input 'lim'" in problem.message
+
+    def test_check_with_is_validated(self, tmp_path: Path) -> None:
+        """A check's ``with:`` is validated against the check's input model."""
+        text = HAPPY.replace('with: {target: "${{ output.flag }}"}', "with: {targt: x}")
+        messages = [p.message for p in _problems(tmp_path, text)]
+        assert any("test.probe has no input 'targt'" in m for m in messages)
+        assert "test.probe requires input 'target'; add it under with:" in messages
+
+    def test_compensate_with_is_validated(self, tmp_path: Path) -> None:
+        """A step's own compensation is validated against its module's inputs."""
+        text = """\
+        name: comp
+        steps:
+          - id: flip
+            uses: test.toggle
+            with: {flag: f, enabled: true}
+            compensate:
+              uses: test.scale
+              with: {replicas: -1}
+        """
+        problem = _only(tmp_path, text)
+        assert problem.line == _line(text, "replicas: -1")
+        assert "with.replicas: Input should be greater than or equal to 0" in problem.message
+
+
+class TestExpressions:
+    def test_unknown_input(self, tmp_path: Path) -> None:
+        """``inputs.X`` must be declared."""
+        text = HAPPY.replace(
+            'with: {target: "${{ inputs.flag }}"}', 'with: {target: "${{ inputs.flg }}"}'
+        )
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step) == (_line(text, "inputs.flg"), "look")
+        assert "unknown input 'flg' (did you mean 'flag'?)" in problem.message
+
+    def test_later_step(self, tmp_path: Path) -> None:
+        """A step cannot use the outputs of a step that runs after it."""
+        text = HAPPY.replace(
+            "with: {target: left}", 'with: {target: "${{ steps.scale.outputs.replicas }}"}'
+        )
+        problem = _only(tmp_path, text)
+        assert problem.step == "left"
+        assert "step 'scale' runs after this one" in problem.message
+
+    def test_sibling_in_the_same_parallel_group(self, tmp_path: Path) -> None:
+        """Branches of one parallel group cannot use each other's outputs."""
+        text = HAPPY.replace(
+            "with: {seconds: 5}", 'with: {seconds: 5, reason: "${{ steps.left.outputs.target }}"}'
+        )
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step) == (_line(text, "steps.left.outputs"), "right")
+        assert "step 'left' runs in parallel with this one" in problem.message
+
+    def test_own_outputs(self, tmp_path: Path) -> None:
+        """A step's ``with:`` cannot use its own outputs."""
+        text = HAPPY.replace(
+            "with: {target: left}", 'with: {target: "${{ steps.left.outputs.target }}"}'
+        )
+        problem = _only(tmp_path, text)
+        assert "cannot use its own outputs" in problem.message
+
+    def test_unknown_output_field(self, tmp_path: Path) -> None:
+        """The field must exist in the step's output model."""
+        text = HAPPY.replace("steps.look.outputs.target", "steps.look.outputs.tagret")
+        problem = _only(tmp_path, text)
+        assert problem.line == _line(text, "tagret")
+        assert "step 'look' (test.read) has no output 'tagret' (did you mean 'target'?)" in (
+            problem.message
+        )
+
+    def test_check_step_outputs_are_check_result_fields(self, tmp_path: Path) -> None:
+        """A check used as a step has the CheckResult fields as outputs."""
+        text = HAPPY.replace("steps.observe.outputs.observed", "steps.observe.outputs.target")
+        problem = _only(tmp_path, text)
+        assert problem.field is None
+        assert problem.line == _line(text, "steps.observe.outputs.target")
+        assert "its outputs are: detail, expected, observed, satisfied" in problem.message
+
+    def test_parallel_group_has_no_outputs(self, tmp_path: Path) -> None:
+        """A parallel group's id cannot be used as a source of outputs."""
+        text = HAPPY.replace("steps.left.outputs.target", "steps.both.outputs.target")
+        problem = _only(tmp_path, text)
+        assert "'both' is a parallel group and has no outputs" in problem.message
+
+    def test_input_and_output_only_in_checks_and_compensation(self, tmp_path: Path) -> None:
+        """``input.*`` in a step's ``with:`` is refused; ``output.*`` in preconditions too."""
+        text = HAPPY.replace(
+            'with: {target: "${{ input.flag }}"}', 'with: {target: "${{ output.flag }}"}'
+        ).replace("with: {target: left}", 'with: {target: "${{ input.target }}"}')
+        problems = _problems(tmp_path, text)
+        assert [(p.step, p.line) for p in problems] == [
+            ("flip", _line(text, "${{ output.flag }}")),
+            ("left", _line(text, "input.target")),
+        ]
+        assert "output.* is not available in preconditions" in problems[0].message
+        assert "input.* exists only in a step's checks and compensation" in problems[1].message
+
+    def test_input_field_must_belong_to_the_step(self, tmp_path: Path) -> None:
+        """``input.X`` in a check must be one of the step's module inputs."""
+        text = HAPPY.replace("${{ input.flag }}", "${{ input.flg }}")
+        problem = _only(tmp_path, text)
+        assert "the step has no input 'flg' (did you mean 'flag'?)" in problem.message
+
+    def test_malformed_expression(self, tmp_path: Path) -> None:
+        """Expressions are dotted paths only; anything else reports the resolver's message."""
+        text = HAPPY.replace(
+            '${{ inputs.flag }}"}\n  - id: observe', '${{ inputs.flag + 1 }}"}\n  - id: observe'
+        )
+        problem = _only(tmp_path, text)
+        assert problem.step == "look"
+        assert "is not a reference: use a dotted path" in problem.message
+
+    def test_unclosed_expression(self, tmp_path: Path) -> None:
+        """An expression without its closing braces is not silently left as text."""
+        text = HAPPY.replace("with: {target: left}", 'with: {target: "${{ inputs.flag"}')
+        problem = _only(tmp_path, text)
+        assert problem.message.startswith("unclosed expression")
+
+    def test_playbook_outputs_reference_real_steps(self, tmp_path: Path) -> None:
+        """Playbook outputs must name existing steps and fields."""
+        text = HAPPY.replace(
+            'left: "${{ steps.left.outputs.target }}"', 'left: "${{ steps.lfet.outputs.target }}"'
+        )
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step) == (_line(text, "steps.lfet"), None)
+        assert "no step 'lfet' in this playbook (did you mean 'left'?)" in problem.message
+
+
+RESTORE = """\
+name: restore
+steps:
+  - id: look
+    uses: test.read
+    with: {target: db}
+  - id: restore
+    uses: test.restore_database
+    with: {backup_id: b1}
+    approval: {role: sre-senior}
+"""
+
+
+class TestFacts:
+    def test_required_fact_without_provider(self, tmp_path: Path) -> None:
+        """A step requiring a fact nobody provided earlier is refused, naming providers."""
+        problem = _only(tmp_path, RESTORE)
+        assert (problem.line, problem.step, problem.field) == (
+            _line(RESTORE, "uses: test.restore_database"),
+            "restore",
+            "uses",
+        )
+        assert problem.message == (
+            "step 'restore' (test.restore_database) requires fact 'app_compatible', which no "
+            "earlier step provides; add a step that provides it before this one (modules "
+            "providing it: test.check_compat)"
+        )
+
+    def test_provided_earlier_is_fine(self, tmp_path: Path) -> None:
+        """A providing step before the requiring one satisfies the rule."""
+        text = RESTORE.replace(
+            "uses: test.read\n    with: {target: db}",
+            "uses: test.check_compat\n    with: {app_version: '1', schema_version: '2'}",
+        )
+        restore = _compile(tmp_path, text).nodes[1]
+        assert isinstance(restore, StepNode)
+        assert restore.provides == ["database_restored"]
+
+    def test_provided_later_does_not_count(self, tmp_path: Path) -> None:
+        """A provider after the requiring step does not help."""
+        text = RESTORE + (
+            "  - id: compat\n    uses: test.check_compat\n"
+            "    with: {app_version: '1', schema_version: '2'}\n"
+        )
+        problem = _only(tmp_path, text)
+        assert "requires fact 'app_compatible'" in problem.message
+
+    def test_parallel_sibling_does_not_count(self, tmp_path: Path) -> None:
+        """A provider running in parallel may not have finished."""
+        text = """\
+        name: race
+        steps:
+          - id: both
+            parallel:
+              - id: compat
+                uses: test.check_compat
+                with: {app_version: "1", schema_version: "2"}
+              - id: restore
+                uses: test.restore_database
+                with: {backup_id: b1}
+                approval: {role: sre-senior}
+          - id: again
+            uses: test.restore_database
+            with: {backup_id: b2}
+            approval: {role: sre-senior}
+        """
+        problem = _only(tmp_path, text)
+        assert (problem.step, problem.line) == ("restore", _line(text, "uses: test.restore"))
+        assert "a step running in parallel with it provides it" in problem.message
+
+    def test_included_playbook_sees_facts_provided_before_it(self, tmp_path: Path) -> None:
+        """Facts flow into an include, and out of it to later steps."""
+        child = RESTORE.replace("name: restore", "name: child-restore")
+        parent = """\
+        name: outer
+        steps:
+          - id: compat
+            uses: test.check_compat
+            with: {app_version: "1", schema_version: "2"}
+          - id: inner
+            playbook: child-restore
+        """
+        plan = _compile(tmp_path, parent, child)
+        assert isinstance(plan.nodes[1], IncludeNode)
+
+    def test_include_without_the_fact_reports_inside_the_child(self, tmp_path: Path) -> None:
+        """The missing fact is reported at the child's step, naming the include."""
+        child = RESTORE.replace("name: restore", "name: child-restore")
+        parent = """\
+        name: outer
+        steps:
+          - id: inner
+            playbook: child-restore
+        """
+        problems = _problems(tmp_path, parent, child)
+        facts = [p for p in problems if "requires fact" in p.message]
+        assert len(facts) == 1
+        assert facts[0].file.endswith("other0.yaml")
+        assert facts[0].line == _line(child, "uses: test.restore_database")
+        assert "(in playbook 'child-restore' included by step 'inner')" in facts[0].message
+
+
+class TestUndoOrGate:
+    def test_mutating_step_without_compensation_or_gate(self, tmp_path: Path) -> None:
+        """A change with no way back and no human decision is refused."""
+        text = HAPPY.replace(
+            'with: {replicas: "${{ inputs.replicas }}", undo: {replicas: 1}}',
+            'with: {replicas: "${{ inputs.replicas }}"}',
+        )
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step) == (_line(text, "uses: test.scale"), "scale")
+        assert problem.message.startswith(
+            "test.scale changes the target system but this step has neither a compensation "
+            "nor an approval gate: set with.undo"
+        )
+
+    def test_compensation_guarded_by_an_expression_is_carried_with_when(
+        self, tmp_path: Path
+    ) -> None:
+        """A ``when`` input given as a whole expression guards the compensation at run time."""
+        text = HAPPY.replace(
+            "replicas: {type: integer, default: 3}",
+            "replicas: {type: integer, default: 3}\n  undo: {type: object}",
+        ).replace("undo: {replicas: 1}", 'undo: "${{ inputs.undo }}"')
+        scale = _compile(tmp_path, text).nodes[4]
+        assert isinstance(scale, StepNode)
+        assert scale.compensation is not None
+        assert scale.compensation.with_ == {"$from": "${{ input.undo }}"}
+        assert scale.compensation.when == "input.undo"
+
+    def test_irreversible_step_needs_a_gate_even_with_compensate(self, tmp_path: Path) -> None:
+        """Irreversible modules always need an approval gate."""
+        text = """\
+        name: irreversible
+        steps:
+          - id: compat
+            uses: test.check_compat
+            with: {app_version: "1", schema_version: "2"}
+          - id: restore
+            uses: test.restore_database
+            with: {backup_id: b1}
+            compensate: {uses: test.toggle, with: {flag: f, enabled: false}}
+        """
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step) == (_line(text, "uses: test.restore"), "restore")
+        assert "test.restore_database is irreversible (critical risk)" in problem.message
+        assert "add `approval: {role: <catalog role>}`" in problem.message
+
+    def test_check_step_cannot_be_compensated(self, tmp_path: Path) -> None:
+        """Checks change nothing, so ``compensate:`` on them is a mistake."""
+        text = HAPPY.replace(
+            "    name: Observe first\n",
+            "    name: Observe first\n    compensate: {uses: test.read, with: {target: x}}\n",
+        )
+        problem = _only(tmp_path, text)
+        assert "is a check and changes nothing" in problem.message
+
+
+class TestApproval:
+    def test_unknown_role(self, tmp_path: Path) -> None:
+        """The role must be in the catalog; a close name is suggested."""
+        text = HAPPY.replace("role: sre-oncall", "role: sre-oncal")
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step, problem.field) == (
+            _line(text, "sre-oncal"),
+            "approved",
+            "approval",
+        )
+        assert problem.message.startswith("unknown role 'sre-oncal' (did you mean 'sre-oncall'?)")
+
+    def test_more_approvals_than_members(self, tmp_path: Path) -> None:
+        """min_approvals cannot exceed the role's members."""
+        text = HAPPY.replace("min_approvals: 2", "min_approvals: 3")
+        problem = _only(tmp_path, text)
+        assert problem.line == _line(text, "min_approvals: 3")
+        assert problem.message.startswith(
+            "min_approvals is 3 but role 'sre-oncall' has only 2 member(s) (alice, bob)"
+        )
+
+    def test_tier_out_of_range(self, tmp_path: Path) -> None:
+        """Tiers are 0 to 3."""
+        text = HAPPY.replace("timeout: 15m, min_approvals: 2", "tier: 4")
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.field) == (_line(text, "tier: 4"), "approval.tier")
+
+    def test_no_catalog(self, tmp_path: Path) -> None:
+        """Without a catalog no gate can be checked, and the message says where to put it."""
+        library = _library(tmp_path, {"main.yaml": HAPPY}, catalog=None)
+        with pytest.raises(CompileError) as caught:
+            library.compile("happy")
+        [problem] = caught.value.problems
+        assert "no catalog is loaded (put catalog.yaml next to the playbooks)" in str(problem)
+
+    def test_catalog_yaml_of_the_directory_is_used(self, tmp_path: Path) -> None:
+        """Without an explicit catalog, the directory's catalog.yaml is loaded."""
+        folder = _write(
+            tmp_path,
+            {
+                "main.yaml": HAPPY,
+                "catalog.yaml": "roles:\n  sre-oncall: {tier: 2, members: [x, y, z]}\n",
+            },
+        )
+        library = PlaybookLibrary.load(folder)
+        assert library.names() == ["happy"]
+        approved = library.compile("happy").nodes[5]
+        assert isinstance(approved, StepNode)
+        assert approved.gate is not None
+        assert (approved.gate.tier, approved.gate.approvers) == (2, ["x", "y", "z"])
+
+
+class TestLibrary:
+    def test_compile_by_path_and_validate_all(self, tmp_path: Path) -> None:
+        """Playbooks compile by file path too; validate_all maps every file to its problems."""
+        folder = _write(
+            tmp_path,
+            {
+                "good.yaml": HAPPY,
+                "bad.yaml": HAPPY.replace("name: happy", "name: bad").replace(
+                    "test.toggle", "test.nope"
+                ),
+                "broken.yml": "name: [\n",
+            },
+        )
+        library = PlaybookLibrary.load(folder, catalog=CATALOG)
+        assert library.names() == ["bad", "happy"]
+        assert library.compile(str(folder / "good.yaml")).name == "happy"
+        report = {Path(k).name: v for k, v in library.validate_all().items()}
+        assert report["good.yaml"] == []
+        assert [p.step for p in report["bad.yaml"]] == ["flip"]
+        assert len(report["broken.yml"]) == 1
+        assert report["broken.yml"][0].message.startswith("YAML syntax error")
+        assert report["broken.yml"][0].to_dict()["file"].endswith("broken.yml")
+
+    def test_unknown_name(self, tmp_path: Path) -> None:
+        """Asking for a playbook that does not exist suggests the close one."""
+        library = _library(tmp_path, {"main.yaml": HAPPY})
+        with pytest.raises(
+            CompileError, match=r"no playbook named 'hapy' \(did you mean 'happy'\?\)"
+        ):
+            library.compile("hapy")
+
+    def test_duplicate_names_across_files(self, tmp_path: Path) -> None:
+        """Two files may not declare the same playbook name."""
+        library = _library(tmp_path, {"a.yaml": HAPPY, "b.yaml": HAPPY})
+        with pytest.raises(CompileError) as caught:
+            library.compile("happy")
+        [problem] = caught.value.problems
+        assert "playbook name 'happy' is already used by" in str(problem)
+        assert problem.line == 1  # type: ignore[attr-defined]
+
+
+class TestRunInputs:
+    def test_defaults_and_coercion(self, tmp_path: Path) -> None:
+        """CLI strings are coerced to declared types and defaults are filled in."""
+        plan = _compile(
+            tmp_path,
+            CHILD.replace(
+                "  extra: {type: string}",
+                "  extra: {type: string}\n  n: {type: integer}\n  on: {type: boolean}\n"
+                "  cfg: {type: object}\n  xs: {type: array}\n  ratio: {type: number}",
+            ),
+        )
+        given = {
+            "flag": "f",
+            "n": "3",
+            "on": "true",
+            "cfg": '{"a": 1}',
+            "xs": "[1]",
+            "ratio": "0.5",
+        }
+        assert apply_input_defaults(plan, given) == {
+            "flag": "f",
+            "mode": "fast",
+            "extra": None,
+            "n": 3,
+            "on": True,
+            "cfg": {"a": 1},
+            "xs": [1],
+            "ratio": 0.5,
+        }
+
+    def test_unknown_missing_and_wrong_type(self, tmp_path: Path) -> None:
+        """Every problem with the run inputs is named in one error."""
+        plan = _compile(tmp_path, CHILD.replace("extra: {type: string}", "extra: {type: integer}"))
+        with pytest.raises(ValueError, match="playbook 'child': ") as caught:
+            apply_input_defaults(plan, {"flg": "x", "extra": "lots"})
+        message = str(caught.value)
+        assert "unknown input 'flg' (did you mean 'flag'?)" in message
+        assert "missing required input 'flag' (string)" in message
+        assert "input 'extra' must be an integer, got string \"lots\"" in message
+
+    def test_bad_default_is_a_compile_problem(self, tmp_path: Path) -> None:
+        """A default that does not match the declared type is caught when compiling."""
+        text = CHILD.replace(
+            "mode: {type: string, default: fast}", "mode: {type: integer, default: fast}"
+        )
+        problem = _only(tmp_path, text)
+        assert problem.line == _line(text, "default: fast")
+        assert "'mode' must be an integer" in problem.message

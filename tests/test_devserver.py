@@ -1,0 +1,364 @@
+"""The embedded dev-server runner against the real ``temporal`` binary.
+
+Each test starts its own server on free loopback ports with a temporary data folder, so none
+of them touches 7233/8233 or the session ``env`` server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from temporalio import workflow
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, RegisterNamespaceRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from fireline.client import make_client
+from fireline.devserver import (
+    SQLITE_PRAGMAS,
+    TUNING_FLAGS,
+    DevServer,
+    DevServerError,
+    StackInfo,
+    dev_server_args,
+    ensure_search_attributes,
+    port_in_use,
+    run_stack,
+)
+from fireline.messages import SEARCH_ATTRIBUTES
+from fireline.settings import Settings
+
+
+@workflow.defn(name="DevServerEcho")
+class EchoWorkflow:
+    @workflow.run
+    async def run(self, text: str) -> str:
+        return text
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports nobody listens on (held open together so they differ)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def free_port_with_ui() -> int:
+    """A port P with P+1000 also free, for runners that derive the UI port from P."""
+    for _ in range(50):
+        (port,) = free_ports(1)
+        if port + 1000 < 65536 and not port_in_use("127.0.0.1", port + 1000):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A loopback port held by a real listening socket, as another Temporal would hold it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def make_settings(data_dir: Path, **extra: object) -> Settings:
+    return Settings(data_dir=data_dir, **extra)  # type: ignore[arg-type]
+
+
+def assert_gone(pid: int) -> None:
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def registered_attributes(client: Client, namespace: str) -> dict[str, int]:
+    response = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    return dict(response.custom_attributes)
+
+
+class TestDevServerArgs:
+    def test_persistent_tuned_loopback_server(self, tmp_path: Path) -> None:
+        """The command binds loopback, persists to the db file and carries the tuning flags."""
+        args = dev_server_args(
+            make_settings(tmp_path), port=7300, ui_port=8300, db_file=tmp_path / "t.db"
+        )
+        assert args[:2] == ["server", "start-dev"]
+        assert args[args.index("--ip") + 1] == "127.0.0.1"
+        assert args[args.index("--port") + 1] == "7300"
+        assert args[args.index("--ui-port") + 1] == "8300"
+        assert args[args.index("--db-filename") + 1] == str(tmp_path / "t.db")
+        pragmas = [args[i + 1] for i, a in enumerate(args) if a == "--sqlite-pragma"]
+        assert pragmas == list(SQLITE_PRAGMAS)
+        joined = " ".join(args)
+        assert " ".join(TUNING_FLAGS) in joined
+        assert args[-2:] == ["--log-level", "warn"]
+
+    def test_one_search_attribute_flag_per_attribute(self, tmp_path: Path) -> None:
+        """Every Fireline search attribute is registered at start-up, with its type."""
+        args = dev_server_args(make_settings(tmp_path), port=1, ui_port=2, db_file=tmp_path)
+        flags = [args[i + 1] for i, a in enumerate(args) if a == "--search-attribute"]
+        assert flags == [f"{name}={kind}" for name, kind in SEARCH_ATTRIBUTES.items()]
+
+    def test_namespace_flag_only_when_not_default(self, tmp_path: Path) -> None:
+        """The default namespace always exists; any other one is created at launch."""
+        plain = dev_server_args(make_settings(tmp_path), port=1, ui_port=2, db_file=tmp_path)
+        other = dev_server_args(
+            make_settings(tmp_path, temporal_namespace="incidents"),
+            port=1,
+            ui_port=2,
+            db_file=tmp_path,
+        )
+        assert "--namespace" not in plain
+        assert other[other.index("--namespace") + 1] == "incidents"
+
+
+class TestDevServer:
+    async def test_serves_persists_and_stops(self, tmp_path: Path) -> None:
+        """A run survives a restart on the same db file; stopping ends the started PID."""
+        port, ui_port = free_ports(2)
+        settings = make_settings(tmp_path / "data", temporal_namespace="fireline-test")
+        workflow_id = f"echo-{uuid.uuid4().hex[:8]}"
+        queue = f"q-{uuid.uuid4().hex[:8]}"
+
+        server = DevServer(settings, port=port, ui_port=ui_port)
+        async with server:
+            first_pid = server.pid
+            assert server.client is not None
+            attributes = await registered_attributes(server.client, "fireline-test")
+            assert set(SEARCH_ATTRIBUTES) <= set(attributes)
+            async with Worker(
+                server.client,
+                task_queue=queue,
+                workflows=[EchoWorkflow],
+                workflow_runner=UnsandboxedWorkflowRunner(),  # the sandbox is not under test
+            ):
+                result = await server.client.execute_workflow(
+                    EchoWorkflow.run, "still here", id=workflow_id, task_queue=queue
+                )
+            assert result == "still here"
+        assert first_pid is not None
+        assert_gone(first_pid)
+        assert (tmp_path / "data" / "temporal.db").exists()
+        assert "start-dev" in (tmp_path / "data" / "temporal.log").read_text()
+
+        async with DevServer(settings, port=port, ui_port=ui_port) as again:
+            assert again.pid != first_pid
+            assert again.client is not None
+            handle = again.client.get_workflow_handle(workflow_id)
+            description = await handle.describe()
+            assert description.status == WorkflowExecutionStatus.COMPLETED
+            assert await handle.result() == "still here"
+        assert again.pid is not None
+        assert_gone(again.pid)
+
+    async def test_port_in_use_is_refused(self, tmp_path: Path, listener: int) -> None:
+        """A taken gRPC port fails fast with a hint, and starts no process."""
+        server = DevServer(make_settings(tmp_path), port=listener, ui_port=free_ports(1)[0])
+        with pytest.raises(DevServerError) as caught:
+            await server.start()
+        assert str(caught.value) == (
+            f"port {listener} in use: is another Temporal running? "
+            f"set FIRELINE_TEMPORAL_ADDRESS to use it"
+        )
+        assert server.pid is None
+
+    async def test_ui_port_in_use_is_refused(self, tmp_path: Path, listener: int) -> None:
+        """A taken UI port is refused before the server starts, naming the UI."""
+        server = DevServer(make_settings(tmp_path), port=free_ports(1)[0], ui_port=listener)
+        with pytest.raises(DevServerError, match=f"port {listener} \\(Temporal UI\\) in use"):
+            await server.start()
+        assert server.pid is None
+
+    async def test_early_exit_quotes_the_log(self, tmp_path: Path) -> None:
+        """When the binary dies during start-up the error carries the tail of its log."""
+        (tmp_path / "temporal.db").mkdir()  # a directory where the SQLite file should be
+        port, ui_port = free_ports(2)
+        server = DevServer(make_settings(tmp_path), port=port, ui_port=ui_port)
+        with pytest.raises(DevServerError, match="exited with code") as caught:
+            await server.start()
+        head, _, tail = str(caught.value).partition(f"{tmp_path / 'temporal.log'}:")
+        assert "before it was ready" in head
+        assert "start-dev" in tail  # our header line, then the binary's own complaint
+        assert re.search(r"(?i)error", tail)
+        assert server.pid is not None
+        assert_gone(server.pid)
+
+
+class TestEnsureSearchAttributes:
+    async def test_existing_server_keeps_its_attributes(self, client: Client) -> None:
+        """Against a server that already has them, nothing is added and nothing fails."""
+        namespace = client.namespace
+        assert await ensure_search_attributes(client, namespace) == []
+        assert set(SEARCH_ATTRIBUTES) <= set(await registered_attributes(client, namespace))
+
+    async def test_adds_missing_attributes(self, client: Client) -> None:
+        """A fresh namespace without Fireline's attributes gets them all, exactly once."""
+        namespace = f"bare-{uuid.uuid4().hex[:8]}"
+        await client.workflow_service.register_namespace(
+            RegisterNamespaceRequest(
+                namespace=namespace,
+                workflow_execution_retention_period=Duration(seconds=86400),
+            )
+        )
+        before = await _when_namespace_answers(client, namespace)
+        assert not set(SEARCH_ATTRIBUTES) & set(before)
+        assert await ensure_search_attributes(client, namespace) == sorted(SEARCH_ATTRIBUTES)
+        assert set(SEARCH_ATTRIBUTES) <= set(await registered_attributes(client, namespace))
+        assert await ensure_search_attributes(client, namespace) == []
+
+
+async def _when_namespace_answers(client: Client, namespace: str) -> dict[str, int]:
+    """A just-registered namespace reaches the server's namespace cache after a moment."""
+    for _ in range(150):
+        try:
+            return await registered_attributes(client, namespace)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"namespace {namespace} never became visible")
+
+
+class TestRunStack:
+    async def test_embedded_stack_polls_and_stops_cleanly(self, tmp_path: Path) -> None:
+        """run_stack starts the server, workers poll every queue, and stop ends the PID."""
+        port = free_port_with_ui()
+        settings = make_settings(
+            tmp_path / "data",
+            temporal_address=f"127.0.0.1:{port}",
+            task_queue_prefix=f"fl-{uuid.uuid4().hex[:8]}",
+        )
+        stop = asyncio.Event()
+        ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
+        stack = asyncio.create_task(
+            run_stack(settings, api=False, embedded=True, stop=stop, on_ready=ready.set_result)
+        )
+        info = await asyncio.wait_for(asyncio.shield(ready), timeout=90)
+        assert info.embedded
+        assert info.temporal_address == f"127.0.0.1:{port}"
+        assert info.ui_url == f"http://127.0.0.1:{port + 1000}"
+        assert info.api_url is None
+        assert info.data_dir == (tmp_path / "data").resolve()
+        assert info.task_queues[0] == settings.workflow_task_queue
+        assert settings.domain_task_queue("core") in info.task_queues
+        client = await make_client(settings)
+        assert await wait_for_poller(client, settings.workflow_task_queue)
+        for queue in info.task_queues[1:]:
+            assert await wait_for_poller(client, queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+        stop.set()
+        await asyncio.wait_for(stack, timeout=60)
+        assert info.server_pid is not None
+        assert_gone(info.server_pid)
+
+    async def test_serves_the_api_against_the_embedded_server(self, tmp_path: Path) -> None:
+        """With api=True the HTTP API answers on the chosen loopback port, healthy."""
+        port = free_port_with_ui()
+        (api_port,) = free_ports(1)
+        settings = make_settings(
+            tmp_path / "data",
+            temporal_address=f"127.0.0.1:{port}",
+            task_queue_prefix=f"fl-{uuid.uuid4().hex[:8]}",
+        )
+        stop = asyncio.Event()
+        ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
+        stack = asyncio.create_task(
+            run_stack(
+                settings,
+                api_port=api_port,
+                embedded=True,
+                stop=stop,
+                on_ready=ready.set_result,
+            )
+        )
+        try:
+            info = await asyncio.wait_for(asyncio.shield(ready), timeout=90)
+            assert info.api_url == f"http://127.0.0.1:{api_port}"
+            async with httpx.AsyncClient(base_url=info.api_url, timeout=10) as http:
+                response = await http.get("/healthz")
+            assert response.status_code == 200
+            assert response.json()["temporal"] == f"127.0.0.1:{port}"
+        finally:
+            stop.set()
+            await asyncio.wait_for(stack, timeout=60)
+        assert not port_in_use("127.0.0.1", api_port)
+
+    async def test_api_port_in_use_is_refused(self, tmp_path: Path, listener: int) -> None:
+        """A taken API port fails before any server is started."""
+        settings = make_settings(tmp_path, temporal_address=f"127.0.0.1:{free_port_with_ui()}")
+        with pytest.raises(DevServerError, match=f"API port {listener} in use"):
+            await run_stack(settings, api_port=listener, embedded=True)
+        assert not (tmp_path / "temporal.log").exists()
+
+    async def test_uses_an_existing_cluster(self, client: Client, tmp_path: Path) -> None:
+        """With embedded=False it serves the configured cluster and starts no server."""
+        settings = make_settings(
+            tmp_path,
+            temporal_address=client.service_client.config.target_host,
+            temporal_namespace=client.namespace,
+            task_queue_prefix=f"fl-{uuid.uuid4().hex[:8]}",
+        )
+        stop = asyncio.Event()
+        ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
+        stack = asyncio.create_task(
+            run_stack(settings, api=False, embedded=False, stop=stop, on_ready=ready.set_result)
+        )
+        try:
+            info = await asyncio.wait_for(asyncio.shield(ready), timeout=60)
+            assert not info.embedded
+            assert info.server_pid is None
+            assert info.ui_url == settings.temporal_ui_url
+            assert await wait_for_poller(client, settings.workflow_task_queue)
+        finally:
+            stop.set()
+            await asyncio.wait_for(stack, timeout=60)
+        assert not (tmp_path / "temporal.log").exists()
+
+    async def test_unreachable_cluster_is_reported(self, tmp_path: Path) -> None:
+        """An address where nothing answers fails with the address and a way out."""
+        (port,) = free_ports(1)
+        settings = make_settings(tmp_path, temporal_address=f"127.0.0.1:{port}")
+        with pytest.raises(DevServerError, match=f"cannot reach Temporal at 127.0.0.1:{port}"):
+            await run_stack(settings, api=False, embedded=False)
+
+    async def test_refuses_embedded_on_a_remote_address(self, tmp_path: Path) -> None:
+        """The embedded server binds loopback only, so a remote address cannot be embedded."""
+        settings = make_settings(tmp_path, temporal_address="temporal.example:7233")
+        with pytest.raises(DevServerError, match=re.escape("listens on 127.0.0.1 only")):
+            await run_stack(settings, api=False, embedded=True)
+
+
+async def wait_for_poller(
+    client: Client,
+    queue: str,
+    kind: TaskQueueType.ValueType = TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+) -> bool:
+    """True once the server reports a poller on the queue (False after ~30 s)."""
+    for _ in range(150):
+        response = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=queue),
+                task_queue_type=kind,
+            )
+        )
+        if response.pollers:
+            return True
+        await asyncio.sleep(0.2)
+    return False
