@@ -62,6 +62,11 @@ async def wait_status(handle: WorkflowHandle[Any, Any], step: str, status: StepS
         await asyncio.sleep(0.1)
 
 
+def history_id(name: str) -> str:
+    """Replay needs the recorded run's workflow id (child ids derive from it)."""
+    return f"history-{name}"
+
+
 @dataclass
 class Scenario:
     name: str
@@ -164,7 +169,9 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
     with tempfile.TemporaryDirectory() as tmp:
         plan = compile_playbooks(Path(tmp), scenario.files, name)
     async with fireline_workers(client, prefix):
-        handle = await start_run(client, prefix, plan, {"base": target.base_url})
+        handle = await start_run(
+            client, prefix, plan, {"base": target.base_url}, workflow_id=history_id(scenario.name)
+        )
         if scenario.act:
             await scenario.act(handle)
         # Failed and cancelled runs are histories worth keeping too.
@@ -178,6 +185,7 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
 
 async def main(names: list[str]) -> None:
     HERE.mkdir(exist_ok=True)
+    # A fresh in-memory server each time, so the fixed workflow ids are free.
     env = await WorkflowEnvironment.start_local(
         ip="127.0.0.1",
         data_converter=pydantic_data_converter,

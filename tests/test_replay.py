@@ -17,13 +17,24 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from fireline.messages import WORKFLOW_NAME, RunRequest, RunResult
+from tests.record_histories import history_id
 from workflows import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
-    return WorkflowHistory.from_json(path.stem, path.read_text())
+    return WorkflowHistory.from_json(history_id(path.stem), path.read_text())
+
+
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
+class SkipsEverything:
+    """A "new version" of the workflow that decides differently from the recorded runs."""
+
+    @workflow.run
+    async def run(self, request: RunRequest) -> RunResult:
+        await workflow.sleep(1)
+        return RunResult(phase="succeeded")
 
 
 class TestReplay:
@@ -47,14 +58,6 @@ class TestReplay:
 
     async def test_a_changed_workflow_is_caught(self):
         """The replayer rejects code that would decide differently, so the guard is real."""
-
-        @workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
-        class SkipsEverything:
-            @workflow.run
-            async def run(self, request: RunRequest) -> RunResult:
-                await workflow.sleep(1)
-                return RunResult(phase="succeeded")
-
         replayer = Replayer(workflows=[SkipsEverything], data_converter=pydantic_data_converter)
         with pytest.raises(NondeterminismError):
             await replayer.replay_workflow(load(HISTORIES[0]))

@@ -72,13 +72,14 @@ async def start_run(
     inputs: dict[str, Any] | None = None,
     *,
     requested_by: str = "tester",
+    workflow_id: str | None = None,
 ) -> WorkflowHandle[Any, Any]:
     return await client.start_workflow(
         WORKFLOW_NAME,
         RunRequest(
             plan=plan, inputs=inputs or {}, requested_by=requested_by, task_queue_prefix=prefix
         ),
-        id=f"test-{plan.name}-{uuid.uuid4().hex[:8]}",
+        id=workflow_id or f"test-{plan.name}-{uuid.uuid4().hex[:8]}",
         task_queue=prefix,
         result_type=RunResult,
     )
