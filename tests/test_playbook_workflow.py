@@ -60,7 +60,6 @@ steps:
     uses: core.http_request
     with:
       url: "${{ inputs.base }}/third"
-      health_url: "${{ inputs.base }}/health/third"
       compensation: {url: "${{ inputs.base }}/undo/third"}
     postconditions:
       - check: core.http_probe
@@ -147,11 +146,13 @@ class TestHappyPath:
         keys = {r.headers["idempotency-key"] for r in target.hits("POST")}
         assert keys == {f"{handle.id}/first", f"{handle.id}/second", f"{handle.id}/third"}
         assert [s.status for s in state.steps] == [StepStatus.succeeded] * 3
-        third = state.step("third")
-        assert [(c.check, c.stage, c.satisfied) for c in third.checks] == [
-            ("core.http_probe", "post", True),
-            ("core.http_probe", "post", True),
-        ]
+        # second: the module's own postcondition (health_url); third: the playbook's.
+        for step in ("second", "third"):
+            checks = state.step(step).checks
+            assert [(c.check, c.stage, c.satisfied) for c in checks] == [
+                ("core.http_probe", "post", True)
+            ]
+        assert state.step("second").checks[0].observed["status"] == 200
         assert state.phase is RunPhase.succeeded
         assert state.events[0].kind == "run_started"
         assert state.events[-1].kind == "run_finished"
@@ -267,6 +268,76 @@ class TestFailures:
         assert by_step["one"].status == "succeeded"  # the rollback went on past the failure
         assert state.step("two").status is StepStatus.compensation_failed
         assert len(target.hits("POST", "/undo/two")) == 1  # a refusal (4xx) is not retried
+
+
+class TestRollbackVerification:
+    PLAYBOOK = """
+    name: verified
+    inputs: {base: {type: string, required: true}}
+    steps:
+      - id: switch
+        uses: core.http_request
+        with: {url: "${{ inputs.base }}/switch", compensation: {url: "${{ inputs.base }}/unswitch"}}
+        preconditions:
+          - {check: core.http_probe, with: {url: "${{ inputs.base }}/health"}, deadline: 1s, interval: 200ms}
+      - id: boom
+        uses: core.http_request
+        with: {url: "${{ inputs.base }}/boom"}
+        approval: {role: anyone}
+    """
+
+    async def run_to_rollback(self, client, prefix, target, run_playbook):
+        target.route("POST", "/switch", Reply(200))
+        target.route("POST", "/unswitch", Reply(200))
+        target.route("POST", "/boom", Reply(400, {"error": "no"}))
+        async with fireline_workers(client, prefix):
+            handle = await run_playbook(
+                {"v.yaml": self.PLAYBOOK}, "verified", {"base": target.base_url}
+            )
+            await until(handle, waiting("boom", StepStatus.awaiting_approval))
+            await handle.execute_update(UPDATE_APPROVE, Approval(step="boom", approver="zoe"))
+            failure = await failure_of(handle)
+            return failure, await status(handle)
+
+    async def test_rollback_is_verified_by_the_forward_preconditions(
+        self, client, task_queue_prefix, target, run_playbook
+    ):
+        """After the undo, the step's precondition is checked again and recorded as verified."""
+        target.route("GET", "/health", Reply(200))
+        failure, state = await self.run_to_rollback(client, task_queue_prefix, target, run_playbook)
+
+        assert failure.type == errors.PLAYBOOK_COMPENSATED
+        (record,) = state.compensations
+        assert (record.step, record.status, record.verified) == ("switch", "succeeded", True)
+        stages = [c.stage for c in state.step("switch").checks]
+        assert stages == ["pre", "rollback"]
+        assert paths(target) == [
+            "GET /health",
+            "POST /switch",
+            "POST /boom",
+            "POST /unswitch",
+            "GET /health",
+        ]
+
+    async def test_an_undo_that_does_not_restore_health_is_a_failed_rollback(
+        self, client, task_queue_prefix, target, run_playbook
+    ):
+        """The undo call succeeded but health never returns: the run ends compensation_failed."""
+        target.route("GET", "/health", Reply(200), Reply(503, {"state": "still broken"}))
+        failure, state = await self.run_to_rollback(client, task_queue_prefix, target, run_playbook)
+
+        assert failure.type == errors.PLAYBOOK_COMPENSATION_FAILED
+        (record,) = state.compensations
+        assert (record.status, record.verified) == ("succeeded", False)
+        assert "preconditions do not hold again" in (record.error or "")
+        rollback = state.step("switch").checks[-1]
+        assert (rollback.stage, rollback.satisfied, rollback.observed["status"]) == (
+            "rollback",
+            False,
+            503,
+        )
+        assert rollback.attempts >= 2  # polled until its deadline
+        assert state.phase is RunPhase.compensation_failed
 
 
 class TestAskOnFailure:
@@ -525,7 +596,6 @@ class TestParallelAndIncludes:
             uses: core.http_request
             with:
               url: "${{ inputs.base }}/restart/${{ steps.drain_web1.outputs.drained }}"
-              health_url: "${{ inputs.base }}/health"
               compensation: {url: "${{ inputs.base }}/unrestart"}
             postconditions:
               - {check: core.http_probe, with: {url: "${{ inputs.base }}/health"}, deadline: 500ms, interval: 100ms}

@@ -419,9 +419,9 @@ class PlaybookWorkflow:
             state.status = StepStatus.failed
             failure = failures[0]
             state.error = str(failure)
-            if isinstance(failure, StepFailed):
-                raise failure
-            raise failure  # an unexpected error: fail the workflow task, to be fixed and replayed
+            # A StepFailed goes to the run's policy; anything else is a bug that fails the
+            # workflow task, so a fixed worker can replay the run from here.
+            raise failure
         state.status = StepStatus.succeeded
         self._refresh()
 
