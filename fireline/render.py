@@ -123,6 +123,28 @@ def steps_table(state: RunState, *, checks: bool = True) -> Table:
     return table
 
 
+def checks_table(state: RunState) -> Table:
+    """Every check observation, one per row: the evidence behind each step's verdict."""
+    table = Table(title="checks", title_justify="left")
+    for col in ("step", "stage", "check", "", "tries", "observed", "expected", "detail"):
+        table.add_column(col)
+    for step in state.steps:
+        for obs in step.checks:
+            mark = Text("✓", style="green") if obs.satisfied else Text("✗", style="red")
+            _row(
+                table,
+                step.id,
+                obs.stage,
+                obs.check,
+                mark,
+                str(obs.attempts),
+                _short(obs.observed, 40),
+                _short(obs.expected, 30),
+                _short(obs.detail, 80),
+            )
+    return table
+
+
 def compensations_table(records: Sequence[CompensationRecord]) -> Table:
     table = Table(title="compensations", title_justify="left")
     for col in ("for step", "module", "status", "verified", "error"):
@@ -166,7 +188,9 @@ def header(state: RunState) -> Text:
 
 def run_view(state: RunState, *, timeline: bool = True) -> Group:
     """The full status page of one run."""
-    parts: list[RenderableType] = [header(state), steps_table(state)]
+    parts: list[RenderableType] = [header(state), steps_table(state, checks=False)]
+    if any(step.checks for step in state.steps):
+        parts.append(checks_table(state))
     if state.compensations:
         parts.append(compensations_table(state.compensations))
     if state.outputs:

@@ -263,7 +263,9 @@ class TestRender:
         console = Console(record=True, width=250)
         console.print(render.run_view(state))
         text = console.export_text()
-        assert "post core.http_probe ✗ observed=503 expected=200 [still down] (3 tries)" in text
+        checks_row = next(line for line in text.splitlines() if "core.http_probe" in line)
+        for cell in ("post", "✗", "3", "503", "200", "[still down]"):
+            assert cell in checks_row
         assert "✓ alice (go)" in text
         assert "reason: poke failed" in text
         assert "compensations" in text
