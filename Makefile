@@ -16,7 +16,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 help:
 	@echo "make run         start Temporal (embedded), workers and API: fireline up"
 	@echo "make test        lint, format check and the whole test suite"
-	@echo "make lint        ruff check + ruff format --check"
+	@echo "make lint        ruff check, ruff format --check, mypy"
 	@echo "make format      ruff format + ruff check --fix"
 	@echo "make bench       run the benchmarks (python -m bench)"
 	@echo "make worker      run worker.py against FIRELINE_TEMPORAL_ADDRESS"
@@ -45,6 +45,7 @@ worker: $(VENV)/.installed-run
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format .

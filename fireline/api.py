@@ -124,7 +124,7 @@ Temporal = Annotated[Client, Depends(_client)]
 
 def _problems(exc: CompileError) -> list[dict[str, Any]]:
     return [
-        p.to_dict() if callable(getattr(p, "to_dict", None)) else {"message": str(p)}  # type: ignore[attr-defined]
+        p.to_dict() if callable(getattr(p, "to_dict", None)) else {"message": str(p)}
         for p in exc.problems
     ]
 

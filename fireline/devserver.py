@@ -78,7 +78,7 @@ DEFAULT_ADDRESS = f"{LOOPBACK}:{DEFAULT_PORT}"
 UI_PORT_OFFSET = 1000
 """Temporal's own convention: the UI listens on the gRPC port + 1000 (7233 -> 8233)."""
 
-_INDEXED_TYPES: dict[str, int] = {
+_INDEXED_TYPES: dict[str, IndexedValueType.ValueType] = {
     "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT,
     "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
     "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,

@@ -6,6 +6,9 @@ rename cannot silently turn a non-retryable failure into an endless retry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 # Raised by activities.
 INVALID_INPUT = "InvalidInput"
 """The module's input cannot work however often it is retried (bad URL, unknown field)."""
@@ -32,6 +35,6 @@ NON_RETRYABLE_ACTIVITY_ERRORS: tuple[str, ...] = (INVALID_INPUT, TARGET_REFUSED)
 class CompileError(Exception):
     """A playbook failed to compile; carries every problem found, each with its location."""
 
-    def __init__(self, problems: list[object]) -> None:
-        self.problems = problems
+    def __init__(self, problems: Sequence[Any]) -> None:
+        self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in problems))

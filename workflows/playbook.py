@@ -410,7 +410,9 @@ class PlaybookWorkflow:
             await self._cancel_all(tasks)
             raise
         failures = [
-            t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()
+            err
+            for t in tasks
+            if t.done() and not t.cancelled() and (err := t.exception()) is not None
         ]
         if failures:
             await self._cancel_all(tasks)
