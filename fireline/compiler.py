@@ -6,53 +6,63 @@ refer to, include cycles, facts a step needs from earlier steps, compensations a
 gates for anything that changes a system, and the people who may approve. Each problem names
 the file, line, step and what to do about it.
 
+Here: ``PlaybookLibrary`` (compile one playbook, validate them all) and the walk of one file into
+Plan nodes. Beside it: ``fireline.library`` (files, names, catalog), ``fireline.references``
+(what expressions may refer to), ``fireline.facts`` (requires/provides across the whole plan)
+and ``fireline.inputs`` (typed run inputs).
+
 The module registry is read from ``activities.contract.REGISTRY``; callers import the domains
 first (``activities.contract.load_domains()``) so this module never imports implementations.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from activities.contract import IRREVERSIBLE, REGISTRY, CheckResult, CompensationRef, ModuleSpec
-from fireline.catalog import CATALOG_FILE, Catalog, parse_catalog
+from activities.contract import (
+    IRREVERSIBLE,
+    REGISTRY,
+    CheckRef,
+    CheckResult,
+    CompensationRef,
+    ModuleSpec,
+)
+from fireline.catalog import CATALOG_FILE, Catalog
 from fireline.durations import format_duration
 from fireline.errors import CompileError
-from fireline.expressions import EXPRESSION, ExpressionError, parse_path
-from fireline.loader import (
-    PathKey,
-    Problem,
-    YamlDocument,
-    display_path,
-    field_keys,
-    read_yaml,
-    suggestion,
-    validate,
-)
+from fireline.facts import fact_problems
+from fireline.inputs import apply_input_defaults, coerce_input
+from fireline.library import PlaybookFiles, PlaybookSource
+from fireline.loader import PathKey, Problem, YamlDocument, field_keys, suggestion
 from fireline.plan import (
     ActivityCall,
     CheckCall,
     GateSpec,
     IncludeNode,
     InputSpec,
+    Node,
     ParallelNode,
     Plan,
     RetrySpec,
     SourceRef,
     StepNode,
 )
+from fireline.references import (
+    Place,
+    ReferenceCheck,
+    StepInfo,
+    contains_expression,
+    whole_expression,
+)
 from fireline.spec import (
     KIND_KEYS,
     STEP_LIST_KEYS,
     ApprovalEntry,
     CheckEntry,
+    InputDecl,
     PlaybookSpec,
     RetryEntry,
     StepEntry,
@@ -61,68 +71,20 @@ from fireline.spec import (
 
 __all__ = ["PlaybookLibrary", "Problem", "apply_input_defaults", "coerce_input"]
 
-Node = StepNode | ParallelNode | IncludeNode
-
 DEFAULT_CHECK_DEADLINE_S = 60.0
 DEFAULT_CHECK_INTERVAL_S = 2.0
 DEFAULT_DECISION_TIMEOUT_S = 3600.0
 FROM_KEY = "$from"
 """An ActivityCall ``with_`` of ``{"$from": "${{ expr }}"}`` resolves to the whole object."""
 
-_ROOTS = ("inputs", "steps", "input", "output")
 _CHECK_FIELDS = frozenset(CheckResult.model_fields)
-
-
-@dataclass
-class _Source:
-    """One playbook file as parsed (spec is None when it could not be parsed)."""
-
-    file: str
-    path: Path
-    doc: YamlDocument | None
-    spec: PlaybookSpec | None
-    problems: list[Problem]
-
-    @property
-    def name(self) -> str | None:
-        """The playbook's name, read from the raw YAML when the file does not validate."""
-        if self.spec is not None:
-            return self.spec.name
-        raw = self.doc.data.get("name") if self.doc and isinstance(self.doc.data, dict) else None
-        return raw if isinstance(raw, str) else None
-
-
-@dataclass
-class _StepInfo:
-    """What expressions in other steps may know about a step before compiling it."""
-
-    id: str
-    path: PathKey
-    order: int
-    kind: str | None
-    groups: tuple[str, ...]
-    outputs: frozenset[str] | None
-    """Fields of its output, or None when unknown (a problem is reported elsewhere)."""
-    label: str
 
 
 class PlaybookLibrary:
     """A set of playbooks that may include each other, plus the catalog their gates name."""
 
-    def __init__(
-        self,
-        sources: list[_Source],
-        catalog: Catalog | None,
-        catalog_file: str | None = None,
-        catalog_problems: list[Problem] | None = None,
-    ) -> None:
-        self._sources = sources
-        self.catalog = catalog
-        self.catalog_file = catalog_file
-        self.catalog_problems = list(catalog_problems or [])
-        self._by_name: dict[str, list[_Source]] = {}
-        for src in sources:
-            self._register(src)
+    def __init__(self, files: PlaybookFiles) -> None:
+        self.files = files
         self._cache: dict[str, tuple[Plan | None, list[Problem]]] = {}
         self._uses_lines: dict[tuple[str, str], int | None] = {}
 
@@ -133,40 +95,15 @@ class PlaybookLibrary:
         Without ``catalog``, ``catalog.yaml`` of the first directory (or, given only files, of
         the first file's directory) is used when present.
         """
-        files: list[Path] = []
-        first_dir: Path | None = None
-        for raw in paths:
-            path = Path(raw)
-            if path.is_dir():
-                first_dir = first_dir or path
-                files.extend(
-                    sorted(
-                        f
-                        for f in path.iterdir()
-                        if f.is_file() and f.suffix in (".yaml", ".yml") and f.name != CATALOG_FILE
-                    )
-                )
-            else:
-                files.append(path)
-        unique: dict[Path, Path] = {}
-        for f in files:
-            unique.setdefault(f.resolve(), f)
-        catalog_file: str | None = None
-        catalog_problems: list[Problem] = []
-        home = first_dir or (files[0].parent if files else None)
-        if catalog is None and home is not None and (home / CATALOG_FILE).is_file():
-            catalog_path = home / CATALOG_FILE
-            catalog_file = display_path(catalog_path)
-            catalog, catalog_problems = parse_catalog(catalog_path)
-        return cls([_parse(f) for f in unique.values()], catalog, catalog_file, catalog_problems)
+        return cls(PlaybookFiles.load(*paths, catalog=catalog))
 
     def names(self) -> list[str]:
-        return sorted(self._by_name)
+        return self.files.names()
 
     def compile(self, name_or_path: str) -> Plan:
         """The sealed Plan of a playbook (by name, or by file path); raises CompileError."""
         self._fresh()
-        plan, problems = self._compile_top(self._find(str(name_or_path)))
+        plan, problems = self._compile_top(self.files.find(str(name_or_path)))
         if plan is None or problems:
             raise CompileError(problems)
         return plan
@@ -174,10 +111,10 @@ class PlaybookLibrary:
     def validate_all(self) -> dict[str, list[Problem]]:
         """Every file of the library (and the catalog) mapped to its problems; [] means fine."""
         self._fresh()
-        out: dict[str, list[Problem]] = {src.file: [] for src in self._sources}
-        if self.catalog_file is not None:
-            out[self.catalog_file] = list(self.catalog_problems)
-        for src in self._sources:
+        out: dict[str, list[Problem]] = {src.file: [] for src in self.files.sources}
+        if self.files.catalog_file is not None:
+            out[self.files.catalog_file] = list(self.files.catalog_problems)
+        for src in self.files.sources:
             _, problems = self._compile_top(src)
             for problem in problems:
                 bucket = out.setdefault(problem.file, [])
@@ -185,68 +122,22 @@ class PlaybookLibrary:
                     bucket.append(problem)
         return out
 
-    # -- internals ----------------------------------------------------------------------
-
-    def _register(self, src: _Source) -> None:
-        if src.name is None:
-            return
-        same = self._by_name.setdefault(src.name, [])
-        if same and src.doc is not None:
-            src.problems.append(
-                Problem(
-                    src.file,
-                    src.doc.line_of(("name",)),
-                    None,
-                    "name",
-                    f"playbook name '{src.name}' is already used by {same[0].file}; "
-                    "names must be unique across the library",
-                )
-            )
-        same.append(src)
-
-    def _find(self, name_or_path: str) -> _Source:
-        if name_or_path in self._by_name:
-            return self._by_name[name_or_path][-1]
-        path = Path(name_or_path)
-        if path.suffix in (".yaml", ".yml") or path.exists():
-            resolved = path.resolve()
-            for src in self._sources:
-                if src.path.resolve() == resolved:
-                    return src
-            if path.is_file():
-                src = _parse(path)
-                self._sources.append(src)
-                self._register(src)
-                return src
-        known = ", ".join(self.names()) or "none"
-        raise CompileError(
-            [
-                Problem(
-                    name_or_path,
-                    None,
-                    None,
-                    None,
-                    f"no playbook named '{name_or_path}'{suggestion(name_or_path, self.names())}"
-                    f" and no such file; known playbooks: {known}",
-                )
-            ]
-        )
-
     def _fresh(self) -> None:
         """Forget earlier compilations: the registry may have gained modules since."""
         self._cache = {}
         self._uses_lines = {}
 
-    def _compile_top(self, src: _Source) -> tuple[Plan | None, list[Problem]]:
+    def _compile_top(self, src: PlaybookSource) -> tuple[Plan | None, list[Problem]]:
         plan, problems = self._compile_source(src, ())
         problems = list(problems)
         if plan is not None:
-            problems += _FactCheck(self._uses_lines).run(plan.nodes, set(), None)[0]
-        return (plan if not problems else None), _dedupe(problems)
+            problems += fact_problems(plan.nodes, self._uses_lines)
+        return (plan if not problems else None), list(dict.fromkeys(problems))
 
     def _compile_source(
-        self, src: _Source, stack: tuple[str, ...]
+        self, src: PlaybookSource, stack: tuple[str, ...]
     ) -> tuple[Plan | None, list[Problem]]:
+        """Compiled once per file and top-level compilation, however often it is included."""
         if src.spec is None or src.doc is None:
             return None, list(src.problems)
         if src.file not in self._cache:
@@ -256,31 +147,11 @@ class PlaybookLibrary:
             self._cache[src.file] = (plan if not problems else None, problems)
         return self._cache[src.file]
 
-    def _source(self, name: str) -> _Source | None:
-        same = self._by_name.get(name)
-        return same[-1] if same else None
-
-
-def _parse(path: Path) -> _Source:
-    doc, problems = read_yaml(path)
-    spec: PlaybookSpec | None = None
-    if doc is not None:
-        spec, problems = validate(doc, PlaybookSpec, step_keys=STEP_LIST_KEYS)
-    return _Source(display_path(path), path, doc, spec, list(problems))
-
-
-def _dedupe(problems: list[Problem]) -> list[Problem]:
-    out: list[Problem] = []
-    for problem in problems:
-        if problem not in out:
-            out.append(problem)
-    return out
-
 
 class _Unit:
     """Compilation of one playbook file; collects problems instead of stopping at the first."""
 
-    def __init__(self, lib: PlaybookLibrary, src: _Source, stack: tuple[str, ...]) -> None:
+    def __init__(self, lib: PlaybookLibrary, src: PlaybookSource, stack: tuple[str, ...]) -> None:
         assert src.spec is not None
         assert src.doc is not None
         self.lib = lib
@@ -289,7 +160,8 @@ class _Unit:
         self.file = src.file
         self.stack = stack
         self.problems: list[Problem] = []
-        self.steps: dict[str, _StepInfo] = {}
+        self.steps: dict[str, StepInfo] = {}
+        self.references = ReferenceCheck(self.spec.inputs, self.steps, self.problem)
 
     def problem(
         self, path: PathKey, step: str | None, message: str, field: str | None = None
@@ -323,13 +195,7 @@ class _Unit:
     def _inputs(self) -> list[InputSpec]:
         out: list[InputSpec] = []
         for name, decl in self.spec.inputs.items():
-            spec = InputSpec(
-                name=name,
-                type=decl.type,
-                description=decl.description,
-                required=decl.required,
-                default=decl.default,
-            )
+            spec = _input_spec(name, decl)
             path: PathKey = ("inputs", name)
             if decl.required and decl.default is not None:
                 self.problem(
@@ -349,9 +215,7 @@ class _Unit:
     def _outputs(self) -> None:
         visible = set(self.steps)
         for key, value in self.spec.outputs.items():
-            self._expressions(
-                value, ("outputs", key), None, visible, ("inputs", "steps"), where="outputs"
-            )
+            self.references.check(value, ("outputs", key), "outputs", None, visible)
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -371,7 +235,7 @@ class _Unit:
             if entry.parallel:
                 self._index(entry.parallel, (*p, "parallel"), (*groups, entry.id))
 
-    def _info(self, entry: StepEntry, path: PathKey, groups: tuple[str, ...]) -> _StepInfo:
+    def _info(self, entry: StepEntry, path: PathKey, groups: tuple[str, ...]) -> StepInfo:
         kind: str | None = None
         outputs: frozenset[str] | None = None
         label = "a step"
@@ -379,20 +243,20 @@ class _Unit:
             kind = "uses"
             spec = REGISTRY.get(entry.uses)
             if spec is not None:
-                label = f"{spec.name}"
+                label = spec.name
                 outputs = (
                     _CHECK_FIELDS if spec.kind == "check" else _model_fields(spec.output_model)
                 )
         elif entry.playbook is not None:
             kind = "playbook"
-            child = self.lib._source(entry.playbook)
+            child = self.lib.files.named(entry.playbook)
             label = f"playbook {entry.playbook}"
             if child is not None and child.spec is not None:
                 outputs = frozenset(child.spec.outputs)
         elif entry.parallel is not None:
             kind = "parallel"
             label = "parallel group"
-        return _StepInfo(entry.id, path, len(self.steps), kind, groups, outputs, label)
+        return StepInfo(entry.id, path, len(self.steps), kind, groups, outputs, label)
 
     def _sequence(self, entries: list[StepEntry], path: PathKey, visible: set[str]) -> list[Node]:
         done = set(visible)
@@ -450,8 +314,7 @@ class _Unit:
     def _include(self, entry: StepEntry, path: PathKey, visible: set[str]) -> IncludeNode | None:
         assert entry.playbook is not None
         name = entry.playbook
-        ok = True
-        child = self.lib._source(name)
+        child = self.lib.files.named(name)
         child_plan: Plan | None = None
         if child is None:
             self.problem(
@@ -460,7 +323,6 @@ class _Unit:
                 f"no playbook named '{name}'{suggestion(name, self.lib.names())}; known "
                 f"playbooks: {', '.join(self.lib.names()) or 'none'}",
             )
-            ok = False
         elif name in self.stack:
             chain = " -> ".join([*self.stack[self.stack.index(name) :], name])
             self.problem(
@@ -468,7 +330,6 @@ class _Unit:
                 entry.id,
                 f"include cycle: {chain}; a playbook cannot include itself, directly or not",
             )
-            ok = False
         else:
             child_plan, child_problems = self.lib._compile_source(child, self.stack)
             if child_plan is None:
@@ -479,15 +340,12 @@ class _Unit:
                     f"included playbook '{name}' does not compile; fix the problems reported "
                     f"for {child.file}",
                 )
-                ok = False
         with_ = dict(entry.with_)
         if child is not None and child.spec is not None:
             with_ = self._include_inputs(child.spec, with_, (*path, "with"), entry.id)
-        self._expressions(
-            entry.with_, (*path, "with"), entry.id, visible, ("inputs", "steps"), where="with"
-        )
+        self._with_expressions(entry, path, visible)
         gate = self._gate(entry.approval, (*path, "approval"), entry.id)
-        if not ok or child_plan is None:
+        if child_plan is None:
             return None
         return IncludeNode(
             id=entry.id,
@@ -504,10 +362,7 @@ class _Unit:
         self, child: PlaybookSpec, with_: dict[str, Any], path: PathKey, step: str
     ) -> dict[str, Any]:
         """Check an include's ``with:`` against the child's inputs; fill the child's defaults."""
-        specs = {
-            name: InputSpec(name=name, type=d.type, required=d.required, default=d.default)
-            for name, d in child.inputs.items()
-        }
+        specs = {name: _input_spec(name, d) for name, d in child.inputs.items()}
         for key, value in with_.items():
             if key not in specs:
                 self.problem(
@@ -516,7 +371,7 @@ class _Unit:
                     f"playbook '{child.name}' has no input '{key}'{suggestion(key, specs)}; "
                     f"its inputs are: {', '.join(specs) or 'none'}",
                 )
-            elif not _contains_expression(value):
+            elif not contains_expression(value):
                 try:
                     coerce_input(specs[key], value, from_text=False)
                 except ValueError as exc:
@@ -546,13 +401,11 @@ class _Unit:
                 f"unknown module or check '{entry.uses}'{suggestion(entry.uses, REGISTRY)}; "
                 "`fireline modules` lists what is registered",
             )
-            self._expressions(
-                entry.with_, (*path, "with"), entry.id, visible, ("inputs", "steps"), where="with"
-            )
+            self._with_expressions(entry, path, visible)
             return None
         with_ = dict(entry.with_)
         self._check_with(spec, with_, (*path, "with"), entry.id)
-        self._expressions(with_, (*path, "with"), entry.id, visible, ("inputs", "steps"), "with")
+        self._with_expressions(entry, path, visible)
         gate = self._gate(entry.approval, (*path, "approval"), entry.id)
         is_check = spec.kind == "check"
         inputs = field_keys(spec.input_model)
@@ -573,14 +426,10 @@ class _Unit:
             id=entry.id,
             name=entry.name or entry.id,
             action=ActivityCall(
-                module=spec.name,
-                domain=spec.domain,
-                local=spec.local,
+                **_call_settings(
+                    spec, timeout=entry.timeout, heartbeat=entry.heartbeat, retry=retry
+                ),
                 with_=with_,
-                start_to_close_s=entry.timeout or spec.timeout.total_seconds(),
-                heartbeat_s=entry.heartbeat
-                or (spec.heartbeat.total_seconds() if spec.heartbeat else None),
-                retry=retry,
             ),
             risk=spec.risk,
             mutates=spec.mutates,
@@ -617,7 +466,7 @@ class _Unit:
         dynamic: set[str] = set()
         for name, info in model.model_fields.items():
             spellings = {name, info.alias or name}
-            if spellings & {k for k in with_ if _contains_expression(with_[k])}:
+            if spellings & {k for k in with_ if contains_expression(with_[k])}:
                 dynamic |= spellings
             if info.is_required() and not spellings & set(with_):
                 self.problem(
@@ -645,7 +494,7 @@ class _Unit:
     def _declared_checks(
         self,
         spec: ModuleSpec,
-        refs: tuple[Any, ...],
+        refs: tuple[CheckRef, ...],
         with_: dict[str, Any],
         path: PathKey,
         step: str,
@@ -665,15 +514,7 @@ class _Unit:
                     "check; load its domain or fix the module",
                 )
                 continue
-            calls.append(
-                _check_call(
-                    check,
-                    dict(ref.with_),
-                    when=when,
-                    deadline=ref.deadline_s,
-                    interval=ref.poll_interval_s,
-                )
-            )
+            calls.append(_check_call(check, ref.with_, when, ref.deadline_s, ref.poll_interval_s))
         return calls
 
     def _own_checks(
@@ -686,14 +527,11 @@ class _Unit:
         outputs: frozenset[str] | None,
     ) -> list[CheckCall]:
         calls: list[CheckCall] = []
-        roots = ("inputs", "steps", "input") + (("output",) if outputs is not None else ())
-        where = "postconditions" if outputs is not None else "preconditions"
+        where: Place = "postconditions" if outputs is not None else "preconditions"
         for j, entry in enumerate(entries):
             p = (*path, j)
             check = REGISTRY.get(entry.check)
-            self._expressions(
-                entry.with_, (*p, "with"), step, visible, roots, where, inputs, outputs
-            )
+            self.references.check(entry.with_, (*p, "with"), where, step, visible, inputs, outputs)
             if check is None or check.kind != "check":
                 checks = [s.name for s in REGISTRY.values() if s.kind == "check"]
                 what = (
@@ -704,15 +542,7 @@ class _Unit:
                 self.problem((*p, "check"), step, f"{what}{suggestion(entry.check, checks)}")
                 continue
             self._check_with(check, dict(entry.with_), (*p, "with"), step)
-            calls.append(
-                _check_call(
-                    check,
-                    dict(entry.with_),
-                    when=None,
-                    deadline=entry.deadline,
-                    interval=entry.interval,
-                )
-            )
+            calls.append(_check_call(check, entry.with_, None, entry.deadline, entry.interval))
         return calls
 
     def _compensation(
@@ -727,13 +557,12 @@ class _Unit:
     ) -> ActivityCall | None:
         if entry.compensate is not None:
             p = (*path, "compensate")
-            self._expressions(
+            self.references.check(
                 entry.compensate.with_,
                 (*p, "with"),
+                "compensate",
                 entry.id,
                 visible,
-                _ROOTS,
-                "compensate",
                 inputs,
                 outputs,
             )
@@ -808,11 +637,12 @@ class _Unit:
     def _gate(self, entry: ApprovalEntry | None, path: PathKey, step: str) -> GateSpec | None:
         if entry is None:
             return None
-        catalog = self.lib.catalog
+        files = self.lib.files
+        catalog = files.catalog
         if catalog is None:
-            if self.lib.catalog_problems:
-                self.problems.extend(self.lib.catalog_problems)
-                why = f"{self.lib.catalog_file} does not load"
+            if files.catalog_problems:
+                self.problems.extend(files.catalog_problems)
+                why = f"{files.catalog_file} does not load"
             else:
                 why = f"no catalog is loaded (put {CATALOG_FILE} next to the playbooks)"
             self.problem((*path, "role"), step, f"role '{entry.role}' cannot be checked: {why}")
@@ -867,184 +697,12 @@ class _Unit:
             )
         return retry
 
-    # -- expressions ----------------------------------------------------------------------
-
-    def _expressions(
-        self,
-        value: Any,
-        path: PathKey,
-        step: str | None,
-        visible: set[str],
-        roots: tuple[str, ...],
-        where: str,
-        inputs: set[str] | None = None,
-        outputs: frozenset[str] | None = None,
-    ) -> None:
-        for leaf, text in _strings(value, path):
-            matches = list(EXPRESSION.finditer(text))
-            if text.count("${{") != len(matches):
-                self.problem(leaf, step, f"unclosed expression in '{text}': write ${{{{ path }}}}")
-            for match in matches:
-                try:
-                    parts = parse_path(match.group(1))
-                except ExpressionError as exc:
-                    self.problem(leaf, step, str(exc))
-                    continue
-                message = self._reference(parts, step, visible, roots, where, inputs, outputs)
-                if message:
-                    self.problem(leaf, step, f"'{match.group(0)}': {message}")
-
-    def _reference(
-        self,
-        parts: list[str | int],
-        step: str | None,
-        visible: set[str],
-        roots: tuple[str, ...],
-        where: str,
-        inputs: set[str] | None,
-        outputs: frozenset[str] | None,
-    ) -> str | None:
-        root = parts[0]
-        if root not in _ROOTS:
-            return f"unknown root '{root}'; expressions start with {', '.join(roots)}"
-        if root not in roots:
-            if root == "output" and where == "preconditions":
-                return "output.* is not available in preconditions: they run before the step"
-            if where in ("with", "outputs"):
-                return (
-                    f"{root}.* exists only in a step's checks and compensation; here use "
-                    "inputs.* or steps.<id>.outputs.*"
-                )
-            return f"{root}.* is not available here"
-        name = parts[1] if len(parts) > 1 else None
-        if root == "inputs":
-            declared = set(self.spec.inputs)
-            if not isinstance(name, str):
-                return "name an input: inputs.<name>"
-            if name not in declared:
-                return (
-                    f"unknown input '{name}'{suggestion(name, declared)}; declare it under "
-                    "inputs: at the top of the playbook"
-                )
-            return None
-        if root in ("input", "output"):
-            fields = inputs if root == "input" else outputs
-            if isinstance(name, str) and fields is not None and name not in fields:
-                what = "input" if root == "input" else "output"
-                return (
-                    f"the step has no {what} '{name}'{suggestion(name, fields)}; its {what}s "
-                    f"are: {', '.join(sorted(fields)) or 'none'}"
-                )
-            return None
-        return self._step_reference(parts, step, visible)
-
-    def _step_reference(
-        self, parts: list[str | int], step: str | None, visible: set[str]
-    ) -> str | None:
-        sid = parts[1] if len(parts) > 1 else None
-        if not isinstance(sid, str):
-            return "name a step: steps.<id>.outputs.<field>"
-        info = self.steps.get(sid)
-        if info is None:
-            return f"no step '{sid}' in this playbook{suggestion(sid, self.steps)}"
-        if sid == step:
-            return (
-                "a step cannot use its own outputs in its with:; its checks and compensation "
-                "use output.<field>"
-            )
-        if sid not in visible:
-            current = self.steps.get(step) if step else None
-            if current is not None and sid in current.groups:
-                return f"'{sid}' is the parallel group this step belongs to; it has no outputs"
-            if current is not None and info.order < current.order:
-                return (
-                    f"step '{sid}' runs in parallel with this one, so its outputs are not ready; "
-                    "move it before the parallel group"
-                )
-            return f"step '{sid}' runs after this one; only earlier steps' outputs can be used"
-        if len(parts) < 3 or parts[2] != "outputs":
-            return f"use steps.{sid}.outputs.<field>"
-        if info.kind == "parallel":
-            return f"'{sid}' is a parallel group and has no outputs; refer to one of its branches"
-        if len(parts) > 3 and info.outputs is not None:
-            field = parts[3]
-            if field not in info.outputs:
-                return (
-                    f"step '{sid}' ({info.label}) has no output '{field}'"
-                    f"{suggestion(str(field), info.outputs)}; its outputs are: "
-                    f"{', '.join(sorted(info.outputs)) or 'none'}"
-                )
-        return None
+    def _with_expressions(self, entry: StepEntry, path: PathKey, visible: set[str]) -> None:
+        """A step's or include's ``with:``: playbook inputs and earlier steps' outputs."""
+        self.references.check(entry.with_, (*path, "with"), "with", entry.id, visible)
 
     def _source(self, path: PathKey) -> SourceRef:
         return SourceRef(file=self.file, line=self.doc.line_of(path))
-
-
-class _FactCheck:
-    """Facts a step requires must be provided by a step that has finished before it starts."""
-
-    def __init__(self, uses_lines: dict[tuple[str, str], int | None]) -> None:
-        self.uses_lines = uses_lines
-
-    def run(
-        self,
-        nodes: list[Node],
-        available: set[str],
-        via: str | None,
-        peers: frozenset[str] = frozenset(),
-    ) -> tuple[list[Problem], set[str]]:
-        problems: list[Problem] = []
-        have = set(available)
-        for node in nodes:
-            if isinstance(node, StepNode):
-                for fact in node.requires:
-                    if fact not in have:
-                        problems.append(self._problem(node, fact, via, fact in peers))
-                have |= set(node.provides)
-            elif isinstance(node, ParallelNode):
-                provided = [_provides(b) for b in node.branches]
-                added: set[str] = set()
-                for i, branch in enumerate(node.branches):
-                    others = frozenset().union(*(p for j, p in enumerate(provided) if j != i))
-                    found, after = self.run([branch], have, via, peers | others)
-                    problems += found
-                    added |= after
-                have |= added
-            else:
-                inner = f"playbook '{node.plan.name}' included by step '{node.id}'"
-                found, after = self.run(node.plan.nodes, have, inner, peers)
-                problems += found
-                have |= after
-        return problems, have
-
-    def _problem(self, node: StepNode, fact: str, via: str | None, parallel: bool) -> Problem:
-        providers = sorted(s.name for s in REGISTRY.values() if fact in s.provides)
-        where = f" (in {via})" if via else ""
-        hint = (
-            "; a step running in parallel with it provides it, but may not have finished: "
-            "move that step before the parallel group"
-            if parallel
-            else ""
-        )
-        file = node.source.file if node.source else "?"
-        line = self.uses_lines.get((file, node.id)) or (node.source.line if node.source else None)
-        return Problem(
-            file,
-            line,
-            node.id,
-            "uses",
-            f"step '{node.id}' ({node.action.module}) requires fact '{fact}', which no earlier "
-            f"step provides{where}{hint}; add a step that provides it before this one (modules "
-            f"providing it: {', '.join(providers) or 'none registered'})",
-        )
-
-
-def _provides(node: Node) -> set[str]:
-    if isinstance(node, StepNode):
-        return set(node.provides)
-    if isinstance(node, ParallelNode):
-        return set().union(*(_provides(b) for b in node.branches))
-    return set().union(*(_provides(n) for n in node.plan.nodes))
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -1077,19 +735,14 @@ def _model_fields(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _contains_expression(value: Any) -> bool:
-    return any("${{" in text for _, text in _strings(value, ()))
-
-
-def _strings(value: Any, path: PathKey) -> Iterator[tuple[PathKey, str]]:
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _strings(item, (*path, key))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _strings(item, (*path, i))
+def _input_spec(name: str, decl: InputDecl) -> InputSpec:
+    return InputSpec(
+        name=name,
+        type=decl.type,
+        description=decl.description,
+        required=decl.required,
+        default=decl.default,
+    )
 
 
 def _switch(when: str | None, with_: dict[str, Any]) -> tuple[bool, str | None]:
@@ -1103,157 +756,46 @@ def _switch(when: str | None, with_: dict[str, Any]) -> tuple[bool, str | None]:
     if value is None:
         return False, None
     # Only a value that is one whole expression can turn out null when the step runs.
-    return True, (f"input.{when}" if _whole_expression(value) else None)
+    return True, (f"input.{when}" if whole_expression(value) else None)
 
 
-def _whole_expression(value: Any) -> bool:
-    """True for ``"${{ a.b }}"``, false for ``"${{ a }}/x/${{ b }}"`` and plain text."""
-    if not isinstance(value, str):
-        return False
-    text = value.strip()
-    matches = list(EXPRESSION.finditer(text))
-    return len(matches) == 1 and matches[0].span() == (0, len(text))
+# -- calls --------------------------------------------------------------------------------
+
+
+def _call_settings(
+    spec: ModuleSpec,
+    *,
+    timeout: float | None = None,
+    heartbeat: float | None = None,
+    retry: RetrySpec | None = None,
+) -> dict[str, Any]:
+    """What a call of ``spec`` runs with: the module's declaration, unless the step overrides."""
+    return {
+        "module": spec.name,
+        "domain": spec.domain,
+        "local": spec.local,
+        "start_to_close_s": timeout or spec.timeout.total_seconds(),
+        "heartbeat_s": heartbeat or (spec.heartbeat.total_seconds() if spec.heartbeat else None),
+        "retry": retry if retry is not None else spec.retry.model_copy(deep=True),
+    }
 
 
 def _call(spec: ModuleSpec, with_: dict[str, Any], when: str | None = None) -> ActivityCall:
-    return ActivityCall(
-        module=spec.name,
-        domain=spec.domain,
-        local=spec.local,
-        with_=with_,
-        start_to_close_s=spec.timeout.total_seconds(),
-        heartbeat_s=spec.heartbeat.total_seconds() if spec.heartbeat else None,
-        retry=spec.retry.model_copy(deep=True),
-        when=when,
-    )
+    return ActivityCall(**_call_settings(spec), with_=with_, when=when)
 
 
 def _check_call(
     spec: ModuleSpec,
     with_: dict[str, Any],
-    *,
     when: str | None,
     deadline: float | None,
     interval: float | None,
 ) -> CheckCall:
     return CheckCall(
+        **_call_settings(spec),
         name=spec.name,
-        module=spec.name,
-        domain=spec.domain,
-        local=spec.local,
-        with_=with_,
-        start_to_close_s=spec.timeout.total_seconds(),
-        heartbeat_s=spec.heartbeat.total_seconds() if spec.heartbeat else None,
-        retry=spec.retry.model_copy(deep=True),
+        with_=dict(with_),
         when=when,
         deadline_s=deadline or DEFAULT_CHECK_DEADLINE_S,
         poll_interval_s=interval or DEFAULT_CHECK_INTERVAL_S,
     )
-
-
-# -- run inputs ---------------------------------------------------------------------------
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-_INT = re.compile(r"[+-]?\d+")
-
-
-def coerce_input(spec: InputSpec, value: Any, *, from_text: bool = True) -> Any:
-    """``value`` as ``spec.type``; ``from_text`` also accepts CLI strings ("true", "3", JSON).
-
-    Raises ValueError starting with the input's name, so callers can prefix context.
-    """
-    kind = spec.type
-    bad = ValueError(
-        f"'{spec.name}' must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got "
-        f"{_json_type(value)} {json.dumps(value, default=str)[:60]}"
-    )
-    text = value.strip() if from_text and isinstance(value, str) else None
-    if kind == "string":
-        if isinstance(value, str):
-            return value
-        raise bad
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if text is not None and text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise bad
-    if kind == "integer":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if text is not None and _INT.fullmatch(text):
-            return int(text)
-        raise bad
-    if kind == "number":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        if text is not None:
-            try:
-                return int(text) if _INT.fullmatch(text) else float(text)
-            except ValueError:
-                raise bad from None
-        raise bad
-    wanted = dict if kind == "object" else list
-    if isinstance(value, wanted):
-        return value
-    if text is not None:
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError:
-            raise bad from None
-        if isinstance(parsed, wanted):
-            return parsed
-    raise bad
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
-
-
-def apply_input_defaults(plan: Plan, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Run inputs checked against the plan's InputSpecs, coerced, with defaults filled in.
-
-    Every declared input appears in the result (``None`` when optional without a default), so
-    ``${{ inputs.x }}`` always resolves. Raises ValueError listing every problem at once.
-    """
-    specs = {s.name: s for s in plan.inputs}
-    errors: list[str] = []
-    for name in given:
-        if name not in specs:
-            errors.append(
-                f"unknown input '{name}'{suggestion(str(name), specs)}; playbook "
-                f"'{plan.name}' takes: {', '.join(specs) or 'no inputs'}"
-            )
-    out: dict[str, Any] = {}
-    for spec in plan.inputs:
-        value = given.get(spec.name)
-        if value is None:
-            if spec.required:
-                about = f": {spec.description}" if spec.description else ""
-                errors.append(f"missing required input '{spec.name}' ({spec.type}){about}")
-            out[spec.name] = spec.default
-            continue
-        try:
-            out[spec.name] = coerce_input(spec, value, from_text=True)
-        except ValueError as exc:
-            errors.append(f"input {exc}")
-    if errors:
-        raise ValueError(f"playbook '{plan.name}': " + "; ".join(errors))
-    return out
