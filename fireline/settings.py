@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     )
     playbooks_dir: Path = Path("playbooks")
     data_dir: Path = Path("data")
+    workflow_sandbox: bool = Field(
+        default=False,
+        description=(
+            "run workflow code in Temporal's sandbox; the test suite always does, which is "
+            "where it catches non-determinism, so production skips its per-task cost"
+        ),
+    )
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
     http_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -22,7 +22,8 @@ from typing import NoReturn
 
 import structlog
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.contract import ModuleSet, bind_activities, load_domains, specs_for
 from fireline.client import make_client
@@ -96,6 +97,11 @@ def build_workers(
                 task_queue=settings.workflow_task_queue,
                 workflows=WORKFLOWS,
                 activities=checks,
+                workflow_runner=(
+                    SandboxedWorkflowRunner()
+                    if settings.workflow_sandbox
+                    else UnsandboxedWorkflowRunner()
+                ),
                 interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             )

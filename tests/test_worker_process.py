@@ -27,10 +27,11 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from fireline.interceptors import LogContextInterceptor
 from fireline.settings import DOMAINS, Settings
-from fireline.worker_runtime import parse_domains, run_workers
+from fireline.worker_runtime import build_workers, parse_domains, run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
@@ -112,6 +113,25 @@ class TestParseDomains:
         """An empty list would run nothing: refused."""
         with pytest.raises(ValueError, match="no domain given"):
             parse_domains(" , ")
+
+
+class TestWorkflowSandbox:
+    @pytest.mark.parametrize(
+        ("sandbox", "runner"),
+        [(True, SandboxedWorkflowRunner), (False, UnsandboxedWorkflowRunner)],
+    )
+    async def test_setting_chooses_the_workflow_runner(self, client: Client, sandbox, runner):
+        """FIRELINE_WORKFLOW_SANDBOX decides whether production workflow code runs sandboxed."""
+        settings = Settings(
+            task_queue_prefix=f"sb-{uuid.uuid4().hex[:8]}", workflow_sandbox=sandbox
+        )
+        workers, sets = build_workers(client, settings, ["core"])
+        try:
+            assert type(workers[0].config()["workflow_runner"]) is runner
+            assert workers[0].task_queue == settings.workflow_task_queue
+        finally:
+            for module_set in sets:
+                await module_set.aclose()
 
 
 class TestWorkerProcess:

@@ -1,0 +1,491 @@
+"""Runs every scenario on both sides, alternating which goes first, and collects the samples.
+
+Both sides run in this process, on the same server, with the same worker settings: Fireline
+through the product's own worker builder (workflow queue PREFIX, domain queue PREFIX-core),
+the raw twins on a workflow queue and an activity queue of their own laid out the same way.
+Every sample is checked for the outcome it should have, so a broken run cannot pass as fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from rich.console import Console
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from bench import clock, playbooks, raw
+from bench.report import BenchReport, CpuFigures, HistoryCount, Metric, Summary, Target
+from bench.server import DbName, ProfileName, dev_server
+from fireline import errors
+from fireline.messages import (
+    QUERY_STATUS,
+    SA_PHASE,
+    SA_PLAYBOOK,
+    SA_REQUESTED_BY,
+    SA_RISK,
+    SIGNAL_APPROVE,
+    WORKFLOW_NAME,
+    Approval,
+    RunPhase,
+    RunRequest,
+    RunResult,
+    RunState,
+    StepStatus,
+)
+from fireline.operations import max_risk, plan_details
+from fireline.plan import Plan
+from fireline.settings import Settings
+from fireline.worker_runtime import build_workers
+
+RUN_TIMEOUT_S = 300.0
+"""No single run (or burst of runs) may take longer than this; the bench fails instead."""
+GATE_POLL_S = 0.005
+WARMUP_BURST = 20
+
+Start = Callable[[str], Awaitable[WorkflowHandle[Any, Any]]]
+T = TypeVar("T")
+
+
+class BenchFailure(RuntimeError):
+    """A run did not end the way its scenario says it must."""
+
+
+@dataclass
+class Options:
+    profile: ProfileName = "tuned"
+    db: DbName = "sqlite"
+    steps: int = 20
+    repeat: int = 5
+    concurrent: int = 500
+    quick: bool = False
+
+
+@dataclass
+class Rig:
+    """The client, both sides' task queues, and the compiled plans."""
+
+    client: Client
+    fireline_queue: str
+    raw_queue: str
+    plans: dict[str, Plan]
+    console: Console
+    last: dict[str, WorkflowHandle[Any, Any]] = field(default_factory=dict)
+
+    def fireline(self, plan_name: str) -> Start:
+        plan = self.plans[plan_name]
+        keyword = SearchAttributeKey.for_keyword
+        attributes = TypedSearchAttributes(
+            [
+                SearchAttributePair(keyword(SA_PLAYBOOK), plan.name),
+                SearchAttributePair(keyword(SA_PHASE), RunPhase.running.value),
+                SearchAttributePair(keyword(SA_RISK), max_risk(plan).value),
+                SearchAttributePair(keyword(SA_REQUESTED_BY), "bench"),
+            ]
+        )
+        request = RunRequest(plan=plan, requested_by="bench", task_queue_prefix=self.fireline_queue)
+        details = plan_details(plan)
+
+        async def start(workflow_id: str) -> WorkflowHandle[Any, Any]:
+            # As `fireline run` starts a run: search attributes, summary and details included.
+            return await self.client.start_workflow(
+                WORKFLOW_NAME,
+                request,
+                id=workflow_id,
+                task_queue=self.fireline_queue,
+                search_attributes=attributes,
+                static_summary=f"{plan.name} v{plan.version} by bench",
+                static_details=details,
+                result_type=RunResult,
+            )
+
+        return start
+
+    def raw(self, workflow: str, steps: int) -> Start:
+        request = raw.RawRequest(steps=steps, task_queue=f"{self.raw_queue}-core")
+
+        async def start(workflow_id: str) -> WorkflowHandle[Any, Any]:
+            return await self.client.start_workflow(
+                workflow,
+                request,
+                id=workflow_id,
+                task_queue=self.raw_queue,
+                result_type=raw.RawResult,
+            )
+
+        return start
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _new_id(kind: str) -> str:
+    return f"bench-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+async def _outcome(handle: WorkflowHandle[Any, Any], failure_type: str | None) -> None:
+    """Wait for the end of a run and insist it ended as expected."""
+    try:
+        result = await asyncio.wait_for(handle.result(), RUN_TIMEOUT_S)
+    except WorkflowFailureError as err:
+        cause = err.cause
+        if (
+            failure_type is not None
+            and isinstance(cause, ApplicationError)
+            and cause.type == failure_type
+        ):
+            return
+        raise BenchFailure(f"{handle.id} failed unexpectedly: {cause}") from err
+    if failure_type is not None:
+        raise BenchFailure(f"{handle.id} succeeded but should have failed with {failure_type}")
+    if isinstance(result, RunResult) and result.phase is not RunPhase.succeeded:
+        raise BenchFailure(f"{handle.id} ended {result.phase.value}: {result.reason}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One sample: wall time, time to the first activity start, and this process's CPU time.
+
+    The CPU time covers the client and every worker (they all live in this process) but not
+    the server: it is the Python-side cost, and far less sensitive to other load on the
+    machine than the wall time.
+    """
+
+    wall_ms: float
+    cpu_ms: float
+    first_ms: float | None = None
+
+
+async def timed_run(rig: Rig, key: str, start: Start, failure_type: str | None = None) -> Timing:
+    """Run once from the client's side and insist the first activity started."""
+    workflow_id = _new_id(key)
+    cpu, began = time.process_time(), time.monotonic()
+    handle = await start(workflow_id)
+    await _outcome(handle, failure_type)
+    ended, cpu = time.monotonic(), time.process_time() - cpu
+    first = clock.first_start(workflow_id)
+    clock.forget(workflow_id)
+    if first is None:
+        raise BenchFailure(f"{workflow_id} never started an activity")
+    rig.last[key] = handle
+    return Timing(wall_ms=_ms(ended - began), cpu_ms=_ms(cpu), first_ms=_ms(first - began))
+
+
+async def _until_fireline_gate(handle: WorkflowHandle[Any, Any]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = await handle.query(QUERY_STATUS, result_type=RunState)
+        if state.step(playbooks.GATED_STEP).status is StepStatus.awaiting_approval:
+            return
+        await asyncio.sleep(GATE_POLL_S)
+    raise BenchFailure(f"{handle.id} never reached its gate")
+
+
+async def _until_raw_gate(handle: WorkflowHandle[Any, Any]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if await handle.query(raw.QUERY_WAITING, result_type=bool):
+            return
+        await asyncio.sleep(GATE_POLL_S)
+    raise BenchFailure(f"{handle.id} never reached its gate")
+
+
+async def gate_sample(rig: Rig, side: str) -> float:
+    """Time from sending the approval signal to the gated activity starting, in ms."""
+    workflow_id = _new_id(f"gate-{side}")
+    if side == "fireline":
+        handle = await rig.fireline("bench-gate")(workflow_id)
+        await _until_fireline_gate(handle)
+        sent = time.monotonic()
+        await handle.signal(SIGNAL_APPROVE, Approval(step=playbooks.GATED_STEP, approver="bench"))
+    else:
+        handle = await rig.raw(raw.GATE, 1)(workflow_id)
+        await _until_raw_gate(handle)
+        sent = time.monotonic()
+        await handle.signal(raw.SIGNAL_APPROVE, raw.RawApproval(approver="bench"))
+    await _outcome(handle, None)
+    started = clock.first_start(workflow_id)
+    clock.forget(workflow_id)
+    if started is None:
+        raise BenchFailure(f"{workflow_id} never ran its gated step")
+    rig.last[f"gate-{side}"] = handle
+    return _ms(started - sent)
+
+
+async def burst(start: Start, count: int, failure_type: str | None = None) -> Timing:
+    """Start ``count`` runs at once and wait for all of them."""
+    ids = [_new_id("burst") for _ in range(count)]
+    cpu, began = time.process_time(), time.monotonic()
+    handles = await asyncio.gather(*(start(i) for i in ids))
+    await asyncio.gather(*(_outcome(h, failure_type) for h in handles))
+    ended, cpu = time.monotonic(), time.process_time() - cpu
+    for workflow_id in ids:
+        clock.forget(workflow_id)
+    return Timing(wall_ms=_ms(ended - began), cpu_ms=_ms(cpu))
+
+
+def _ordered(round_: int, jobs: list[T]) -> list[T]:
+    """Alternate which side goes first, so warm caches and drift favour neither."""
+    return jobs if round_ % 2 == 0 else list(reversed(jobs))
+
+
+async def _history(handle: WorkflowHandle[Any, Any]) -> tuple[Counter[str], list[float]]:
+    """Events by type, and how long each workflow task took (started -> completed) in ms."""
+    history = await handle.fetch_history()
+    counts: Counter[str] = Counter()
+    task_ms: list[float] = []
+    started: float | None = None
+    for event in history.events:
+        kind = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+        counts[kind] += 1
+        at = event.event_time.ToNanoseconds() / 1e6
+        if kind == "WORKFLOW_TASK_STARTED":
+            started = at
+        elif kind == "WORKFLOW_TASK_COMPLETED" and started is not None:
+            task_ms.append(at - started)
+            started = None
+    return counts, task_ms
+
+
+async def count_history(
+    rig: Rig, scenario: str, steps: int, fl_key: str, raw_key: str
+) -> HistoryCount:
+    fl, fl_tasks = await _history(rig.last[fl_key])
+    rw, rw_tasks = await _history(rig.last[raw_key])
+    return HistoryCount(
+        scenario=scenario,
+        steps=steps,
+        fireline_events=sum(fl.values()),
+        raw_events=sum(rw.values()),
+        fireline_workflow_tasks=len(fl_tasks),
+        raw_workflow_tasks=len(rw_tasks),
+        fireline_task_ms=sum(fl_tasks) / max(len(fl_tasks), 1),
+        raw_task_ms=sum(rw_tasks) / max(len(rw_tasks), 1),
+        fireline_by_type=dict(sorted(fl.items())),
+        raw_by_type=dict(sorted(rw.items())),
+    )
+
+
+@asynccontextmanager
+async def workers(client: Client, fireline_queue: str, raw_queue: str) -> AsyncIterator[None]:
+    """Fireline's workers as the product builds them, and the raw twins' laid out alike."""
+    settings = Settings(task_queue_prefix=fireline_queue)
+    fireline_workers, module_sets = build_workers(client, settings, ["core"])
+    raw_workers = [
+        Worker(client, task_queue=raw_queue, workflows=raw.RAW_WORKFLOWS),
+        Worker(client, task_queue=f"{raw_queue}-core", activities=raw.RAW_ACTIVITIES),
+    ]
+    async with AsyncExitStack() as stack:
+        for module_set in module_sets:
+            stack.push_async_callback(module_set.aclose)
+        for worker in [*fireline_workers, *raw_workers]:
+            await stack.enter_async_context(worker)
+        yield
+
+
+async def measure(rig: Rig, options: Options) -> tuple[dict[str, Metric], list[HistoryCount]]:
+    n, say = options.steps, rig.console.print
+    noop, checks = f"bench-noop-{n}", f"bench-checks-{n}"
+    saga = "bench-saga-10"
+    fl_noop, fl_checks = rig.fireline(noop), rig.fireline(checks)
+    raw_seq = rig.raw(raw.SEQUENTIAL, n)
+    fl_saga, raw_saga = rig.fireline(saga), rig.raw(raw.SAGA, 10)
+    fl_burst, raw_burst = rig.fireline("bench-noop-5"), rig.raw(raw.SEQUENTIAL, 5)
+    compensated = errors.PLAYBOOK_COMPENSATED
+
+    say("warming up both sides")
+    await timed_run(rig, "raw-seq", raw_seq)
+    await timed_run(rig, "fl-noop", fl_noop)
+    await timed_run(rig, "fl-checks", fl_checks)
+    await gate_sample(rig, "raw")
+    await gate_sample(rig, "fireline")
+    await timed_run(rig, "raw-saga", raw_saga, "BenchCompensated")
+    await timed_run(rig, "fl-saga", fl_saga, compensated)
+    await burst(raw_burst, min(options.concurrent, WARMUP_BURST))
+    await burst(fl_burst, min(options.concurrent, WARMUP_BURST))
+
+    samples: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        samples.setdefault(key, []).append(value)
+
+    async def sequential(key: str, start: Start) -> None:
+        timing = await timed_run(rig, key, start)
+        add(f"{key}/step", timing.wall_ms / n)
+        add(f"{key}/step/cpu", timing.cpu_ms / n)
+        assert timing.first_ms is not None  # timed_run always measures it
+        add(f"{key}/first", timing.first_ms)
+
+    async def gate(side: str) -> None:
+        add(f"gate-{side}", await gate_sample(rig, side))
+
+    async def saga_run(key: str, start: Start, failure: str) -> None:
+        timing = await timed_run(rig, key, start, failure)
+        add(key, timing.wall_ms)
+        add(f"{key}/cpu", timing.cpu_ms)
+
+    async def concurrent(key: str, start: Start) -> None:
+        timing = await burst(start, options.concurrent)
+        add(key, timing.wall_ms)
+        add(f"{key}/cpu", timing.cpu_ms)
+
+    for r in range(options.repeat):
+        say(f"round {r + 1}/{options.repeat}: {n} sequential steps")
+        for job in _ordered(
+            r,
+            [
+                partial(sequential, "raw-seq", raw_seq),
+                partial(sequential, "fl-noop", fl_noop),
+                partial(sequential, "fl-checks", fl_checks),
+            ],
+        ):
+            await job()
+    for r in range(options.repeat):
+        for side in _ordered(r, ["raw", "fireline"]):
+            await gate(side)
+    say("approval gates done; 10-step runs that roll back 9")
+    for r in range(options.repeat):
+        for job in _ordered(
+            r,
+            [
+                partial(saga_run, "raw-saga", raw_saga, "BenchCompensated"),
+                partial(saga_run, "fl-saga", fl_saga, compensated),
+            ],
+        ):
+            await job()
+    for r in range(options.repeat):
+        say(f"round {r + 1}/{options.repeat}: {options.concurrent} concurrent runs of 5 steps")
+        for job in _ordered(
+            r,
+            [
+                partial(concurrent, "raw-burst", raw_burst),
+                partial(concurrent, "fl-burst", fl_burst),
+            ],
+        ):
+            await job()
+
+    def metric(name: str, label: str, fl: str, rw: str, target: Target) -> Metric:
+        cpu = None
+        if f"{fl}/cpu" in samples:
+            cpu = CpuFigures(
+                fireline=Summary(samples_ms=samples[f"{fl}/cpu"]),
+                raw=Summary(samples_ms=samples[f"{rw}/cpu"]),
+            )
+        return Metric(
+            name=name,
+            label=label,
+            fireline=Summary(samples_ms=samples[fl]),
+            raw=Summary(samples_ms=samples[rw]),
+            target=target,
+            cpu=cpu,
+        )
+
+    metrics = [
+        metric(
+            "per_step_noop",
+            f"per step, {n} no-op steps",
+            "fl-noop/step",
+            "raw-seq/step",
+            Target(kind="ratio", limit=1.1),
+        ),
+        metric(
+            "per_step_checks",
+            f"per step, {n} steps with pre+post check",
+            "fl-checks/step",
+            "raw-seq/step",
+            Target(kind="ratio", limit=1.5),
+        ),
+        metric(
+            "start_to_first_step",
+            "start -> first step",
+            "fl-noop/first",
+            "raw-seq/first",
+            Target(kind="none"),
+        ),
+        metric(
+            "signal_to_next_step",
+            "approval signal -> next step",
+            "gate-fireline",
+            "gate-raw",
+            Target(kind="delta", limit=10),
+        ),
+        metric(
+            "saga_compensation",
+            "10 steps, last fails, 9 compensated",
+            "fl-saga",
+            "raw-saga",
+            Target(kind="ratio", limit=1.2),
+        ),
+        metric(
+            "concurrent_runs",
+            f"{options.concurrent} concurrent runs of 5 steps (wall)",
+            "fl-burst",
+            "raw-burst",
+            Target(kind="ratio", limit=1.2),
+        ),
+    ]
+    say("counting history events")
+    history = [
+        await count_history(rig, "no-op steps", n, "fl-noop", "raw-seq"),
+        await count_history(rig, "checked steps", n, "fl-checks", "raw-seq"),
+        await count_history(rig, "approval gate", 1, "gate-fireline", "gate-raw"),
+        await count_history(rig, "saga of 10", 10, "fl-saga", "raw-saga"),
+    ]
+    return {m.name: m for m in metrics}, history
+
+
+async def run_bench(options: Options, console: Console) -> BenchReport:
+    began = time.monotonic()
+    n = options.steps
+    docs = [
+        playbooks.noop(n),
+        playbooks.checked(n),
+        playbooks.gated(),
+        playbooks.saga(10),
+    ]
+    if n != 5:
+        docs.append(playbooks.noop(5))
+    plans = await asyncio.to_thread(playbooks.compile_all, docs)
+    console.print(f"starting a {options.profile}/{options.db} dev server")
+    async with dev_server(options.profile, options.db) as (env, profile):
+        suffix = uuid.uuid4().hex[:8]
+        rig = Rig(
+            client=env.client,
+            fireline_queue=f"bench-fl-{suffix}",
+            raw_queue=f"bench-raw-{suffix}",
+            plans=plans,
+            console=console,
+        )
+        async with workers(env.client, rig.fireline_queue, rig.raw_queue):
+            metrics, history = await measure(rig, options)
+    clock.reset()
+    return BenchReport(
+        server=profile,
+        python=platform.python_version(),
+        temporalio=importlib.metadata.version("temporalio"),
+        bytecode_cache=not sys.dont_write_bytecode,
+        steps=n,
+        repeat=options.repeat,
+        concurrent=options.concurrent,
+        quick=options.quick,
+        metrics=metrics,
+        history=history,
+        duration_s=time.monotonic() - began,
+        load_average_end=os.getloadavg(),
+    )
