@@ -188,6 +188,18 @@ def plan_details(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def start_attributes(plan: Plan, requested_by: str) -> TypedSearchAttributes:
+    """The search attributes a run starts with; the workflow keeps the phase current."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PLAYBOOK), plan.name),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), RunPhase.running.value),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_RISK), max_risk(plan).value),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_REQUESTED_BY), requested_by),
+        ]
+    )
+
+
 async def start_run(
     client: Client,
     settings: Settings,
@@ -202,14 +214,7 @@ async def start_run(
         plan = plan.sealed()
     resolved = resolve_inputs(plan, inputs)
     workflow_id = new_workflow_id(plan.name)
-    attributes = TypedSearchAttributes(
-        [
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PLAYBOOK), plan.name),
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), RunPhase.running.value),
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_RISK), max_risk(plan).value),
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_REQUESTED_BY), requested_by),
-        ]
-    )
+    attributes = start_attributes(plan, requested_by)
     request = RunRequest(
         plan=plan,
         inputs=resolved,

@@ -24,6 +24,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -31,6 +32,7 @@ from fireline.binaries import temporal_cli
 from fireline.devserver import TUNING_FLAGS
 from fireline.messages import (
     QUERY_STATUS,
+    SEARCH_ATTRIBUTES,
     UPDATE_APPROVE,
     UPDATE_DECIDE,
     Approval,
@@ -189,6 +191,7 @@ async def main(names: list[str]) -> None:
     env = await WorkflowEnvironment.start_local(
         ip="127.0.0.1",
         data_converter=pydantic_data_converter,
+        search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
         dev_server_existing_path=str(temporal_cli()),
         dev_server_extra_args=list(TUNING_FLAGS),
     )

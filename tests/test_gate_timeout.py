@@ -54,7 +54,9 @@ class TestTimeouts:
         client = time_skipping_env.client
         plan = compile_playbooks(tmp_path, {"s.yaml": GATED}, "slow-gate")
         async with fireline_workers(client, task_queue_prefix):
-            handle = await start_run(client, task_queue_prefix, plan, {"base": target.base_url})
+            handle = await start_run(
+                client, task_queue_prefix, plan, {"base": target.base_url}, search_attributes=False
+            )
             with pytest.raises(WorkflowFailureError) as caught:
                 await handle.result()
             state = await handle.query(QUERY_STATUS, result_type=RunState)
@@ -85,7 +87,9 @@ class TestTimeouts:
         client = time_skipping_env.client
         plan = compile_playbooks(tmp_path, {"s.yaml": playbook}, "slow-gate")
         async with fireline_workers(client, task_queue_prefix):
-            handle = await start_run(client, task_queue_prefix, plan, {"base": target.base_url})
+            handle = await start_run(
+                client, task_queue_prefix, plan, {"base": target.base_url}, search_attributes=False
+            )
 
             # The gate still needs a person; approve it, then leave the failure unanswered.
             async def approve_when_waiting() -> None:

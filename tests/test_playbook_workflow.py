@@ -19,11 +19,13 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from fireline import errors
 from fireline.messages import (
     QUERY_STATUS,
+    SA_PHASE,
     SIGNAL_APPROVE,
     UPDATE_APPROVE,
     UPDATE_DECIDE,
@@ -38,6 +40,8 @@ from fireline.messages import (
 )
 from tests.support.target import Reply, Target
 from tests.support.workers import compile_playbooks, fireline_workers, start_run
+
+PHASE = SearchAttributeKey.for_keyword(SA_PHASE)
 
 THREE_STEPS = """
 name: three-steps
@@ -134,8 +138,10 @@ class TestHappyPath:
             )
             result = await handle.result()
             state = await status(handle)
+            described = await handle.describe()
 
         assert result.phase is RunPhase.succeeded
+        assert described.typed_search_attributes.get(PHASE) == "succeeded"  # the UI's filter
         assert result.outputs == {"token": "t-42"}
         assert [p for p in paths(target) if p.startswith("POST")] == [
             "POST /first",
@@ -475,6 +481,8 @@ class TestApprovalGates:
             state = await until(handle, waiting("failover", StepStatus.awaiting_approval))
             assert state.phase is RunPhase.awaiting_approval
             assert state.step("failover").gate_deadline is not None
+            described = await handle.describe()
+            assert described.typed_search_attributes.get(PHASE) == "awaiting_approval"
 
             with pytest.raises(WorkflowUpdateFailedError) as outsider:
                 await handle.execute_update(

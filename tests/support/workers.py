@@ -16,6 +16,7 @@ from activities.contract import bind_activities, load_domains, specs_for
 from fireline.catalog import Catalog
 from fireline.compiler import PlaybookLibrary
 from fireline.messages import WORKFLOW_NAME, RunRequest, RunResult
+from fireline.operations import start_attributes
 from fireline.plan import Plan
 from fireline.settings import Settings
 from workflows import WORKFLOWS
@@ -73,7 +74,9 @@ async def start_run(
     *,
     requested_by: str = "tester",
     workflow_id: str | None = None,
+    search_attributes: bool = True,
 ) -> WorkflowHandle[Any, Any]:
+    """Start a run as ``fireline run`` does; the time-skipping server takes no search attributes."""
     return await client.start_workflow(
         WORKFLOW_NAME,
         RunRequest(
@@ -82,4 +85,5 @@ async def start_run(
         id=workflow_id or f"test-{plan.name}-{uuid.uuid4().hex[:8]}",
         task_queue=prefix,
         result_type=RunResult,
+        search_attributes=start_attributes(plan, requested_by) if search_attributes else None,
     )
