@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from rich.console import Console
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
@@ -35,10 +34,6 @@ from bench.server import DbName, ProfileName, dev_server
 from fireline import errors
 from fireline.messages import (
     QUERY_STATUS,
-    SA_PHASE,
-    SA_PLAYBOOK,
-    SA_REQUESTED_BY,
-    SA_RISK,
     SIGNAL_APPROVE,
     WORKFLOW_NAME,
     Approval,
@@ -47,8 +42,9 @@ from fireline.messages import (
     RunResult,
     RunState,
     StepStatus,
+    start_attributes,
 )
-from fireline.operations import max_risk, plan_details
+from fireline.operations import plan_details
 from fireline.plan import Plan
 from fireline.settings import Settings
 from fireline.worker_runtime import build_workers
@@ -89,15 +85,7 @@ class Rig:
 
     def fireline(self, plan_name: str) -> Start:
         plan = self.plans[plan_name]
-        keyword = SearchAttributeKey.for_keyword
-        attributes = TypedSearchAttributes(
-            [
-                SearchAttributePair(keyword(SA_PLAYBOOK), plan.name),
-                SearchAttributePair(keyword(SA_PHASE), RunPhase.running.value),
-                SearchAttributePair(keyword(SA_RISK), max_risk(plan).value),
-                SearchAttributePair(keyword(SA_REQUESTED_BY), "bench"),
-            ]
-        )
+        attributes = start_attributes(plan, "bench")
         request = RunRequest(plan=plan, requested_by="bench", task_queue_prefix=self.fireline_queue)
         details = plan_details(plan)
 

@@ -146,7 +146,7 @@ def _playbook_info(settings: Settings) -> list[PlaybookInfo]:
                 description=plan.description,
                 owner=plan.owner,
                 outage_class=plan.outage_class,
-                max_risk=operations.max_risk(plan).value,
+                max_risk=plan.max_risk().value,
                 plan_hash=plan.hash or plan.content_hash(),
                 inputs=plan.inputs,
             )

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from fireline.plan import GateSpec, Plan, Risk
 
@@ -37,6 +38,18 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     SA_RISK: "Keyword",
     SA_REQUESTED_BY: "Keyword",
 }
+
+
+def start_attributes(plan: Plan, requested_by: str) -> TypedSearchAttributes:
+    """The search attributes a run starts with; the workflow keeps the phase current."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PLAYBOOK), plan.name),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), RunPhase.running.value),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_RISK), plan.max_risk().value),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_REQUESTED_BY), requested_by),
+        ]
+    )
 
 
 class RunRequest(BaseModel):

@@ -23,7 +23,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -41,18 +41,17 @@ from fireline.messages import (
     Approval,
     Decision,
     DecisionAction,
-    RunPhase,
     RunRequest,
     RunState,
     StepState,
+    start_attributes,
 )
-from fireline.plan import IncludeNode, ParallelNode, Plan, Risk, StepNode
+from fireline.plan import IncludeNode, ParallelNode, Plan, StepNode
 from fireline.settings import Settings
 
 if TYPE_CHECKING:
     from fireline.compiler import PlaybookLibrary
 
-_RISK_ORDER: tuple[Risk, ...] = (Risk.low, Risk.medium, Risk.high, Risk.critical)
 _QUERY_TIMEOUT = timedelta(seconds=15)
 
 
@@ -120,21 +119,6 @@ def compile_playbook(settings: Settings, playbook: str) -> Plan:
     return load_library(settings).compile(playbook)
 
 
-def max_risk(plan: Plan) -> Risk:
-    """The highest risk of any step, included playbooks counted, for the UI's filters."""
-    highest = Risk.low
-    for node in plan.walk():
-        if isinstance(node, StepNode):
-            risk = node.risk
-        elif isinstance(node, IncludeNode):
-            risk = max_risk(node.plan)
-        else:
-            continue
-        if _RISK_ORDER.index(risk) > _RISK_ORDER.index(highest):
-            highest = risk
-    return highest
-
-
 def resolve_inputs(plan: Plan, given: dict[str, Any]) -> dict[str, Any]:
     """Checked inputs, strings coerced to the declared types, defaults filled in.
 
@@ -167,7 +151,7 @@ def plan_details(plan: Plan) -> str:
     lines = [f"**{plan.name}** v{plan.version}"]
     if plan.description:
         lines.append(plan.description.strip())
-    lines += [f"Plan `{plan.hash[:12]}`, max risk {max_risk(plan).value}", "", "Steps:"]
+    lines += [f"Plan `{plan.hash[:12]}`, max risk {plan.max_risk().value}", "", "Steps:"]
 
     def outline(nodes: list[Any], depth: int) -> None:
         pad = "  " * depth
@@ -186,18 +170,6 @@ def plan_details(plan: Plan) -> str:
 
     outline(plan.nodes, 0)
     return "\n".join(lines)
-
-
-def start_attributes(plan: Plan, requested_by: str) -> TypedSearchAttributes:
-    """The search attributes a run starts with; the workflow keeps the phase current."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PLAYBOOK), plan.name),
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), RunPhase.running.value),
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_RISK), max_risk(plan).value),
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_REQUESTED_BY), requested_by),
-        ]
-    )
 
 
 async def start_run(

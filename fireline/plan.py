@@ -26,6 +26,9 @@ class Risk(StrEnum):
     critical = "critical"
 
 
+_RISK_ORDER: tuple[Risk, ...] = (Risk.low, Risk.medium, Risk.high, Risk.critical)
+
+
 class OnFailure(StrEnum):
     compensate = "compensate"
     """Roll back every completed step in reverse order (the default)."""
@@ -183,6 +186,16 @@ class Plan(BaseModel):
     def sealed(self) -> Plan:
         """A copy carrying its own content hash."""
         return self.model_copy(update={"hash": self.content_hash()})
+
+    def max_risk(self) -> Risk:
+        """The highest risk of any step, included playbooks counted, for the UI's filters."""
+        risks = [Risk.low]
+        for node in self.walk():
+            if isinstance(node, StepNode):
+                risks.append(node.risk)
+            elif isinstance(node, IncludeNode):
+                risks.append(node.plan.max_risk())
+        return max(risks, key=_RISK_ORDER.index)
 
     def walk(self) -> list[StepNode | ParallelNode | IncludeNode]:
         """Every node of this plan in document order (not descending into includes)."""

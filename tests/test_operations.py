@@ -184,7 +184,7 @@ class TestMaxRisk:
     def test_highest_step_risk_wins(self) -> None:
         """The highest risk among plain steps is the run's risk."""
         plan = _plan([_step("a", Risk.low), _step("b", Risk.high), _step("c", Risk.medium)])
-        assert operations.max_risk(plan) == Risk.high
+        assert plan.max_risk() == Risk.high
 
     def test_parallel_branches_and_includes_count(self) -> None:
         """Risks inside parallel groups and included playbooks are counted too."""
@@ -196,12 +196,12 @@ class TestMaxRisk:
                 IncludeNode(id="inc", name="inc", plan=inner),
             ]
         )
-        assert operations.max_risk(plan) == Risk.critical
-        assert operations.max_risk(_plan([plan.nodes[1]])) == Risk.medium
+        assert plan.max_risk() == Risk.critical
+        assert _plan([plan.nodes[1]]).max_risk() == Risk.medium
 
     def test_empty_plan_is_low(self) -> None:
         """A plan of no steps counts as low risk."""
-        assert operations.max_risk(_plan([])) == Risk.low
+        assert _plan([]).max_risk() == Risk.low
 
 
 class TestIdsAndLinks:

@@ -26,6 +26,7 @@ from fireline import errors
 from fireline.messages import (
     QUERY_STATUS,
     SA_PHASE,
+    SA_PLAYBOOK,
     SIGNAL_APPROVE,
     UPDATE_APPROVE,
     UPDATE_DECIDE,
@@ -619,7 +620,9 @@ class TestParallelAndIncludes:
             )
             failure = await failure_of(handle)
             state = await status(handle)
-            child_state = await status(client.get_workflow_handle(f"{handle.id}.drain_web1"))
+            child = client.get_workflow_handle(f"{handle.id}.drain_web1")
+            child_state = await status(child)
+            child_attributes = (await child.describe()).typed_search_attributes
 
         assert failure.type == errors.PLAYBOOK_COMPENSATED, str(failure)
         posts = [p for p in paths(target) if p.startswith("POST")]
@@ -630,6 +633,8 @@ class TestParallelAndIncludes:
             "POST /undrain/web1",
         ]
         assert child_state.phase is RunPhase.succeeded
+        assert child_attributes.get(SearchAttributeKey.for_keyword(SA_PLAYBOOK)) == "drain"
+        assert child_attributes.get(PHASE) == "succeeded"
         assert state.step("drain_web1").child_workflow_id == f"{handle.id}.drain_web1"
         assert state.step("drain_web1").status is StepStatus.compensated
         assert [c.step for c in state.compensations] == ["restart", "drain_web1/drain"]

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         StepState,
         StepStatus,
+        start_attributes,
     )
     from fireline.plan import (
         WAIT_MODULE,
@@ -386,6 +387,12 @@ class PlaybookWorkflow:
                 ),
                 id=child_id,
                 static_summary=f"{node.plan.name} (included by {self._plan.name}/{node.id})",
+                # Children are runs too: filterable by playbook and phase like their parent.
+                search_attributes=(
+                    start_attributes(node.plan, self._request.requested_by)
+                    if SA_PHASE_KEY in workflow.info().typed_search_attributes
+                    else None
+                ),
             )
         except ChildWorkflowError as err:
             if _cancelled(err):

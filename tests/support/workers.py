@@ -15,8 +15,7 @@ from temporalio.worker import Worker
 from activities.contract import bind_activities, load_domains, specs_for
 from fireline.catalog import Catalog
 from fireline.compiler import PlaybookLibrary
-from fireline.messages import WORKFLOW_NAME, RunRequest, RunResult
-from fireline.operations import start_attributes
+from fireline.messages import WORKFLOW_NAME, RunRequest, RunResult, start_attributes
 from fireline.plan import Plan
 from fireline.settings import Settings
 from workflows import WORKFLOWS
