@@ -69,7 +69,7 @@ steps:
     postconditions:
       - check: core.http_probe
         with: {url: "${{ inputs.base }}/health/third", expect_status: [200]}
-        deadline: 1s
+        deadline: 2s
         interval: 200ms
 outputs:
   token: "${{ steps.first.outputs.body.token }}"
@@ -286,7 +286,7 @@ class TestRollbackVerification:
         uses: core.http_request
         with: {url: "${{ inputs.base }}/switch", compensation: {url: "${{ inputs.base }}/unswitch"}}
         preconditions:
-          - {check: core.http_probe, with: {url: "${{ inputs.base }}/health"}, deadline: 1s, interval: 200ms}
+          - {check: core.http_probe, with: {url: "${{ inputs.base }}/health"}, deadline: 2s, interval: 200ms}
       - id: boom
         uses: core.http_request
         with: {url: "${{ inputs.base }}/boom"}
