@@ -667,3 +667,44 @@ class TestCancellation:
             "run_cancelled",
             "run_finished",
         ]
+
+    async def test_cancel_during_rollback_does_not_stop_the_rollback(
+        self, client, task_queue_prefix, target, run_playbook
+    ):
+        """A cancel that arrives mid-rollback is recorded; every undo still runs and succeeds."""
+        playbook = """
+        name: undo-slowly
+        inputs: {base: {type: string, required: true}}
+        steps:
+          - id: one
+            uses: core.http_request
+            with: {url: "${{ inputs.base }}/one", compensation: {url: "${{ inputs.base }}/undo/one"}}
+          - id: two
+            uses: core.http_request
+            with: {url: "${{ inputs.base }}/two", compensation: {url: "${{ inputs.base }}/undo/two"}}
+          - id: three
+            uses: core.http_request
+            with: {url: "${{ inputs.base }}/three", compensation: {url: "${{ inputs.base }}/undo/three"}}
+        """
+        for path in ("/one", "/two", "/undo/one", "/undo/two"):
+            target.route("POST", path, Reply(200))
+        target.route("POST", "/three", Reply(400, {"error": "refused"}))
+        release = target.hold("POST", "/undo/two")
+        async with fireline_workers(client, task_queue_prefix):
+            handle = await run_playbook(
+                {"u.yaml": playbook}, "undo-slowly", {"base": target.base_url}
+            )
+            await target.wait_for_hits_async("POST", "/undo/two", 1)
+            await handle.cancel()
+            await until(handle, lambda s: any(e.kind == "cancel_during_rollback" for e in s.events))
+            release.set()
+            failure = await failure_of(handle)
+            state = await status(handle)
+
+        assert failure.type == errors.PLAYBOOK_COMPENSATED
+        assert [p for p in paths(target) if "/undo/" in p] == ["POST /undo/two", "POST /undo/one"]
+        assert [(c.step, c.status) for c in state.compensations] == [
+            ("two", "succeeded"),
+            ("one", "succeeded"),
+        ]
+        assert state.phase is RunPhase.compensated

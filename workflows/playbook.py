@@ -184,7 +184,7 @@ class PlaybookWorkflow:
                     type=errors.PLAYBOOK_FAILED,
                     non_retryable=True,
                 ) from None
-            ok = await self._compensate(str(failure))
+            ok = await self._rollback(str(failure))
             phase = RunPhase.compensated if ok else RunPhase.compensation_failed
             await self._finish(phase, str(failure))
             raise ApplicationError(
@@ -199,7 +199,7 @@ class PlaybookWorkflow:
                 if step.status in _ACTIVE:
                     step.status = StepStatus.cancelled
                     step.finished_at = workflow.now()
-            ok = await self._compensate("run cancelled")
+            ok = await self._rollback("run cancelled")
             if not ok:
                 await self._finish(RunPhase.compensation_failed, "run cancelled")
                 raise ApplicationError(
@@ -749,6 +749,17 @@ class PlaybookWorkflow:
                 verify=verify,
             )
         )
+
+    async def _rollback(self, reason: str) -> bool:
+        """Run the compensations in a task of their own, so a cancellation that arrives while
+        rolling back cannot stop the rollback half-way; it is recorded and the rollback goes on."""
+        task = asyncio.create_task(self._compensate(reason))
+        while not task.done():
+            try:
+                await workflow.wait([task])
+            except asyncio.CancelledError:
+                self._event("cancel_during_rollback", "cancellation requested: rollback goes on")
+        return task.result()
 
     async def _compensate(self, reason: str) -> bool:
         """Run pushed compensations newest first; keep going past a failure, report it."""
