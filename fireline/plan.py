@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 WAIT_MODULE = "core.wait"
 """Runs as a durable workflow timer, not an activity holding a worker slot."""
+MAX_WAIT_S = 7 * 24 * 3600.0
+"""A pause longer than a week is a schedule, not a runbook step: core.wait's input model and,
+for values that arrive through expressions, the workflow refuse it."""
 
 
 class Risk(StrEnum):

@@ -277,6 +277,39 @@ class TestFailures:
         assert len(target.hits("POST", "/undo/two")) == 1  # a refusal (4xx) is not retried
 
 
+class TestHalt:
+    async def test_halt_stops_without_rolling_back(
+        self, client, task_queue_prefix, target, run_playbook
+    ):
+        """on_failure: halt leaves what ran in place; an out-of-range wait fails before sleeping."""
+        playbook = """
+        name: halting
+        inputs: {base: {type: string, required: true}, delay: {type: number, default: 5}}
+        steps:
+          - id: one
+            uses: core.http_request
+            with: {url: "${{ inputs.base }}/one", compensation: {url: "${{ inputs.base }}/undo/one"}}
+          - id: pause
+            uses: core.wait
+            on_failure: halt
+            with: {seconds: "${{ inputs.delay }}"}
+        """
+        target.route("POST", "/one", Reply(200))
+        async with fireline_workers(client, task_queue_prefix):
+            handle = await run_playbook(
+                {"h.yaml": playbook}, "halting", {"base": target.base_url, "delay": 10**9}
+            )
+            failure = await failure_of(handle)
+            state = await status(handle)
+
+        assert failure.type == errors.PLAYBOOK_FAILED
+        assert "seconds must be 0..604800, got 1000000000" in str(failure)
+        assert paths(target) == ["POST /one"]
+        assert (state.phase, state.step("pause").status) == (RunPhase.failed, StepStatus.failed)
+        assert state.step("one").status is StepStatus.succeeded
+        assert not state.compensations
+
+
 class TestRollbackVerification:
     PLAYBOOK = """
     name: verified

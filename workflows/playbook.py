@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         start_attributes,
     )
     from fireline.plan import (
+        MAX_WAIT_S,
         WAIT_MODULE,
         ActivityCall,
         CheckCall,
@@ -351,7 +352,16 @@ class PlaybookWorkflow:
 
     async def _act(self, node: StepNode, with_: dict[str, Any], state: StepState) -> dict[str, Any]:
         if node.action.module == WAIT_MODULE:
-            seconds = float(with_.get("seconds", 0))
+            try:
+                seconds = float(with_.get("seconds", 0))
+            except (TypeError, ValueError):
+                seconds = -1.0
+            if not 0 <= seconds <= MAX_WAIT_S:
+                raise StepFailed(
+                    node.id,
+                    "input",
+                    f"seconds must be 0..{MAX_WAIT_S:g}, got {with_.get('seconds')!r}",
+                )
             await workflow.sleep(
                 timedelta(seconds=seconds), summary=f"{node.name}: wait {seconds:g}s"
             )

@@ -11,12 +11,9 @@ from pydantic import BaseModel, Field
 
 from activities.contract import module
 from activities.core.runtime import running
-from fireline.plan import WAIT_MODULE, Risk
+from fireline.plan import MAX_WAIT_S, WAIT_MODULE, Risk
 
 log = structlog.get_logger(__name__)
-
-MAX_WAIT_S = 7 * 24 * 3600.0
-"""A pause longer than a week is a schedule, not a runbook step."""
 
 
 class WaitInput(BaseModel):
