@@ -136,6 +136,8 @@ AsOption = Annotated[
     typer.Option("--as", help="who is acting (default: $FIRELINE_USER or the OS user)"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="the run's workflow id")]
+StepArg = Annotated[str, typer.Argument(help="the step id, as in the playbook")]
 InputOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -391,9 +393,7 @@ def _print_outcome(state: RunState) -> None:
 
 
 @app.command()
-def status(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")], as_json: JsonOption = False
-) -> None:
+def status(run_id: RunArg, as_json: JsonOption = False) -> None:
     """Show a run: phase, steps, approvals, checks, compensations, timeline."""
     settings = _settings()
     state = _run(lambda c: operations.status(c, run_id), settings)
@@ -417,8 +417,8 @@ def _emit_answer(verb: str, run_id: str, answer: StepState, as_json: bool) -> No
 
 @app.command()
 def approve(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
-    step: Annotated[str, typer.Argument()],
+    run_id: RunArg,
+    step: StepArg,
     as_: AsOption = None,
     comment: Annotated[str, typer.Option(help="recorded with the approval")] = "",
     as_json: JsonOption = False,
@@ -431,8 +431,8 @@ def approve(
 
 @app.command()
 def reject(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
-    step: Annotated[str, typer.Argument()],
+    run_id: RunArg,
+    step: StepArg,
     as_: AsOption = None,
     comment: Annotated[str, typer.Option(help="recorded with the rejection")] = "",
     as_json: JsonOption = False,
@@ -445,8 +445,8 @@ def reject(
 
 @app.command()
 def decide(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
-    step: Annotated[str, typer.Argument()],
+    run_id: RunArg,
+    step: StepArg,
     action: Annotated[DecisionAction, typer.Argument(help="retry, skip or compensate")],
     as_: AsOption = None,
     comment: Annotated[str, typer.Option(help="recorded with the decision")] = "",
@@ -467,7 +467,7 @@ def decide(
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArg,
     reason: Annotated[str, typer.Option(help="recorded with the cancellation")] = "",
 ) -> None:
     """Cancel a run; the workflow compensates what already ran."""

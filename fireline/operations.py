@@ -304,6 +304,15 @@ async def list_runs(client: Client, limit: int = 20) -> list[RunSummary]:
 # --- deciding -------------------------------------------------------------------------------
 
 
+def _decision_error(exc: RPCError, workflow_id: str) -> OperationError:
+    """What an operator should hear when the server turns a decision or a cancel down."""
+    if "already completed" in exc.message:
+        return OperationRefused(f"run {workflow_id!r} has already finished")
+    if _not_found(exc):
+        return RunNotFound(f"no run {workflow_id!r}")
+    return OperationError(exc.message)
+
+
 async def _update(handle: WorkflowHandle[Any, Any], name: str, arg: BaseModel) -> StepState:
     """Run an update and translate the workflow's refusals into :class:`OperationRefused`."""
     try:
@@ -315,11 +324,7 @@ async def _update(handle: WorkflowHandle[Any, Any], name: str, arg: BaseModel) -
             raise OperationRefused(cause.message) from None
         raise OperationError(str(cause or exc)) from exc
     except RPCError as exc:
-        if "already completed" in exc.message:
-            raise OperationRefused(f"run {handle.id!r} has already finished") from None
-        if _not_found(exc):
-            raise RunNotFound(f"no run {handle.id!r}") from None
-        raise OperationError(exc.message) from exc
+        raise _decision_error(exc, handle.id) from exc
 
 
 async def approve(
@@ -363,8 +368,4 @@ async def cancel(client: Client, workflow_id: str, reason: str = "") -> None:
     try:
         await handle.cancel(reason=reason)
     except RPCError as exc:
-        if "already completed" in exc.message:
-            raise OperationRefused(f"run {workflow_id!r} has already finished") from None
-        if _not_found(exc):
-            raise RunNotFound(f"no run {workflow_id!r}") from None
-        raise OperationError(exc.message) from exc
+        raise _decision_error(exc, workflow_id) from exc
