@@ -100,6 +100,7 @@ async def cancel_at_gate(handle: WorkflowHandle[Any, Any]) -> None:
 
 
 GATE = "\n    approval: {role: sre-senior, min_approvals: 2, timeout: 1h}"
+GATED = {"p.yaml": playbook("gate", STEP.format(id="a") + STEP.format(id="b") + GATE)}
 SCENARIOS = [
     Scenario(
         "succeeded",
@@ -121,7 +122,7 @@ SCENARIOS = [
     ),
     Scenario(
         "approved",
-        {"p.yaml": playbook("gate", STEP.format(id="a") + STEP.format(id="b") + GATE)},
+        GATED,
         {"POST /a": Reply(200), "POST /b": Reply(200)},
         approve_twice,
     ),
@@ -151,7 +152,7 @@ SCENARIOS = [
     ),
     Scenario(
         "cancelled",
-        {"p.yaml": playbook("gate", STEP.format(id="a") + STEP.format(id="b") + GATE)},
+        GATED,
         {"POST /a": Reply(200), "POST /undo/a": Reply(200)},
         cancel_at_gate,
     ),
