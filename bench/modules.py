@@ -1,7 +1,7 @@
 """Modules that do nothing, so what the bench measures is Fireline and Temporal themselves.
 
 They register in the ``core`` domain (so the product's worker layout serves them unchanged)
-under a ``bench.`` prefix. Importing this module registers them; only the bench imports it.
+under a ``bench.`` prefix; ``REGISTRY`` is the core domain plus them, for the bench alone.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contract import CheckResult, CompensationRef, check, module
 from bench import clock
+from fireline.modules import CheckResult, CompensationRef, check, load_registry, module
 
 FAILURE_TYPE = "BenchFailure"
 
@@ -54,3 +54,6 @@ async def fail(request: Token) -> Token:
 @check("bench.ok", domain="core", local=True, description="Always satisfied.")
 async def ok(request: Token) -> CheckResult:
     return CheckResult(satisfied=True, observed=request.key, expected=request.key)
+
+
+REGISTRY = load_registry(["core"]).extended(noop, change, undo, fail, ok)

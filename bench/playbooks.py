@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-import bench.modules  # noqa: F401  (registers the bench.* modules the playbooks use)
-from fireline.catalog import Catalog
-from fireline.compiler import PlaybookLibrary
+from bench.modules import REGISTRY
+from fireline.catalog.model import Catalog
+from fireline.compile.compiler import PlaybookLibrary
 from fireline.plan import Plan
 
 ROLE = "bench"
@@ -65,5 +65,5 @@ def compile_all(docs: list[dict[str, Any]]) -> dict[str, Plan]:
         for doc in docs:
             text = yaml.safe_dump(doc, sort_keys=False)
             (folder / f"{doc['name']}.yaml").write_text(text)
-        library = PlaybookLibrary.load(folder, catalog=CATALOG)
+        library = PlaybookLibrary.load(folder, catalog=CATALOG, registry=REGISTRY)
         return {doc["name"]: library.compile(doc["name"]) for doc in docs}

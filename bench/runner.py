@@ -29,6 +29,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from bench import clock, playbooks, raw
+from bench import modules as bench_modules
 from bench.report import BenchReport, CpuFigures, HistoryCount, Metric, Summary, Target
 from bench.server import DbName, ProfileName, dev_server
 from fireline import errors
@@ -44,10 +45,10 @@ from fireline.messages import (
     StepStatus,
     start_attributes,
 )
-from fireline.operations import plan_details
+from fireline.operator.operations import plan_details
 from fireline.plan import Plan
-from fireline.settings import Settings
-from fireline.worker_runtime import build_workers
+from fireline.runtime.settings import Settings
+from fireline.runtime.workers import build_workers
 
 RUN_TIMEOUT_S = 300.0
 """No single run (or burst of runs) may take longer than this; the bench fails instead."""
@@ -274,7 +275,9 @@ async def count_history(
 async def workers(client: Client, fireline_queue: str, raw_queue: str) -> AsyncIterator[None]:
     """Fireline's workers as the product builds them, and the raw twins' laid out alike."""
     settings = Settings(task_queue_prefix=fireline_queue)
-    fireline_workers, module_sets = build_workers(client, settings, ["core"])
+    fireline_workers, module_sets = build_workers(
+        client, settings, ["core"], registry=bench_modules.REGISTRY
+    )
     raw_workers = [
         Worker(client, task_queue=raw_queue, workflows=raw.RAW_WORKFLOWS),
         Worker(client, task_queue=f"{raw_queue}-core", activities=raw.RAW_ACTIVITIES),

@@ -20,9 +20,9 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from fireline.binaries import temporal_cli
-from fireline.devserver import SQLITE_PRAGMAS, TUNING_FLAGS
 from fireline.messages import SEARCH_ATTRIBUTES
+from fireline.runtime.binaries import temporal_cli
+from fireline.runtime.stack import SQLITE_PRAGMAS, TUNING_FLAGS
 
 ProfileName = Literal["tuned", "stock"]
 DbName = Literal["sqlite", "memory"]

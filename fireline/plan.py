@@ -50,6 +50,32 @@ class CheckResult(BaseModel):
     detail: str = ""
 
 
+class Change(BaseModel):
+    """One thing a step would change: where, what, and from which value to which."""
+
+    target: str
+    attribute: str
+    before: Any = None
+    after: Any = None
+
+
+class Preview(BaseModel):
+    """What a step would do if approved now, read from real state, changing nothing.
+
+    Shown to approvers at the step's gate (status, API, Temporal UI banner, pages): the
+    change as before -> after, how far it reaches, and how it would be undone.
+    """
+
+    mutates: bool
+    summary: str
+    changes: list[Change] = Field(default_factory=list)
+    blast_radius: dict[str, int] = Field(
+        default_factory=dict, description="how many targets, sessions, keys, replicas it touches"
+    )
+    rollback: str = Field(default="", description="how it is undone, or why it cannot be")
+    warnings: list[str] = Field(default_factory=list)
+
+
 class SourceRef(BaseModel):
     """Where a piece of a plan came from, for error messages and the status view."""
 

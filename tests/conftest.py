@@ -17,9 +17,9 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from fireline.binaries import temporal_cli, temporal_test_server
-from fireline.devserver import TUNING_FLAGS
 from fireline.messages import SEARCH_ATTRIBUTES
+from fireline.runtime.binaries import temporal_cli, temporal_test_server
+from fireline.runtime.stack import TUNING_FLAGS
 from tests.support.target import target  # noqa: F401  (the recording HTTP target fixture)
 
 

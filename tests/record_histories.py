@@ -28,8 +28,6 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from fireline.binaries import temporal_cli
-from fireline.devserver import TUNING_FLAGS
 from fireline.messages import (
     QUERY_STATUS,
     SEARCH_ATTRIBUTES,
@@ -41,6 +39,8 @@ from fireline.messages import (
     RunState,
     StepStatus,
 )
+from fireline.runtime.binaries import temporal_cli
+from fireline.runtime.stack import TUNING_FLAGS
 from tests.support.target import Reply, Target, start_target
 from tests.support.workers import compile_playbooks, fireline_workers, start_run
 

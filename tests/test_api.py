@@ -15,9 +15,9 @@ import pytest
 import uvicorn
 from temporalio.client import Client
 
-from fireline.api import create_app
 from fireline.messages import RunPhase, RunState, StepState, StepStatus
-from fireline.settings import Settings
+from fireline.operator.api import create_app
+from fireline.runtime.settings import Settings
 from tests import test_operations as shared
 from tests.test_operations import Reply, Target, finished, step_is, until
 

@@ -19,8 +19,6 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
-from fireline import render
-from fireline.cli import app, identity, parse_assignments
 from fireline.messages import (
     ApprovalRecord,
     CheckObservation,
@@ -30,8 +28,10 @@ from fireline.messages import (
     StepState,
     StepStatus,
 )
+from fireline.operator import render
+from fireline.operator.cli import app, identity, parse_assignments
 from fireline.plan import GateSpec
-from fireline.settings import Settings
+from fireline.runtime.settings import Settings
 from tests import test_operations as shared
 from tests.test_operations import (
     PLAYBOOKS,

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from activities.contract import REGISTRY, load_domains
-from fireline.catalog import Catalog
-from fireline.compiler import PlaybookLibrary, Problem, apply_input_defaults
+from fireline.catalog.model import Catalog
+from fireline.compile.compiler import PlaybookLibrary, Problem, apply_input_defaults
 from fireline.errors import CompileError
+from fireline.modules import Registry, load_registry
 from fireline.plan import (
     WAIT_MODULE,
     IncludeNode,
@@ -23,19 +20,10 @@ from fireline.plan import (
     Risk,
     StepNode,
 )
+from tests.support import fact_modules
 
-FACT_MODULES = "tests.support.fact_modules"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _test_modules() -> Iterator[None]:
-    """The test.* modules exist while this file runs; other test files see the real registry."""
-    load_domains(["core"])
-    importlib.import_module(FACT_MODULES)
-    yield
-    for name in [n for n in REGISTRY if n.startswith("test.")]:
-        del REGISTRY[name]
-    sys.modules.pop(FACT_MODULES, None)
+REGISTRY: Registry = load_registry(["core"]).extended(fact_modules)
+"""The core modules plus the test.* modules, for this file only."""
 
 
 CATALOG = Catalog.model_validate(
@@ -58,7 +46,7 @@ def _write(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def _library(tmp_path: Path, files: dict[str, str], catalog: Catalog | None = CATALOG):
-    return PlaybookLibrary.load(_write(tmp_path, files), catalog=catalog)
+    return PlaybookLibrary.load(_write(tmp_path, files), catalog=catalog, registry=REGISTRY)
 
 
 def _compile(tmp_path: Path, text: str, *others: str) -> Plan:
@@ -347,7 +335,9 @@ class TestHash:
         assert first.hash == second.hash
         assert len(first.hash) == 64
         assert (
-            PlaybookLibrary.load(tmp_path / "playbooks", catalog=CATALOG).compile("happy").hash
+            PlaybookLibrary.load(tmp_path / "playbooks", catalog=CATALOG, registry=REGISTRY)
+            .compile("happy")
+            .hash
             == first.hash
         )
 
@@ -910,7 +900,7 @@ class TestApproval:
                 "catalog.yaml": "roles:\n  sre-oncall: {tier: 2, members: [x, y, z]}\n",
             },
         )
-        library = PlaybookLibrary.load(folder)
+        library = PlaybookLibrary.load(folder, registry=REGISTRY)
         assert library.names() == ["happy"]
         approved = library.compile("happy").nodes[5]
         assert isinstance(approved, StepNode)
@@ -931,7 +921,7 @@ class TestLibrary:
                 "broken.yml": "name: [\n",
             },
         )
-        library = PlaybookLibrary.load(folder, catalog=CATALOG)
+        library = PlaybookLibrary.load(folder, catalog=CATALOG, registry=REGISTRY)
         assert library.names() == ["bad", "happy"]
         assert library.compile(str(folder / "good.yaml")).name == "happy"
         report = {Path(k).name: v for k, v in library.validate_all().items()}

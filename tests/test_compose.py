@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fireline.messages import SEARCH_ATTRIBUTES
-from fireline.settings import DOMAINS, Settings
+from fireline.runtime.settings import DOMAINS, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("worker-workflows", "worker-platform", "worker-database", "worker-application")

@@ -29,14 +29,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
     from temporalio.worker import Worker
 
-    from activities.contract import (
-        REGISTRY,
-        CheckResult,
-        CompensationRef,
-        bind_activities,
-        load_domains,
-        specs_for,
-    )
     from activities.core.http import (
         HttpCall,
         HttpModules,
@@ -47,11 +39,17 @@ with workflow.unsafe.imports_passed_through():
     from activities.core.notify import NotifyInput, NotifyModules, NotifyOutput
     from activities.core.timing import WaitInput, WaitOutput, wait
     from fireline import errors
+    from fireline.modules import (
+        CheckResult,
+        CompensationRef,
+        bind_activities,
+        load_registry,
+    )
     from fireline.plan import WAIT_MODULE, Risk
-    from fireline.settings import Settings
+    from fireline.runtime.settings import Settings
     from tests.support.target import Reply, Target, target  # noqa: F401
 
-load_domains(["core"])
+REGISTRY = load_registry(["core"])
 
 
 def activity_env(
@@ -95,7 +93,7 @@ class TestRegistry:
         """core.http_request is a medium-risk idempotent mutation with undo and verification."""
         spec = REGISTRY["core.http_request"]
         assert (spec.kind, spec.domain, spec.risk) == ("module", "core", Risk.medium)
-        assert (spec.mutates, spec.idempotent, spec.owner) == (True, True, "HttpModules")
+        assert (spec.mutates, spec.idempotent, spec.owner) == (True, True, HttpModules)
         assert (spec.input_model, spec.output_model) == (HttpRequestInput, HttpResponse)
         assert spec.compensation == CompensationRef(
             module="core.http_request", with_="${{ input.compensation }}", when="compensation"
@@ -115,7 +113,7 @@ class TestRegistry:
             "check",
             "core",
             True,
-            "HttpModules",
+            HttpModules,
         )
         assert (spec.input_model, spec.output_model) == (HttpProbeInput, CheckResult)
 
@@ -128,13 +126,13 @@ class TestRegistry:
         assert (notify_spec.mutates, notify_spec.risk, notify_spec.owner) == (
             False,
             Risk.low,
-            "NotifyModules",
+            NotifyModules,
         )
         assert (notify_spec.input_model, notify_spec.output_model) == (NotifyInput, NotifyOutput)
 
     def test_every_core_module_describes_itself_as_json(self) -> None:
         """describe() of each core module is JSON with its input schema and a description."""
-        names = sorted(n for n, s in REGISTRY.items() if s.domain == "core")
+        names = sorted(s.name for s in REGISTRY.values() if s.domain == "core")
         assert names == ["core.http_probe", "core.http_request", "core.notify", "core.wait"]
         for name in names:
             described = json.loads(json.dumps(REGISTRY[name].describe()))
@@ -574,7 +572,7 @@ class CallModule:
 
 @contextlib.asynccontextmanager
 async def core_worker(env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[str]:
-    specs = [s for s in specs_for(["core"], local_checks=True) if s.domain == "core"]
+    specs = [s for s in REGISTRY.for_worker(["core"], local_checks=True) if s.domain == "core"]
     activities, sets = bind_activities(specs, settings)
     task_queue = f"core-{uuid.uuid4().hex[:10]}"
     try:

@@ -27,8 +27,10 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from fireline.client import make_client
-from fireline.devserver import (
+from fireline.messages import SEARCH_ATTRIBUTES
+from fireline.runtime.client import make_client
+from fireline.runtime.settings import Settings
+from fireline.runtime.stack import (
     SQLITE_PRAGMAS,
     TUNING_FLAGS,
     DevServer,
@@ -39,8 +41,6 @@ from fireline.devserver import (
     port_in_use,
     run_stack,
 )
-from fireline.messages import SEARCH_ATTRIBUTES
-from fireline.settings import Settings
 
 
 @workflow.defn(name="DevServerEcho")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from fireline.catalog import Catalog, load_catalog
-from fireline.durations import format_duration, parse_duration
+from fireline.catalog.model import Catalog, load_catalog
 from fireline.errors import CompileError
-from fireline.loader import Problem, parse_yaml, validate
-from fireline.spec import STEP_LIST_KEYS, PlaybookSpec
+from fireline.playbook.durations import format_duration, parse_duration
+from fireline.playbook.loader import Problem, parse_yaml, validate
+from fireline.playbook.spec import STEP_LIST_KEYS, PlaybookSpec
 
 
 def _line(text: str, needle: str) -> int:

@@ -17,7 +17,6 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
-from fireline import operations
 from fireline.errors import CompileError
 from fireline.messages import (
     SA_PHASE,
@@ -29,9 +28,10 @@ from fireline.messages import (
     RunState,
     StepStatus,
 )
+from fireline.operator import operations
 from fireline.plan import ActivityCall, IncludeNode, ParallelNode, Plan, Risk, StepNode
-from fireline.settings import Settings
-from fireline.worker_runtime import run_workers
+from fireline.runtime.settings import Settings
+from fireline.runtime.workers import run_workers
 from tests.support import target as target_support
 from tests.support.target import Reply, Target
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from activities.contract import load_domains
-from fireline.catalog import load_catalog
-from fireline.compiler import PlaybookLibrary
+from fireline.catalog.model import load_catalog
+from fireline.compile.compiler import PlaybookLibrary
 from fireline.plan import IncludeNode, ParallelNode, StepNode
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
@@ -17,7 +16,6 @@ FILES = sorted(p for p in PLAYBOOKS.glob("*.y*ml") if p.name != "catalog.yaml")
 
 @pytest.fixture(scope="module")
 def library() -> PlaybookLibrary:
-    load_domains()
     return PlaybookLibrary.load(PLAYBOOKS)
 
 

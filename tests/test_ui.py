@@ -21,11 +21,11 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from fireline import operations
-from fireline.binaries import temporal_cli
-from fireline.devserver import TUNING_FLAGS
 from fireline.messages import SEARCH_ATTRIBUTES, RunPhase, RunState
-from fireline.settings import Settings
+from fireline.operator import operations
+from fireline.runtime.binaries import temporal_cli
+from fireline.runtime.settings import Settings
+from fireline.runtime.stack import TUNING_FLAGS
 from tests.support.browser import MISSING, Browser, chromium_path, png_colours
 from tests.support.target import Reply, Target
 from tests.support.workers import fireline_workers

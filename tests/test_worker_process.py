@@ -29,9 +29,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from fireline.interceptors import LogContextInterceptor
-from fireline.settings import DOMAINS, Settings
-from fireline.worker_runtime import build_workers, parse_domains, run_workers
+from fireline.runtime.interceptors import LogContextInterceptor
+from fireline.runtime.settings import DOMAINS, Settings
+from fireline.runtime.workers import build_workers, parse_domains, run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW

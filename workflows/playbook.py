@@ -29,7 +29,6 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from fireline import errors
-    from fireline.expressions import ExpressionError, lookup, parse_path, resolve
     from fireline.messages import (
         QUERY_STATUS,
         SA_PHASE,
@@ -68,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         RetrySpec,
         StepNode,
     )
+    from fireline.playbook.expressions import ExpressionError, lookup, parse_path, resolve
     from workflows.banner import render_banner
 
 AnyNode = StepNode | ParallelNode | IncludeNode

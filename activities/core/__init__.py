@@ -1,10 +1,12 @@
 """Core modules any playbook can use: HTTP calls and probes, notifications, waits.
 
-Importing the package registers them (``load_domains(["core"])``).
+``MODULES`` is what :func:`fireline.modules.load_registry` collects from this domain.
 """
 
 from __future__ import annotations
 
-from activities.core import http, notify, runtime, timing
+from activities.core.http import HttpModules
+from activities.core.notify import NotifyModules
+from activities.core.timing import wait
 
-__all__ = ["http", "notify", "runtime", "timing"]
+MODULES = [HttpModules, NotifyModules, wait]

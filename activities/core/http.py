@@ -18,7 +18,6 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.contract import CheckRef, CheckResult, CompensationRef, check, module
 from activities.core.runtime import (
     HttpClientSet,
     describe_transport,
@@ -29,6 +28,7 @@ from activities.core.runtime import (
     status_error,
     transport_error,
 )
+from fireline.modules import CheckRef, CheckResult, CompensationRef, check, module
 from fireline.plan import Risk
 
 log = structlog.get_logger(__name__)

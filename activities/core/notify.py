@@ -14,7 +14,6 @@ import structlog
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from activities.contract import module
 from activities.core.runtime import (
     HttpClientSet,
     idempotency_key,
@@ -25,6 +24,7 @@ from activities.core.runtime import (
     status_error,
     transport_error,
 )
+from fireline.modules import module
 from fireline.plan import Risk
 
 log = structlog.get_logger(__name__)

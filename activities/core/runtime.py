@@ -16,9 +16,9 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contract import ModuleSet
 from fireline import errors
-from fireline.settings import Settings
+from fireline.modules import ModuleSet
+from fireline.runtime.settings import Settings
 
 BODY_EXCERPT_CHARS = 200
 """How much of a refusing target's body goes into an error message."""

@@ -9,8 +9,8 @@ from datetime import timedelta
 import structlog
 from pydantic import BaseModel, Field
 
-from activities.contract import module
 from activities.core.runtime import running
+from fireline.modules import module
 from fireline.plan import MAX_WAIT_S, WAIT_MODULE, Risk
 
 log = structlog.get_logger(__name__)

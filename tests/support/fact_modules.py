@@ -3,7 +3,8 @@
 They are registered under a ``test.`` prefix in the ``core`` domain and do trivial work
 (echo their input): they exist only so compiler tests can build playbooks that need a fact
 provided earlier, an irreversible step, a ``when``-guarded compensation or a declared check,
-without depending on how the real domain modules evolve. Importing this module registers them.
+without depending on how the real domain modules evolve. ``MODULES`` lists them for a
+test registry (``load_registry(["core"]).extended(fact_modules)``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from activities.contract import (
+from fireline.modules import (
     IRREVERSIBLE,
     CheckRef,
     CheckResult,
@@ -138,3 +139,6 @@ class ProbeInput(BaseModel):
 @check("test.probe", domain="core", description="Observe a target; satisfied when it is set.")
 async def probe(request: ProbeInput) -> CheckResult:
     return CheckResult(satisfied=bool(request.target), observed=request.target)
+
+
+MODULES = [read, check_compat, restore_database, toggle, scale, probe]

@@ -12,12 +12,12 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.contract import bind_activities, load_domains, specs_for
-from fireline.catalog import Catalog
-from fireline.compiler import PlaybookLibrary
+from fireline.catalog.model import Catalog
+from fireline.compile.compiler import PlaybookLibrary
 from fireline.messages import WORKFLOW_NAME, RunRequest, RunResult, start_attributes
+from fireline.modules import Registry, bind_activities, load_registry
 from fireline.plan import Plan
-from fireline.settings import Settings
+from fireline.runtime.settings import Settings
 from workflows import WORKFLOWS
 
 CATALOG = Catalog.model_validate(
@@ -33,17 +33,23 @@ CATALOG = Catalog.model_validate(
 
 @asynccontextmanager
 async def fireline_workers(
-    client: Client, prefix: str, *, domains: tuple[str, ...] = ("core",)
+    client: Client,
+    prefix: str,
+    *,
+    domains: tuple[str, ...] = ("core",),
+    registry: Registry | None = None,
 ) -> AsyncIterator[None]:
     """The workflow worker (with local checks) and one worker per domain."""
-    load_domains(domains)
+    registry = registry if registry is not None else load_registry(domains)
     settings = Settings(task_queue_prefix=prefix)
     async with AsyncExitStack() as stack:
-        local, local_sets = bind_activities(specs_for((), local_checks=True), settings)
+        local, local_sets = bind_activities(registry.for_worker((), local_checks=True), settings)
         workers = [Worker(client, task_queue=prefix, workflows=WORKFLOWS, activities=local)]
         sets = list(local_sets)
         for domain in domains:
-            acts, domain_sets = bind_activities(specs_for((domain,), local_checks=False), settings)
+            acts, domain_sets = bind_activities(
+                registry.for_worker((domain,), local_checks=False), settings
+            )
             sets += domain_sets
             workers.append(Worker(client, task_queue=f"{prefix}-{domain}", activities=acts))
         for worker in workers:
@@ -57,7 +63,6 @@ async def fireline_workers(
 
 def compile_playbooks(tmp_path: Path, files: dict[str, str], name: str) -> Plan:
     """Write YAML playbooks into a folder and compile one of them, as the CLI would."""
-    load_domains()
     folder = tmp_path / f"playbooks-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
     for file_name, text in files.items():

@@ -6,13 +6,13 @@ refer to, include cycles, facts a step needs from earlier steps, compensations a
 gates for anything that changes a system, and the people who may approve. Each problem names
 the file, line, step and what to do about it.
 
-Here: ``PlaybookLibrary`` (compile one playbook, validate them all) and the walk of one file into
-Plan nodes. Beside it: ``fireline.library`` (files, names, catalog), ``fireline.references``
-(what expressions may refer to), ``fireline.facts`` (requires/provides across the whole plan)
-and ``fireline.inputs`` (typed run inputs).
+Here: ``PlaybookLibrary`` (compile one playbook, validate them all) and the walk of one file
+into Plan nodes. Beside it: ``fireline.playbook.library`` (files, names, catalog),
+``references`` (what expressions may refer to), ``facts`` (requires/provides across the whole
+plan) and ``inputs`` (typed run inputs).
 
-The module registry is read from ``activities.contract.REGISTRY``; callers import the domains
-first (``activities.contract.load_domains()``) so this module never imports implementations.
+The module registry is an object the caller passes (``fireline.modules.load_registry()`` by
+default), so this module never imports implementations and tests can add modules of their own.
 """
 
 from __future__ import annotations
@@ -22,21 +22,26 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from activities.contract import (
+from fireline.catalog.model import CATALOG_FILE, Catalog
+from fireline.compile.facts import fact_problems
+from fireline.compile.inputs import apply_input_defaults, coerce_input
+from fireline.compile.references import (
+    Place,
+    ReferenceCheck,
+    StepInfo,
+    contains_expression,
+    whole_expression,
+)
+from fireline.errors import CompileError
+from fireline.modules import (
     IRREVERSIBLE,
-    REGISTRY,
     CheckRef,
     CheckResult,
     CompensationRef,
     ModuleSpec,
+    Registry,
+    load_registry,
 )
-from fireline.catalog import CATALOG_FILE, Catalog
-from fireline.durations import format_duration
-from fireline.errors import CompileError
-from fireline.facts import fact_problems
-from fireline.inputs import apply_input_defaults, coerce_input
-from fireline.library import PlaybookFiles, PlaybookSource
-from fireline.loader import PathKey, Problem, YamlDocument, field_keys, suggestion
 from fireline.plan import (
     ActivityCall,
     CheckCall,
@@ -50,14 +55,10 @@ from fireline.plan import (
     SourceRef,
     StepNode,
 )
-from fireline.references import (
-    Place,
-    ReferenceCheck,
-    StepInfo,
-    contains_expression,
-    whole_expression,
-)
-from fireline.spec import (
+from fireline.playbook.durations import format_duration
+from fireline.playbook.library import PlaybookFiles, PlaybookSource
+from fireline.playbook.loader import PathKey, Problem, YamlDocument, field_keys, suggestion
+from fireline.playbook.spec import (
     KIND_KEYS,
     STEP_LIST_KEYS,
     ApprovalEntry,
@@ -83,19 +84,22 @@ _CHECK_FIELDS = frozenset(CheckResult.model_fields)
 class PlaybookLibrary:
     """A set of playbooks that may include each other, plus the catalog their gates name."""
 
-    def __init__(self, files: PlaybookFiles) -> None:
+    def __init__(self, files: PlaybookFiles, registry: Registry | None = None) -> None:
         self.files = files
+        self.registry = registry if registry is not None else load_registry()
         self._cache: dict[str, tuple[Plan | None, list[Problem]]] = {}
         self._uses_lines: dict[tuple[str, str], int | None] = {}
 
     @classmethod
-    def load(cls, *paths: Path, catalog: Catalog | None = None) -> PlaybookLibrary:
+    def load(
+        cls, *paths: Path, catalog: Catalog | None = None, registry: Registry | None = None
+    ) -> PlaybookLibrary:
         """Parse every playbook under ``paths`` (directories or files); never raises.
 
         Without ``catalog``, ``catalog.yaml`` of the first directory (or, given only files, of
         the first file's directory) is used when present.
         """
-        return cls(PlaybookFiles.load(*paths, catalog=catalog))
+        return cls(PlaybookFiles.load(*paths, catalog=catalog), registry)
 
     def names(self) -> list[str]:
         return self.files.names()
@@ -131,7 +135,7 @@ class PlaybookLibrary:
         plan, problems = self._compile_source(src, ())
         problems = list(problems)
         if plan is not None:
-            problems += fact_problems(plan.nodes, self._uses_lines)
+            problems += fact_problems(plan.nodes, self._uses_lines, self.registry)
         return (plan if not problems else None), list(dict.fromkeys(problems))
 
     def _compile_source(
@@ -241,7 +245,7 @@ class _Unit:
         label = "a step"
         if entry.uses is not None:
             kind = "uses"
-            spec = REGISTRY.get(entry.uses)
+            spec = self.lib.registry.get(entry.uses)
             if spec is not None:
                 label = spec.name
                 outputs = (
@@ -393,12 +397,13 @@ class _Unit:
 
     def _step(self, entry: StepEntry, path: PathKey, visible: set[str]) -> StepNode | None:
         assert entry.uses is not None
-        spec = REGISTRY.get(entry.uses)
+        spec = self.lib.registry.get(entry.uses)
         if spec is None:
             self.problem(
                 (*path, "uses"),
                 entry.id,
-                f"unknown module or check '{entry.uses}'{suggestion(entry.uses, REGISTRY)}; "
+                f"unknown module or check '{entry.uses}'"
+                f"{suggestion(entry.uses, self.lib.registry.names())}; "
                 "`fireline modules` lists what is registered",
             )
             self._with_expressions(entry, path, visible)
@@ -505,7 +510,7 @@ class _Unit:
             present, when = _switch(ref.when, with_)
             if not present:
                 continue
-            check = REGISTRY.get(ref.check)
+            check = self.lib.registry.get(ref.check)
             if check is None or check.kind != "check":
                 self.problem(
                     (*path, "uses"),
@@ -530,10 +535,10 @@ class _Unit:
         where: Place = "postconditions" if outputs is not None else "preconditions"
         for j, entry in enumerate(entries):
             p = (*path, j)
-            check = REGISTRY.get(entry.check)
+            check = self.lib.registry.get(entry.check)
             self.references.check(entry.with_, (*p, "with"), where, step, visible, inputs, outputs)
             if check is None or check.kind != "check":
-                checks = [s.name for s in REGISTRY.values() if s.kind == "check"]
+                checks = self.lib.registry.names("check")
                 what = (
                     f"'{entry.check}' is a module, not a check"
                     if check is not None
@@ -571,9 +576,9 @@ class _Unit:
                     p, entry.id, f"{spec.name} is a check and changes nothing: drop compensate:"
                 )
                 return None
-            undo = REGISTRY.get(entry.compensate.uses)
+            undo = self.lib.registry.get(entry.compensate.uses)
             if undo is None or undo.kind != "module":
-                modules = [s.name for s in REGISTRY.values() if s.kind == "module"]
+                modules = self.lib.registry.names("module")
                 what = (
                     f"'{entry.compensate.uses}' is a check, not a module"
                     if undo is not None
@@ -591,7 +596,7 @@ class _Unit:
         present, when = _switch(ref.when, with_)
         if not present:
             return None
-        undo = REGISTRY.get(ref.module)
+        undo = self.lib.registry.get(ref.module)
         if undo is None:
             self.problem(
                 (*path, "uses"),

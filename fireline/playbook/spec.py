@@ -20,8 +20,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from fireline.durations import parse_duration
 from fireline.plan import OnFailure
+from fireline.playbook.durations import parse_duration
 
 STEP_ID = re.compile(r"[a-z0-9_]+")
 PLAYBOOK_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")

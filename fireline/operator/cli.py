@@ -24,10 +24,10 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from fireline import operations, render
 from fireline.errors import CompileError
 from fireline.messages import DecisionAction, RunPhase, RunState, StepState, StepStatus
-from fireline.settings import DOMAINS, Settings
+from fireline.operator import operations, render
+from fireline.runtime.settings import DOMAINS, Settings
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def _print_compile_error(exc: CompileError) -> None:
 
 
 async def _connect(settings: Settings) -> Client:
-    from fireline.client import make_client
+    from fireline.runtime.client import make_client
 
     try:
         return await make_client(settings)
@@ -167,17 +167,17 @@ def up(
     ] = None,
 ) -> None:
     """Start the embedded Temporal dev server, the workers and the API, until Ctrl-C."""
-    from fireline import devserver
-    from fireline.worker_runtime import exit_process
+    from fireline.runtime import stack
+    from fireline.runtime.workers import exit_process
 
     argv = ["--api-host", api_host, "--api-port", str(api_port)]
     argv += ["--no-api"] if no_api else []
     argv += [] if embedded is None else ["--embedded" if embedded else "--no-embedded"]
-    exit_process(devserver.main(argv))
+    exit_process(stack.main(argv))
 
 
 def _parse_domains(values: list[str] | None) -> list[str]:
-    from fireline.worker_runtime import parse_domains
+    from fireline.runtime.workers import parse_domains
 
     try:
         return list(parse_domains(",".join(values))) if values else list(DOMAINS)
@@ -196,11 +196,11 @@ def worker(
     ] = True,
 ) -> None:
     """Run workers for the given domains (and the workflow queue) until SIGINT/SIGTERM."""
-    from fireline import worker_runtime
+    from fireline.runtime import workers
 
     argv = ["--domains", ",".join(_parse_domains(domains))]
     argv += [] if workflows else ["--no-workflows"]
-    worker_runtime.exit_process(worker_runtime.main(argv))
+    workers.exit_process(workers.main(argv))
 
 
 @app.command()
@@ -211,9 +211,9 @@ def api(
     """Serve the operator HTTP API."""
     import uvicorn
 
-    from fireline.api import create_app
-    from fireline.logging import configure_logging
-    from fireline.worker_runtime import exit_process
+    from fireline.operator.api import create_app
+    from fireline.runtime.logging import configure_logging
+    from fireline.runtime.workers import exit_process
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -269,10 +269,9 @@ def validate(
 
 
 def _module_descriptions(domain: str | None) -> list[dict[str, Any]]:
-    from activities.contract import REGISTRY, load_domains
+    from fireline.modules import load_registry
 
-    load_domains()
-    specs = sorted(REGISTRY.values(), key=lambda s: s.name)
+    specs = sorted(load_registry().values(), key=lambda s: s.name)
     return [s.describe() for s in specs if domain is None or s.domain == domain]
 
 
@@ -304,7 +303,7 @@ def modules(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the playbook YAML (for editors and CI)."""
-    from fireline.spec import PlaybookSpec
+    from fireline.playbook.spec import PlaybookSpec
 
     _echo_json(PlaybookSpec.model_json_schema(by_alias=True))
 
@@ -496,7 +495,7 @@ def main() -> None:
     Leaves through ``exit_process``: once a Temporal client existed, normal interpreter
     finalization aborts now and then (SIGABRT), which would turn a clean exit 0 into 134.
     """
-    from fireline.worker_runtime import exit_process
+    from fireline.runtime.workers import exit_process
 
     try:
         app()

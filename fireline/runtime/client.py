@@ -9,7 +9,7 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from fireline.settings import Settings, get_settings
+from fireline.runtime.settings import Settings, get_settings
 
 
 async def make_client(settings: Settings | None = None, *, address: str | None = None) -> Client:

@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from fireline.errors import CompileError
-from fireline.loader import Problem, read_yaml, validate
-from fireline.spec import Strict
+from fireline.playbook.loader import Problem, read_yaml, validate
+from fireline.playbook.spec import Strict
 
 CATALOG_FILE = "catalog.yaml"
 

@@ -9,10 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fireline.catalog import CATALOG_FILE, Catalog, parse_catalog
+from fireline.catalog.model import CATALOG_FILE, Catalog, parse_catalog
 from fireline.errors import CompileError
-from fireline.loader import Problem, YamlDocument, display_path, read_yaml, suggestion, validate
-from fireline.spec import STEP_LIST_KEYS, PlaybookSpec
+from fireline.playbook.loader import (
+    Problem,
+    YamlDocument,
+    display_path,
+    read_yaml,
+    suggestion,
+    validate,
+)
+from fireline.playbook.spec import STEP_LIST_KEYS, PlaybookSpec
 
 __all__ = ["PlaybookFiles", "PlaybookSource", "parse_playbook"]
 

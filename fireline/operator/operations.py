@@ -47,10 +47,10 @@ from fireline.messages import (
     start_attributes,
 )
 from fireline.plan import IncludeNode, ParallelNode, Plan, StepNode
-from fireline.settings import Settings
+from fireline.runtime.settings import Settings
 
 if TYPE_CHECKING:
-    from fireline.compiler import PlaybookLibrary
+    from fireline.compile.compiler import PlaybookLibrary
 
 _QUERY_TIMEOUT = timedelta(seconds=15)
 
@@ -107,10 +107,8 @@ def load_library(settings: Settings, *paths: Path) -> PlaybookLibrary:
     Imported lazily: the compiler pulls in every domain package, which the API's health check
     and ``fireline runs`` do not need.
     """
-    from activities.contract import load_domains
-    from fireline.compiler import PlaybookLibrary
+    from fireline.compile.compiler import PlaybookLibrary
 
-    load_domains()
     return PlaybookLibrary.load(*(paths or (settings.playbooks_dir,)))
 
 
@@ -124,7 +122,7 @@ def resolve_inputs(plan: Plan, given: dict[str, Any]) -> dict[str, Any]:
 
     Raises :class:`InvalidInputs` naming every problem, so a run never starts half-specified.
     """
-    from fireline.compiler import apply_input_defaults
+    from fireline.compile.compiler import apply_input_defaults
 
     try:
         return apply_input_defaults(plan, given)

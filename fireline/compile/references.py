@@ -11,8 +11,8 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fireline.expressions import EXPRESSION, ExpressionError, parse_path
-from fireline.loader import PathKey, suggestion
+from fireline.playbook.expressions import EXPRESSION, ExpressionError, parse_path
+from fireline.playbook.loader import PathKey, suggestion
 
 __all__ = ["Place", "ReferenceCheck", "StepInfo", "contains_expression", "whole_expression"]
 

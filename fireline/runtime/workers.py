@@ -25,11 +25,11 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from activities.contract import ModuleSet, bind_activities, load_domains, specs_for
-from fireline.client import make_client
-from fireline.interceptors import LogContextInterceptor
-from fireline.logging import configure_logging
-from fireline.settings import DOMAINS, Settings, get_settings
+from fireline.modules import ModuleSet, Registry, bind_activities, load_registry
+from fireline.runtime.client import make_client
+from fireline.runtime.interceptors import LogContextInterceptor
+from fireline.runtime.logging import configure_logging
+from fireline.runtime.settings import DOMAINS, Settings, get_settings
 
 __all__ = [
     "GRACEFUL_SHUTDOWN",
@@ -66,9 +66,13 @@ def served_task_queues(
 ) -> list[str]:
     """The queues :func:`run_workers` will poll: domains without activities are left out."""
     domains = parse_domains(domains) if domains else ()
-    load_domains(DOMAINS if workflows else domains)
+    registry = load_registry(DOMAINS if workflows else domains)
     queues = [settings.workflow_task_queue] if workflows else []
-    queues += [settings.domain_task_queue(d) for d in domains if specs_for([d], local_checks=False)]
+    queues += [
+        settings.domain_task_queue(d)
+        for d in domains
+        if registry.for_worker([d], local_checks=False)
+    ]
     return queues
 
 
@@ -78,18 +82,22 @@ def build_workers(
     domains: Sequence[str],
     *,
     workflows: bool = True,
+    registry: Registry | None = None,
 ) -> tuple[list[Worker], list[ModuleSet]]:
-    """Construct (not start) the workers, and the module sets they hold for closing later."""
+    """Construct (not start) the workers, and the module sets they hold for closing later.
+
+    ``registry`` defaults to the installed domain packages; the bench passes its own."""
     domains = parse_domains(domains) if domains else ()
     # The workflow worker serves the local checks of every domain, so it loads them all.
-    load_domains(DOMAINS if workflows else domains)
+    if registry is None:
+        registry = load_registry(DOMAINS if workflows else domains)
     interceptors = [LogContextInterceptor()]
     workers: list[Worker] = []
     instances: list[ModuleSet] = []
     if workflows:
         from workflows import WORKFLOWS
 
-        checks, sets = bind_activities(specs_for([], local_checks=True), settings)
+        checks, sets = bind_activities(registry.for_worker([], local_checks=True), settings)
         instances += sets
         workers.append(
             Worker(
@@ -107,7 +115,9 @@ def build_workers(
             )
         )
     for domain in domains:
-        activities, sets = bind_activities(specs_for([domain], local_checks=False), settings)
+        activities, sets = bind_activities(
+            registry.for_worker([domain], local_checks=False), settings
+        )
         instances += sets
         if not activities:
             # Temporal refuses a worker with nothing to serve; an empty domain is not an error.

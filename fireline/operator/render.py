@@ -1,7 +1,7 @@
 """Rich rendering of runs, modules and validation results for the terminal.
 
 Kept apart from the CLI so the same views can be printed, shown live, or captured in tests,
-and so ``fireline.cli`` stays about arguments and exit codes.
+and so ``fireline.operator.cli`` stays about arguments and exit codes.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fireline.loader import suggestion
 from fireline.plan import InputSpec, Plan
+from fireline.playbook.loader import suggestion
 
 __all__ = ["apply_input_defaults", "coerce_input"]
 

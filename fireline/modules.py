@@ -7,22 +7,28 @@ the facts it requires and provides, and its compensation (or that it is irrevers
 
 Modules that hold clients are methods of a :class:`ModuleSet` subclass whose constructor takes
 the settings; the worker instantiates each set once and registers the bound methods.
+
+The decorators only describe: they attach a :class:`ModuleSpec` to the function and register
+nothing globally. A :class:`Registry` is built explicitly from the domain packages (each lists
+what it offers in ``MODULES``), so tests and tools can hold registries of their own, and
+importing ``fireline`` never imports ``activities`` or a driver.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, ClassVar, Literal
+from types import ModuleType
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 
-from fireline.plan import CheckResult, RetrySpec, Risk
-from fireline.settings import DOMAINS, Settings
+from fireline.plan import CheckResult, Preview, RetrySpec, Risk
+from fireline.runtime.settings import DOMAINS, Settings
 
 
 class CheckRef(BaseModel):
@@ -60,18 +66,32 @@ IRREVERSIBLE: Literal["irreversible"] = "irreversible"
 
 __all__ = [
     "IRREVERSIBLE",
-    "REGISTRY",
+    "MODULE_PACKAGE",
     "CheckRef",
     "CheckResult",
     "CompensationRef",
     "ModuleSet",
     "ModuleSpec",
+    "Preview",
+    "Registry",
     "bind_activities",
     "check",
-    "load_domains",
+    "load_registry",
     "module",
-    "specs_for",
+    "preview",
+    "preview_activity",
 ]
+
+MODULE_PACKAGE = "activities"
+"""Where the domain packages live: ``activities.<domain>``, each with a ``MODULES`` list."""
+
+SPEC_ATTR = "__fireline_spec__"
+PREVIEW_ATTR = "__fireline_preview_of__"
+
+
+def preview_activity(module_name: str) -> str:
+    """The activity name of a module's preview."""
+    return f"{module_name}.preview"
 
 
 @dataclass(frozen=True)
@@ -97,8 +117,16 @@ class ModuleSpec:
     timeout: timedelta = timedelta(seconds=60)
     heartbeat: timedelta | None = None
     retry: RetrySpec = field(default_factory=RetrySpec)
-    owner: str | None = None
-    """Name of the ModuleSet class whose bound method implements it, if any."""
+    owner: type[ModuleSet] | None = None
+    """The ModuleSet class whose bound method implements it, if any (set by the Registry)."""
+    preview_fn: Callable[..., Any] | None = None
+    """What the module would change, read from real state (mutating modules; set by the
+    Registry from the ``@preview`` function of the same set or package)."""
+
+    @property
+    def preview(self) -> str | None:
+        """The preview's activity name, when the module has one."""
+        return preview_activity(self.name) if self.preview_fn is not None else None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description for ``fireline modules``."""
@@ -123,26 +151,18 @@ class ModuleSpec:
             "requires": list(self.requires),
             "provides": list(self.provides),
             "compensation": comp,
+            "preview": self.preview,
             "timeout_s": self.timeout.total_seconds(),
             "input_schema": self.input_model.model_json_schema(),
             "output_schema": self.output_model.model_json_schema(),
         }
 
 
-REGISTRY: dict[str, ModuleSpec] = {}
-
-
 class ModuleSet:
     """Base for modules that share clients; subclasses are instantiated once per worker."""
 
-    sets: ClassVar[dict[str, type[ModuleSet]]] = {}
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        ModuleSet.sets[cls.__qualname__] = cls
 
     async def aclose(self) -> None:
         """Release clients; the worker calls it on shutdown."""
@@ -166,20 +186,32 @@ def _register(spec_kwargs: dict[str, Any]) -> Callable[[Callable[..., Any]], Cal
         name = spec_kwargs["name"]
         if spec_kwargs["domain"] not in DOMAINS:
             raise ValueError(f"{name}: unknown domain {spec_kwargs['domain']!r}")
-        if name in REGISTRY and REGISTRY[name].fn.__qualname__ != fn.__qualname__:
-            raise ValueError(f"module {name!r} is registered twice")
         inp, out = _models(fn)
-        owner = fn.__qualname__.rsplit(".", 1)[0] if "." in fn.__qualname__ else None
         description = spec_kwargs.pop("description", None) or inspect.getdoc(fn) or ""
-        REGISTRY[name] = ModuleSpec(
+        spec = ModuleSpec(
             fn=fn,
             input_model=inp,
             output_model=out,
-            owner=owner,
             description=description.strip().splitlines()[0] if description else "",
             **spec_kwargs,
         )
+        setattr(fn, SPEC_ATTR, spec)
         return activity.defn(name=name)(fn)
+
+    return decorate
+
+
+def preview(module_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the preview of a mutating module: the same input model in, a :class:`Preview`
+    out, reading real state and changing nothing. It runs on the module's domain queue (it
+    needs the same credentials) before the step's gate opens."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _, out = _models(fn)
+        if not issubclass(out, Preview):
+            raise TypeError(f"{fn.__qualname__}: a preview returns fireline.plan.Preview")
+        setattr(fn, PREVIEW_ATTR, module_name)
+        return activity.defn(name=preview_activity(module_name))(fn)
 
     return decorate
 
@@ -255,39 +287,130 @@ def check(
     )
 
 
-def load_domains(domains: list[str] | tuple[str, ...] = DOMAINS) -> None:
-    """Import the domain packages so their modules register themselves."""
+class Registry:
+    """The modules and checks one process knows, by name: built explicitly, never global.
+
+    The compiler reads it to type-check steps, the worker to decide what to serve, the CLI
+    and API to describe modules. ``collect`` takes functions, :class:`ModuleSet` classes or
+    Python modules listing them in ``MODULES``.
+    """
+
+    def __init__(self, specs: Iterable[ModuleSpec] = ()) -> None:
+        self._specs: dict[str, ModuleSpec] = {}
+        for spec in specs:
+            self._add(spec)
+
+    @classmethod
+    def collect(cls, *sources: object) -> Registry:
+        return cls().extended(*sources)
+
+    def extended(self, *sources: object) -> Registry:
+        """A new registry with these sources' modules added to this one's."""
+        out = Registry(self._specs.values())
+        for source in sources:
+            out._collect(source)
+        return out
+
+    def _collect(self, source: object) -> None:
+        if isinstance(source, ModuleType):
+            for item in getattr(source, "MODULES", ()):
+                self._collect(item)
+            return
+        owner = source if isinstance(source, type) and issubclass(source, ModuleSet) else None
+        functions: list[Callable[..., Any]] = (
+            [f for _, f in inspect.getmembers(owner, inspect.isfunction)]
+            if owner
+            else [source]
+            if callable(source)
+            else []
+        )
+        previews = {getattr(f, PREVIEW_ATTR): f for f in functions if hasattr(f, PREVIEW_ATTR)}
+        found = False
+        for fn in functions:
+            spec = getattr(fn, SPEC_ATTR, None)
+            if isinstance(spec, ModuleSpec):
+                found = True
+                self._add(replace(spec, owner=owner, preview_fn=previews.pop(spec.name, None)))
+        for name, fn in previews.items():
+            if name not in self._specs:
+                raise ValueError(f"{fn.__qualname__}: preview of unknown module {name!r}")
+            self._specs[name] = replace(self._specs[name], preview_fn=fn)
+            found = True
+        if not found:
+            raise TypeError(f"{source!r} declares no module, check or preview")
+
+    def _add(self, spec: ModuleSpec) -> None:
+        known = self._specs.get(spec.name)
+        if known is not None and known.fn is not spec.fn:
+            raise ValueError(f"module {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> ModuleSpec | None:
+        return self._specs.get(name)
+
+    def __getitem__(self, name: str) -> ModuleSpec:
+        return self._specs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def values(self) -> list[ModuleSpec]:
+        return list(self._specs.values())
+
+    def names(self, kind: Literal["module", "check"] | None = None) -> list[str]:
+        return [n for n, s in self._specs.items() if kind is None or s.kind == kind]
+
+    def providers(self, fact: str) -> list[str]:
+        """Modules that establish ``fact``, for did-you-mean hints."""
+        return sorted(s.name for s in self._specs.values() if fact in s.provides)
+
+    def for_worker(self, domains: Iterable[str], *, local_checks: bool) -> list[ModuleSpec]:
+        """Registered activities a worker serves.
+
+        Domain workers take their domain's modules and non-local checks; the workflow worker
+        takes every local check, because local activities run where the workflow task runs.
+        """
+        wanted = set(domains)
+        specs = self._specs.values()
+        chosen = [s for s in specs if s.domain in wanted and not (s.kind == "check" and s.local)]
+        if local_checks:
+            chosen += [s for s in specs if s.kind == "check" and s.local]
+        return chosen
+
+
+def load_registry(domains: Iterable[str] = DOMAINS) -> Registry:
+    """The registry of the installed domain packages (``activities.<domain>``).
+
+    Importing a domain package loads its module declarations, never its drivers: those are
+    imported by the ModuleSet when a worker instantiates it.
+    """
+    sources = []
     for domain in domains:
         if domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
-        importlib.import_module(f"activities.{domain}")
+        sources.append(importlib.import_module(f"{MODULE_PACKAGE}.{domain}"))
+    return Registry.collect(*sources)
 
 
 def bind_activities(
-    specs: list[ModuleSpec], settings: Settings
+    specs: Iterable[ModuleSpec], settings: Settings
 ) -> tuple[list[Callable[..., Any]], list[ModuleSet]]:
-    """Callables for the worker: plain functions as they are, set methods bound to instances."""
-    instances: dict[str, ModuleSet] = {}
+    """Callables for the worker: plain functions as they are, set methods bound to instances;
+    each module's preview is served beside it."""
+    instances: dict[type[ModuleSet], ModuleSet] = {}
     callables: list[Callable[..., Any]] = []
     for spec in specs:
+        fns = [spec.fn] if spec.preview_fn is None else [spec.fn, spec.preview_fn]
         if spec.owner is None:
-            callables.append(spec.fn)
+            callables += fns
             continue
         if spec.owner not in instances:
-            instances[spec.owner] = ModuleSet.sets[spec.owner](settings)
-        callables.append(getattr(instances[spec.owner], spec.fn.__name__))
+            instances[spec.owner] = spec.owner(settings)
+        callables += [getattr(instances[spec.owner], fn.__name__) for fn in fns]
     return callables, list(instances.values())
-
-
-def specs_for(domains: list[str] | tuple[str, ...], *, local_checks: bool) -> list[ModuleSpec]:
-    """Registered activities a worker serves.
-
-    Domain workers take their domain's modules and non-local checks; the workflow worker takes
-    every local check, because local activities run where the workflow task runs.
-    """
-    chosen = [
-        s for s in REGISTRY.values() if s.domain in domains and not (s.kind == "check" and s.local)
-    ]
-    if local_checks:
-        chosen += [s for s in REGISTRY.values() if s.kind == "check" and s.local]
-    return chosen

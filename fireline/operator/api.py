@@ -22,14 +22,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from temporalio.client import Client
 
-from fireline import __version__, operations
-from fireline.client import make_client
+from fireline import __version__
 from fireline.errors import CompileError
 from fireline.messages import DecisionAction, RunState, StepState
+from fireline.operator import operations
 from fireline.plan import InputSpec
-from fireline.settings import DOMAINS, Settings
+from fireline.runtime.client import make_client
+from fireline.runtime.settings import DOMAINS, Settings
 
-log = structlog.get_logger("fireline.api")
+log = structlog.get_logger("fireline.operator.api")
 
 _HEALTH_TIMEOUT = timedelta(seconds=5)
 
@@ -155,10 +156,9 @@ def _playbook_info(settings: Settings) -> list[PlaybookInfo]:
 
 
 def _module_list(domain: str | None) -> list[dict[str, Any]]:
-    from activities.contract import REGISTRY, load_domains
+    from fireline.modules import load_registry
 
-    load_domains()
-    specs = sorted(REGISTRY.values(), key=lambda s: s.name)
+    specs = sorted(load_registry().values(), key=lambda s: s.name)
     return [s.describe() for s in specs if domain is None or s.domain == domain]
 
 

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from activities.contract import REGISTRY
-from fireline.loader import Problem
+from fireline.modules import Registry
 from fireline.plan import Node, ParallelNode, StepNode
+from fireline.playbook.loader import Problem
 
 __all__ = ["fact_problems"]
 
 
 def fact_problems(
-    nodes: list[Node], uses_lines: Mapping[tuple[str, str], int | None]
+    nodes: list[Node], uses_lines: Mapping[tuple[str, str], int | None], registry: Registry
 ) -> list[Problem]:
     """Every required fact not provided earlier; ``uses_lines`` maps (file, step) to its line."""
-    return _FactCheck(uses_lines).run(nodes, set(), None)[0]
+    return _FactCheck(uses_lines, registry).run(nodes, set(), None)[0]
 
 
 class _FactCheck:
-    def __init__(self, uses_lines: Mapping[tuple[str, str], int | None]) -> None:
+    def __init__(
+        self, uses_lines: Mapping[tuple[str, str], int | None], registry: Registry
+    ) -> None:
         self.uses_lines = uses_lines
+        self.registry = registry
 
     def run(
         self,
@@ -59,7 +62,7 @@ class _FactCheck:
         return problems, have
 
     def _problem(self, node: StepNode, fact: str, via: str | None, parallel: bool) -> Problem:
-        providers = sorted(s.name for s in REGISTRY.values() if fact in s.provides)
+        providers = self.registry.providers(fact)
         where = f" (in {via})" if via else ""
         hint = (
             "; a step running in parallel with it provides it, but may not have finished: "

@@ -6,7 +6,7 @@ incidents survive a restart. When ``FIRELINE_TEMPORAL_ADDRESS`` points elsewhere
 already listens on the default port) the same runner uses that cluster instead and only makes
 sure Fireline's search attributes exist there.
 
-``python -m fireline.devserver`` runs the stack without the CLI.
+``python -m fireline.runtime.stack`` runs the stack without the CLI.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from fireline.binaries import temporal_cli
-from fireline.client import make_client
-from fireline.logging import configure_logging
 from fireline.messages import SEARCH_ATTRIBUTES
-from fireline.settings import DOMAINS, Settings, get_settings
+from fireline.runtime.binaries import temporal_cli
+from fireline.runtime.client import make_client
+from fireline.runtime.logging import configure_logging
+from fireline.runtime.settings import DOMAINS, Settings, get_settings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -88,7 +88,7 @@ _INDEXED_TYPES: dict[str, IndexedValueType.ValueType] = {
     "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
 }
 
-log = structlog.get_logger("fireline.devserver")
+log = structlog.get_logger("fireline.runtime.stack")
 
 
 class DevServerError(RuntimeError):
@@ -362,13 +362,13 @@ def _print_panel(info: StackInfo) -> None:
 
 
 def _api_server(settings: Settings, host: str, port: int) -> uvicorn.Server | None:
-    """A uvicorn server for ``fireline.api``, or None while that module does not exist."""
-    if importlib.util.find_spec("fireline.api") is None:
-        log.warning("fireline.api not available; running without the HTTP API")
+    """A uvicorn server for ``fireline.operator.api``, or None while that module does not exist."""
+    if importlib.util.find_spec("fireline.operator.api") is None:
+        log.warning("fireline.operator.api not available; running without the HTTP API")
         return None
     import uvicorn
 
-    from fireline.api import create_app  # type: ignore[import-not-found,unused-ignore]
+    from fireline.operator.api import create_app  # type: ignore[import-not-found,unused-ignore]
 
     class _Server(uvicorn.Server):
         # run_stack owns SIGINT/SIGTERM: uvicorn's handlers would re-raise the signal after
@@ -421,7 +421,7 @@ async def run_stack(
     the server. A Ctrl-C during start-up abandons it (stopping the server if launched) and
     returns normally.
     """
-    from fireline.worker_runtime import served_task_queues
+    from fireline.runtime.workers import served_task_queues
 
     if not structlog.is_configured():
         configure_logging(settings.log_format, settings.log_level)
@@ -499,7 +499,7 @@ async def _serve(
     ready: asyncio.Event,
     on_ready: Callable[[StackInfo], Awaitable[None] | None] | None,
 ) -> None:
-    from fireline.worker_runtime import run_workers
+    from fireline.runtime.workers import run_workers
 
     tasks = [
         asyncio.create_task(
@@ -537,8 +537,8 @@ async def _serve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fireline.devserver``: the same stack ``fireline up`` runs."""
-    parser = argparse.ArgumentParser(prog="python -m fireline.devserver", description=__doc__)
+    """``python -m fireline.runtime.stack``: the same stack ``fireline up`` runs."""
+    parser = argparse.ArgumentParser(prog="python -m fireline.runtime.stack", description=__doc__)
     parser.add_argument("--no-api", dest="api", action="store_false", help="do not serve the API")
     parser.add_argument("--api-host", default=LOOPBACK)
     parser.add_argument("--api-port", type=int, default=8080)
@@ -570,6 +570,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fireline.worker_runtime import exit_process
+    from fireline.runtime.workers import exit_process
 
     exit_process(main())

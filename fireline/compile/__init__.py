@@ -1,0 +1,1 @@
+"""Compiling playbooks into sealed Plans: steps, includes, references, inputs, facts, policy."""

@@ -1,0 +1,1 @@
+"""Who is acting: hashed API tokens, OpenID Connect, and signed decisions."""

@@ -1,0 +1,1 @@
+"""Alerts in: one parser per source, authentication, routing and group commit."""

@@ -1,0 +1,1 @@
+"""Running Fireline: settings, logging, the Temporal client, workers and the embedded stack."""
