@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     )
     notify_webhook_url: str | None = Field(
         default=None, description="default target of core.notify when a step names none"
+    )
+    targets: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description=(
+            "systems modules act on: kind -> target name -> connection settings (DSN, socket, "
+            "URL, credentials); each domain's ModuleSet validates its own kind. Steps name a "
+            "target, so credentials never enter a playbook or workflow history"
+        ),
     )
 
     @classmethod
