@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
+from fireline.identity.signing import SignedDecision
 from fireline.plan import GateSpec, Plan, Risk
 
 WORKFLOW_NAME = "PlaybookWorkflow"
@@ -59,12 +60,19 @@ class RunRequest(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     requested_by: str = "unknown"
     task_queue_prefix: str = "fireline"
+    trusted_keys: dict[str, str] = Field(default_factory=dict)
+    """key_id -> Ed25519 public key (urlsafe base64, raw 32 bytes) whose signed decisions this
+    run accepts; given at start by the API, so a key rotation never changes a running run."""
+    requested_by_verified: bool = False
+    """True when ``requested_by`` was proven by a credential, not just typed."""
 
 
 class Approval(BaseModel):
     step: str
     approver: str = Field(min_length=1)
     comment: str = ""
+    signed: SignedDecision | None = None
+    """The API's signature over this approval (action approve/reject); None when unsigned."""
 
 
 class DecisionAction(StrEnum):
@@ -82,6 +90,8 @@ class Decision(BaseModel):
     comment: str = ""
     inputs: dict[str, Any] | None = None
     """For ``retry``: replaces the named ``with:`` values of the step before it runs again."""
+    signed: SignedDecision | None = None
+    """The API's signature over this decision (action retry/skip/compensate); None when unsigned."""
 
 
 class StepStatus(StrEnum):
