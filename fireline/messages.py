@@ -38,6 +38,9 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     SA_PHASE: "Keyword",
     SA_RISK: "Keyword",
     SA_REQUESTED_BY: "Keyword",
+    "FirelineService": "Keyword",  # fireline.incident.SA_SERVICE
+    "FirelineSeverity": "Keyword",  # fireline.incident.SA_SEVERITY
+    "FirelineIncidentKey": "Keyword",  # fireline.incident.SA_INCIDENT_KEY
 }
 
 

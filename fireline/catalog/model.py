@@ -8,10 +8,10 @@ routing gives them a shape.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, field_validator
 
+from fireline.catalog.services import Service
 from fireline.errors import CompileError
 from fireline.playbook.loader import Problem, read_yaml, validate
 from fireline.playbook.spec import Strict
@@ -45,7 +45,7 @@ class Role(Strict):
 
 class Catalog(Strict):
     roles: dict[str, Role] = Field(default_factory=dict)
-    services: dict[str, Any] = Field(default_factory=dict)
+    services: dict[str, Service] = Field(default_factory=dict)
 
     def approvers(self, role: str) -> list[str] | None:
         members = self.roles[role].members

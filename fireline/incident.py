@@ -1,0 +1,285 @@
+"""Everything that crosses the IncidentWorkflow boundary: start input, signals, updates, query.
+
+Ingress starts an incident with signal-with-start: workflow id :func:`incident_workflow_id`
+of the incident key, input :class:`IncidentStart` (built by :func:`incident_start` from the
+catalog, which pins the escalation policy), signal :data:`SIGNAL_ALERTS` carrying one
+:class:`AlertBatch`. The operator surface reads :data:`QUERY_STATUS` (:class:`IncidentState`)
+and acts through the updates below. New fields always get defaults so old histories decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from fireline.catalog.services import GuardPolicy, PagingChannel, PinnedPolicy, pin_policy
+from fireline.ingress.alert import Alert
+from fireline.plan import Plan
+
+if TYPE_CHECKING:
+    from fireline.catalog.model import Catalog
+
+INCIDENT_WORKFLOW = "IncidentWorkflow"
+GUARD_WORKFLOW = "GuardWorkflow"
+
+SIGNAL_ALERTS = "alerts"
+"""Signal: one :class:`AlertBatch` (ingress coalesces concurrent notifications per key)."""
+UPDATE_ACK = "ack"
+"""Update: :class:`Ack` -> :class:`IncidentState`. Stops the ladder's clock."""
+UPDATE_COMMAND = "command"
+"""Update: :class:`Command` (take, hand over, hand back) -> :class:`IncidentState`."""
+UPDATE_RESOLVE = "resolve"
+"""Update: :class:`Resolve` -> :class:`IncidentState`. A person declares it resolved."""
+UPDATE_CANCEL = "cancel"
+"""Update: :class:`Resolve` -> :class:`IncidentState`. Stops the run (it compensates)."""
+SIGNAL_APPROVE = "approve_gate"
+"""Signal passthrough: :class:`fireline.messages.Approval` forwarded to the child run."""
+SIGNAL_REJECT = "reject_gate"
+"""Signal passthrough: :class:`fireline.messages.Approval` forwarded to the child run."""
+QUERY_STATUS = "status"
+"""Query: -> :class:`IncidentState`."""
+
+SA_SERVICE = "FirelineService"
+SA_SEVERITY = "FirelineSeverity"
+SA_INCIDENT_KEY = "FirelineIncidentKey"
+
+MAX_ID = 200
+"""Temporal ids may be long, but the UI and logs should not be: longer keys are hashed."""
+_ID_SAFE = re.compile(r"[^A-Za-z0-9._:-]")
+"""Also safe in a URL path segment, so ``/v1/incidents/{id}`` needs no escaping."""
+MAX_BATCH = 5000
+"""Alerts per signal: a batch larger than this is refused by the payload model."""
+
+
+def incident_workflow_id(key: str) -> str:
+    """The workflow id of the incident for ``key``: readable when short, hashed when long.
+
+    Characters outside a conservative set are replaced and the digest of the *whole* key is
+    appended whenever anything was changed or cut, so two different keys never share an id.
+    """
+    cleaned = _ID_SAFE.sub("_", key)
+    if cleaned == key and len(key) <= MAX_ID - len("incident-"):
+        return f"incident-{key}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return f"incident-{cleaned[:120]}-{digest}"
+
+
+class AlertBatch(BaseModel):
+    """Notifications for one incident key, delivered as one signal."""
+
+    batch_id: str = Field(min_length=1, max_length=128)
+    alerts: list[Alert] = Field(max_length=MAX_BATCH)
+
+
+class IncidentPhase(StrEnum):
+    detected = "detected"
+    triaging = "triaging"
+    awaiting_approval = "awaiting-approval"
+    remediating = "remediating"
+    verifying = "verifying"
+    compensating = "compensating"
+    resolved = "resolved"
+    failed = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (IncidentPhase.resolved, IncidentPhase.failed)
+
+
+class IncidentStart(BaseModel):
+    """Workflow input: the routed service, its playbook and the policy pinned at opening."""
+
+    key: str = Field(min_length=1, max_length=2048)
+    service: str = Field(min_length=1, max_length=256)
+    severity: str = "unknown"
+    title: str = ""
+    plan: Plan | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    policy: PinnedPolicy
+    responders: list[str] = Field(default_factory=list)
+    paging: list[PagingChannel] = Field(default_factory=list)
+    guard: GuardPolicy = Field(default_factory=GuardPolicy)
+    previous_incident: str | None = None
+    """Run id (or workflow id) of the incident this key had before, when ingress knows it."""
+    drill: bool = False
+    task_queue_prefix: str = "fireline"
+    requested_by: str = "ingress"
+    carried: IncidentState | None = None
+    """Set only by continue-as-new: the state so far, carried into the new run."""
+
+
+class Ack(BaseModel):
+    by: str = Field(min_length=1, max_length=128)
+    comment: str = Field(default="", max_length=2000)
+
+
+class Command(BaseModel):
+    """``take``: ``by`` becomes commander; ``handover``: to ``to``; ``release``: hand back."""
+
+    action: Literal["take", "handover", "release"] = "take"
+    by: str = Field(min_length=1, max_length=128)
+    to: str | None = Field(default=None, min_length=1, max_length=128)
+    comment: str = Field(default="", max_length=2000)
+
+
+class Resolve(BaseModel):
+    by: str = Field(min_length=1, max_length=128)
+    comment: str = Field(default="", max_length=2000)
+
+
+class TimelineEvent(BaseModel):
+    """One thing that happened, timestamped: alert, page, ack, approval, action, check, ..."""
+
+    at: datetime
+    kind: str
+    actor: str = "fireline"
+    message: str = ""
+    step: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class PageRecord(BaseModel):
+    at: datetime
+    person: str
+    tier: int
+    level: int
+    cycle: int
+    channel: str
+    reason: str = "escalation"
+    """``escalation``, ``gate`` (nobody decided within a tier's target) or ``retrigger``."""
+    delivered: bool = False
+    attempts: int = 0
+    error: str | None = None
+
+
+class AckRecord(BaseModel):
+    at: datetime
+    by: str
+    comment: str = ""
+    source: str = "fireline"
+
+
+class AlertCounts(BaseModel):
+    total: int = 0
+    firing: int = 0
+    resolved: int = 0
+    duplicates: int = 0
+    by_name: dict[str, int] = Field(default_factory=dict)
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+
+class EscalationStatus(BaseModel):
+    state: Literal["triggered", "acknowledged", "commanded", "exhausted", "stopped"] = "triggered"
+    level: int = 0
+    cycle: int = 0
+    tier: int = 0
+    paged: list[str] = Field(default_factory=list)
+    next_at: datetime | None = None
+    reason: str = "escalation"
+    """What the ladder is climbing for: the incident (``escalation``) or a gate (``gate``)."""
+    gate_step: str | None = None
+
+
+class GuardStatus(BaseModel):
+    """The guard's answer for this incident's run, and the counts it was based on."""
+
+    allowed: bool = True
+    needs_human: bool = False
+    reasons: list[str] = Field(default_factory=list)
+    runs_in_window: int = 0
+    max_runs: int = 0
+    blast_used: int = 0
+    blast_budget: int = 0
+    breaker_open: bool = False
+
+
+class RunSummary(BaseModel):
+    workflow_id: str | None = None
+    playbook: str | None = None
+    phase: str | None = None
+    mutated: bool = False
+    """A mutating step has started: a resolved alert no longer cancels the run."""
+    verified: bool | None = None
+    """All postconditions of mutating steps were satisfied (None: none ran)."""
+    blast: int = 0
+    reason: str | None = None
+
+
+class IncidentState(BaseModel):
+    """What the ``status`` query returns (and what continue-as-new carries over)."""
+
+    incident_id: str = ""
+    key: str = ""
+    service: str = ""
+    severity: str = "unknown"
+    title: str = ""
+    phase: IncidentPhase = IncidentPhase.detected
+    drill: bool = False
+    previous_incident: str | None = None
+    opened_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    contained_at: datetime | None = None
+    resolved_at: datetime | None = None
+    auto_resolved: bool = False
+    resolution: str | None = None
+    commander: str | None = None
+    alerts: AlertCounts = Field(default_factory=AlertCounts)
+    recent_alerts: list[Alert] = Field(default_factory=list)
+    acks: list[AckRecord] = Field(default_factory=list)
+    pages: list[PageRecord] = Field(default_factory=list)
+    escalation: EscalationStatus = Field(default_factory=EscalationStatus)
+    escalations_per_tier: dict[str, int] = Field(default_factory=dict)
+    guard: GuardStatus = Field(default_factory=GuardStatus)
+    run: RunSummary = Field(default_factory=RunSummary)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    timeline_dropped: int = 0
+    seen_ids: list[str] = Field(default_factory=list)
+    """Recent notification ids (bounded), for exact dedupe of redeliveries."""
+    seen_batches: list[str] = Field(default_factory=list)
+    runs: int = 1
+    """How many workflow runs (continue-as-new) this incident has spanned."""
+
+
+IncidentStart.model_rebuild()
+
+
+def incident_start(
+    catalog: Catalog,
+    service: str,
+    key: str,
+    *,
+    severity: str = "unknown",
+    title: str = "",
+    plan: Plan | None = None,
+    inputs: dict[str, Any] | None = None,
+    drill: bool = False,
+    previous_incident: str | None = None,
+    task_queue_prefix: str = "fireline",
+) -> IncidentStart:
+    """The start input for a routed alert, with the service's policy pinned now."""
+    from fireline.catalog.services import Service
+
+    raw = catalog.services.get(service)
+    svc = raw if isinstance(raw, Service) else Service.model_validate(raw or {})
+    return IncidentStart(
+        key=key,
+        service=service,
+        severity=severity,
+        title=title,
+        plan=plan,
+        inputs=inputs or {},
+        policy=pin_policy(catalog, svc),
+        responders=list(svc.responders),
+        paging=list(svc.paging),
+        guard=svc.guard,
+        previous_incident=previous_incident,
+        drill=drill,
+        task_queue_prefix=task_queue_prefix,
+    )
