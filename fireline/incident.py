@@ -16,9 +16,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from fireline.catalog.services import GuardPolicy, PagingChannel, PinnedPolicy, pin_policy
 from fireline.ingress.alert import Alert
+from fireline.messages import SA_PHASE, SA_PLAYBOOK
 from fireline.plan import Plan
 
 if TYPE_CHECKING:
@@ -37,6 +39,13 @@ UPDATE_RESOLVE = "resolve"
 """Update: :class:`Resolve` -> :class:`IncidentState`. A person declares it resolved."""
 UPDATE_CANCEL = "cancel"
 """Update: :class:`Resolve` -> :class:`IncidentState`. Stops the run (it compensates)."""
+UPDATE_APPROVE = "approve"
+"""Update: :class:`fireline.messages.Approval` -> :class:`IncidentState`. With step
+:data:`GUARD_STEP` it decides the guard's gate; any other step is passed to the child run."""
+UPDATE_REJECT = "reject"
+"""Update: like :data:`UPDATE_APPROVE`, rejecting."""
+GUARD_STEP = "guard"
+"""The pseudo-step of the guard's human gate, held by the incident before its run starts."""
 SIGNAL_APPROVE = "approve_gate"
 """Signal passthrough: :class:`fireline.messages.Approval` forwarded to the child run."""
 SIGNAL_REJECT = "reject_gate"
@@ -109,6 +118,8 @@ class IncidentStart(BaseModel):
     drill: bool = False
     task_queue_prefix: str = "fireline"
     requested_by: str = "ingress"
+    run_poll_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    """How often the incident reads its run's status (gates opened, mutating steps started)."""
     carried: IncidentState | None = None
     """Set only by continue-as-new: the state so far, carried into the new run."""
 
@@ -184,6 +195,12 @@ class EscalationStatus(BaseModel):
     reason: str = "escalation"
     """What the ladder is climbing for: the incident (``escalation``) or a gate (``gate``)."""
     gate_step: str | None = None
+    index: int = 0
+    """Position on the ladder: cycle * levels + level."""
+    since: datetime | None = None
+    """When the current rung was paged."""
+    turns: dict[str, int] = Field(default_factory=dict)
+    """Visits per level, for round robin."""
 
 
 class GuardStatus(BaseModel):
@@ -229,6 +246,8 @@ class IncidentState(BaseModel):
     resolved_at: datetime | None = None
     auto_resolved: bool = False
     resolution: str | None = None
+    resolved_by: str | None = None
+    """``alert`` (the source resolved it), ``automation`` (the run fixed it), or a person."""
     commander: str | None = None
     alerts: AlertCounts = Field(default_factory=AlertCounts)
     recent_alerts: list[Alert] = Field(default_factory=list)
@@ -243,11 +262,29 @@ class IncidentState(BaseModel):
     seen_ids: list[str] = Field(default_factory=list)
     """Recent notification ids (bounded), for exact dedupe of redeliveries."""
     seen_batches: list[str] = Field(default_factory=list)
+    firing: list[str] = Field(default_factory=list)
+    """Identities (fingerprint or name + labels) of the alerts still firing."""
+    guard_approved_by: str | None = None
     runs: int = 1
     """How many workflow runs (continue-as-new) this incident has spanned."""
 
 
 IncidentStart.model_rebuild()
+
+
+def search_attributes(start: IncidentStart) -> TypedSearchAttributes:
+    """What to start an incident with (signal-with-start), so the UI filters by them."""
+    pairs: list[SearchAttributePair[str]] = [
+        SearchAttributePair(SearchAttributeKey.for_keyword(SA_SERVICE), start.service),
+        SearchAttributePair(SearchAttributeKey.for_keyword(SA_SEVERITY), start.severity),
+        SearchAttributePair(SearchAttributeKey.for_keyword(SA_INCIDENT_KEY), start.key[:1000]),
+        SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), IncidentPhase.detected.value),
+    ]
+    if start.plan is not None:
+        pairs.append(
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_PLAYBOOK), start.plan.name)
+        )
+    return TypedSearchAttributes(pairs)
 
 
 def incident_start(
