@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from fireline.catalog.model import Catalog
-from fireline.compile.compiler import PlaybookLibrary, Problem, apply_input_defaults
+from fireline.compile.compiler import (
+    MAX_INCLUDE_DEPTH,
+    PlaybookLibrary,
+    Problem,
+    apply_input_defaults,
+)
 from fireline.errors import CompileError
 from fireline.modules import Registry, load_registry
 from fireline.plan import (
@@ -20,6 +25,7 @@ from fireline.plan import (
     Risk,
     StepNode,
 )
+from fireline.playbook.library import UnknownPlaybook
 from tests.support import fact_modules
 
 REGISTRY: Registry = load_registry(["core"]).extended(fact_modules)
@@ -820,12 +826,61 @@ class TestUndoOrGate:
         """A ``when`` input given as a whole expression guards the compensation at run time."""
         text = HAPPY.replace(
             "replicas: {type: integer, default: 3}",
-            "replicas: {type: integer, default: 3}\n  undo: {type: object}",
+            "replicas: {type: integer, default: 3}\n  undo: {type: object, required: true}",
         ).replace("undo: {replicas: 1}", 'undo: "${{ inputs.undo }}"')
         scale = _compile(tmp_path, text).nodes[4]
         assert isinstance(scale, StepNode)
         assert scale.compensation is not None
         assert scale.compensation.with_ == {"$from": "${{ input.undo }}"}
+        assert scale.compensation.when == "input.undo"
+
+    def test_undo_from_an_optional_input_counts_as_no_undo(self, tmp_path: Path) -> None:
+        """An undo that may resolve to nothing at run time is no undo: refused without a gate."""
+        text = HAPPY.replace(
+            "replicas: {type: integer, default: 3}",
+            "replicas: {type: integer, default: 3}\n  undo: {type: object}",
+        ).replace("undo: {replicas: 1}", 'undo: "${{ inputs.undo }}"')
+        problem = _only(tmp_path, text)
+        assert (problem.line, problem.step) == (_line(text, 'undo: "${{'), "scale")
+        assert "may be empty when the step runs" in problem.message
+        assert "make the input required or give it a default, or add an `approval:`" in (
+            problem.message
+        )
+
+    @pytest.mark.parametrize(
+        "declaration",
+        ["undo: {type: object, default: {replicas: 1}}", "undo: {type: object, required: true}"],
+    )
+    def test_undo_from_an_input_that_is_always_set(self, tmp_path: Path, declaration: str) -> None:
+        """A required input, or one with a default, always carries the undo."""
+        text = HAPPY.replace(
+            "replicas: {type: integer, default: 3}",
+            f"replicas: {{type: integer, default: 3}}\n  {declaration}",
+        ).replace("undo: {replicas: 1}", 'undo: "${{ inputs.undo }}"')
+        scale = _compile(tmp_path, text).nodes[4]
+        assert isinstance(scale, StepNode)
+        assert scale.compensation is not None
+
+    def test_undo_from_an_earlier_output_counts_as_no_undo(self, tmp_path: Path) -> None:
+        """An earlier step's output may be null, so it does not count as an undo either."""
+        text = HAPPY.replace("undo: {replicas: 1}", 'undo: "${{ steps.look.outputs.target }}"')
+        problem = _only(tmp_path, text)
+        assert problem.step == "scale"
+        assert "may be empty when the step runs" in problem.message
+
+    def test_optional_undo_is_accepted_behind_a_gate(self, tmp_path: Path) -> None:
+        """With an approval gate a human decides, so the possibly missing undo is allowed."""
+        text = HAPPY.replace(
+            "replicas: {type: integer, default: 3}",
+            "replicas: {type: integer, default: 3}\n  undo: {type: object}",
+        ).replace(
+            "undo: {replicas: 1}}",
+            'undo: "${{ inputs.undo }}"}\n    approval: {role: sre-oncall}',
+        )
+        scale = _compile(tmp_path, text).nodes[4]
+        assert isinstance(scale, StepNode)
+        assert scale.gate is not None
+        assert scale.compensation is not None
         assert scale.compensation.when == "input.undo"
 
     def test_irreversible_step_needs_a_gate_even_with_compensate(self, tmp_path: Path) -> None:
@@ -997,3 +1052,66 @@ class TestRunInputs:
         problem = _only(tmp_path, text)
         assert problem.line == _line(text, "default: fast")
         assert "'mode' must be an integer" in problem.message
+
+
+LEAF = """\
+name: child
+steps:
+  - id: only
+    uses: core.wait
+    with: {seconds: 1}
+"""
+INCLUDER = """\
+name: parent
+steps:
+  - id: inner
+    playbook: child
+"""
+
+
+class TestLibraryLookup:
+    def test_one_file_resolves_includes_from_its_folder(self, tmp_path: Path) -> None:
+        """Validating one file finds the playbooks it includes beside it, checking only it."""
+        folder = _write(
+            tmp_path, {"parent.yaml": INCLUDER, "child.yaml": LEAF, "broken.yaml": "name: [\n"}
+        )
+        library = PlaybookLibrary.load(folder / "parent.yaml", catalog=CATALOG, registry=REGISTRY)
+        plan = library.compile("parent")
+        inner = plan.nodes[0]
+        assert isinstance(inner, IncludeNode)
+        assert inner.plan.name == "child"
+        assert list(library.validate_all()) == [str(folder / "parent.yaml")]
+        assert library.validate_all()[str(folder / "parent.yaml")] == []
+
+    def test_compile_by_name_never_reads_a_path(self, tmp_path: Path) -> None:
+        """A path, even of a real playbook file, is an unknown name listing the known ones."""
+        folder = _write(tmp_path, {"child.yaml": LEAF})
+        outside = tmp_path / "secret.yaml"
+        outside.write_text(LEAF.replace("name: child", "name: secret"))
+        library = PlaybookLibrary.load(folder, catalog=CATALOG, registry=REGISTRY)
+        assert library.compile_by_name("child").name == "child"
+        for name in (str(outside), "../secret.yaml", "secret", "x" * 5000):
+            with pytest.raises(UnknownPlaybook) as caught:
+                library.compile_by_name(name)
+            assert caught.value.known == ["child"]
+            message = str(caught.value)
+            assert "known playbooks: child" in message
+            assert "core.wait" not in message  # nothing of any file is echoed
+            assert len(message) < 300
+        assert library.compile(str(outside)).name == "secret"  # the CLI may still pass a path
+
+    def test_include_chain_depth_is_capped(self, tmp_path: Path) -> None:
+        """A chain of includes deeper than the cap is refused at the include that is too deep."""
+        files = {"p0.yaml": LEAF.replace("name: child", "name: p0")}
+        for i in range(1, MAX_INCLUDE_DEPTH + 2):
+            files[f"p{i}.yaml"] = INCLUDER.replace("name: parent", f"name: p{i}").replace(
+                "playbook: child", f"playbook: p{i - 1}"
+            )
+        library = _library(tmp_path, files)
+        assert library.compile(f"p{MAX_INCLUDE_DEPTH}").name == f"p{MAX_INCLUDE_DEPTH}"
+        with pytest.raises(CompileError) as caught:
+            library.compile(f"p{MAX_INCLUDE_DEPTH + 1}")
+        assert any(
+            f"includes nest more than {MAX_INCLUDE_DEPTH} playbooks deep" in str(p)
+            for p in caught.value.problems
+        )

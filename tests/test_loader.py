@@ -250,13 +250,13 @@ class TestCatalog:
         path = tmp_path / "catalog.yaml"
         path.write_text(
             "roles:\n  oncall: {tier: 1, members: [bob, alice]}\n  anyone: {tier: 2}\n"
-            "services: {api: {owner: team-api}}\n"
+            "services: {api: {owner_team: team-api}}\n"
         )
         catalog = load_catalog(path)
         assert isinstance(catalog, Catalog)
         assert catalog.approvers("oncall") == ["alice", "bob"]
         assert catalog.approvers("anyone") is None
-        assert catalog.services == {"api": {"owner": "team-api"}}
+        assert catalog.services["api"].owner_team == "team-api"
 
     def test_problems_carry_file_and_line(self, tmp_path: Path) -> None:
         """A bad catalog raises CompileError with every problem located."""
@@ -276,3 +276,50 @@ class TestCatalog:
         path.write_text("roles:\n  oncall: {members: []}\n")
         with pytest.raises(CompileError, match="nobody can approve"):
             load_catalog(path)
+
+
+class TestReadingProblemsNameTheStep:
+    def test_duplicate_key_inside_a_step_names_the_step(self) -> None:
+        """A key written twice in one step names that step and the key below it."""
+        text = VALID.replace("    timeout: 30s\n", "    timeout: 30s\n    timeout: 1m\n")
+        doc, problems = parse_yaml(text, "pb.yaml", step_keys=STEP_LIST_KEYS)
+        assert doc is None
+        assert [(p.line, p.step, p.field) for p in problems] == [
+            (_line(text, "timeout: 1m"), "first", "timeout")
+        ]
+        assert str(problems[0]).startswith(f"pb.yaml:{problems[0].line}: step 'first': duplicate")
+
+    def test_alias_loop_inside_a_parallel_branch_names_the_branch(self) -> None:
+        """A recursive alias is refused at its line, naming the innermost step."""
+        text = VALID.replace("with: {seconds: 1}", "with: &loop {seconds: *loop}")
+        doc, problems = parse_yaml(text, "pb.yaml", step_keys=STEP_LIST_KEYS)
+        assert doc is None
+        assert [(p.line, p.step) for p in problems] == [(_line(text, "&loop"), "inner")]
+        assert "an alias refers to itself" in problems[0].message
+
+
+class TestSyntaxErrorsInPlainWords:
+    @pytest.mark.parametrize(
+        ("text", "line", "words"),
+        [
+            ('name: a\nsteps:\n  - id: "x\n    uses: y\n', 3, "a quoted string starts here"),
+            ("name: a\nsteps: [one,\n  two\nowner: x\n", 2, "the '[' opened here is not closed"),
+            ("name: a\nwith: {a: 1\n\n\n", 2, "the '{' opened here is not closed"),
+            ("name: a\nsteps:\n  - id: x\n    uses: y\n   with: 1\n", 5, "indented differently"),
+            ("name: a\ndescription: a: b\n", 2, "a ':' cannot appear here"),
+            ("name: a\nsteps:\n\t- id: x\n", 3, "YAML is indented with spaces only"),
+            ("name: *nothing\n", 1, "'*nothing' names no anchor '&nothing'"),
+            ("name: a\n---\nname: b\n", 2, "a second YAML document"),
+        ],
+        ids=["quote", "list", "mapping", "indent", "colon", "tab", "alias", "documents"],
+    )
+    def test_where_the_broken_token_began(self, text: str, line: int, words: str) -> None:
+        """The line is where the broken construct starts, the message says what to do."""
+        doc, problems = parse_yaml(text, "bad.yaml")
+        assert doc is None
+        (problem,) = problems
+        assert problem.line == line
+        assert problem.message.startswith("YAML syntax error (column ")
+        assert words in problem.message
+        for jargon in ("<block end>", "while scanning", "while parsing", "simple key"):
+            assert jargon not in problem.message

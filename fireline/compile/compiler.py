@@ -56,6 +56,7 @@ from fireline.plan import (
     StepNode,
 )
 from fireline.playbook.durations import format_duration
+from fireline.playbook.expressions import EXPRESSION, ExpressionError, parse_path
 from fireline.playbook.library import PlaybookFiles, PlaybookSource
 from fireline.playbook.loader import PathKey, Problem, YamlDocument, field_keys, suggestion
 from fireline.playbook.spec import (
@@ -75,6 +76,8 @@ __all__ = ["PlaybookLibrary", "Problem", "apply_input_defaults", "coerce_input"]
 DEFAULT_CHECK_DEADLINE_S = 60.0
 DEFAULT_CHECK_INTERVAL_S = 2.0
 DEFAULT_DECISION_TIMEOUT_S = 3600.0
+MAX_INCLUDE_DEPTH = 16
+"""Deepest chain of playbooks including playbooks; each level nests the Plan further."""
 FROM_KEY = "$from"
 """An ActivityCall ``with_`` of ``{"$from": "${{ expr }}"}`` resolves to the whole object."""
 
@@ -108,6 +111,19 @@ class PlaybookLibrary:
         """The sealed Plan of a playbook (by name, or by file path); raises CompileError."""
         self._fresh()
         plan, problems = self._compile_top(self.files.find(str(name_or_path)))
+        if plan is None or problems:
+            raise CompileError(problems)
+        return plan
+
+    def compile_by_name(self, name: str) -> Plan:
+        """The sealed Plan of the library's playbook called ``name``: never a file path.
+
+        For names that come from outside (the API): nothing but the library's own files is
+        read, and an unknown name raises ``UnknownPlaybook`` (a CompileError) listing the
+        known ones.
+        """
+        self._fresh()
+        plan, problems = self._compile_top(self.files.by_name(name))
         if plan is None or problems:
             raise CompileError(problems)
         return plan
@@ -333,6 +349,13 @@ class _Unit:
                 (*path, "playbook"),
                 entry.id,
                 f"include cycle: {chain}; a playbook cannot include itself, directly or not",
+            )
+        elif len(self.stack) > MAX_INCLUDE_DEPTH:
+            self.problem(
+                (*path, "playbook"),
+                entry.id,
+                f"includes nest more than {MAX_INCLUDE_DEPTH} playbooks deep "
+                f"({' -> '.join([*self.stack, name])}); include fewer levels",
             )
         else:
             child_plan, child_problems = self.lib._compile_source(child, self.stack)
@@ -638,6 +661,41 @@ class _Unit:
                 f"{spec.name} changes the target system but this step has neither a "
                 f"compensation nor an approval gate: {fix}",
             )
+        elif compensation.when is not None and not self._always_set(entry, spec):
+            ref = spec.compensation
+            field = ref.when if isinstance(ref, CompensationRef) else None
+            written = entry.with_.get(field) if field else None
+            self.problem(
+                (*path, "with", field) if field else p,
+                entry.id,
+                f"{spec.name}'s undo comes from with.{field} = {written!r}, which may be empty "
+                "when the step runs (an optional input without a default, or an earlier "
+                "step's output), and then the step would change the system with neither an "
+                "undo nor a gate: make the input required or give it a default, or add an "
+                "`approval:`",
+            )
+
+    def _always_set(self, entry: StepEntry, spec: ModuleSpec) -> bool:
+        """Whether the expression enabling a module's own undo can never resolve to null.
+
+        Only a playbook input that is required or has a default is known to be set; a run
+        refuses a required input given as null.
+        """
+        ref = spec.compensation
+        if not isinstance(ref, CompensationRef) or ref.when is None:
+            return True
+        value = entry.with_.get(ref.when)
+        match = EXPRESSION.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            return value is not None
+        try:
+            parts = parse_path(match.group(1))
+        except ExpressionError:
+            return False
+        if len(parts) != 2 or parts[0] not in ("inputs", "input"):
+            return False
+        decl = self.spec.inputs.get(str(parts[1]))
+        return decl is not None and (decl.required or decl.default is not None)
 
     def _gate(self, entry: ApprovalEntry | None, path: PathKey, step: str) -> GateSpec | None:
         if entry is None:

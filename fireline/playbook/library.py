@@ -19,11 +19,34 @@ from fireline.playbook.loader import (
     suggestion,
     validate,
 )
-from fireline.playbook.spec import STEP_LIST_KEYS, PlaybookSpec
+from fireline.playbook.spec import PLAYBOOK_NAME, STEP_LIST_KEYS, PlaybookSpec
 
-__all__ = ["PlaybookFiles", "PlaybookSource", "parse_playbook"]
+__all__ = ["PlaybookFiles", "PlaybookSource", "UnknownPlaybook", "parse_playbook"]
 
 _SUFFIXES = (".yaml", ".yml")
+_SHOWN_NAME = 80
+"""How much of an unknown name a refusal quotes back."""
+
+
+class UnknownPlaybook(CompileError):
+    """No playbook of the library has that name; ``known`` lists the names there are."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        shown = name if len(name) <= _SHOWN_NAME else name[:_SHOWN_NAME] + "..."
+        self.name = name
+        self.known = known
+        super().__init__(
+            [
+                Problem(
+                    "playbook",
+                    None,
+                    None,
+                    "playbook",
+                    f"no playbook named {shown!r}{suggestion(shown, known)}; known playbooks: "
+                    f"{', '.join(known) or 'none'}",
+                )
+            ]
+        )
 
 
 @dataclass
@@ -46,7 +69,7 @@ class PlaybookSource:
 
 
 def parse_playbook(path: Path) -> PlaybookSource:
-    doc, problems = read_yaml(path)
+    doc, problems = read_yaml(path, step_keys=STEP_LIST_KEYS)
     spec: PlaybookSpec | None = None
     if doc is not None:
         spec, problems = validate(doc, PlaybookSpec, step_keys=STEP_LIST_KEYS)
@@ -62,12 +85,17 @@ class PlaybookFiles:
         catalog: Catalog | None,
         catalog_file: str | None = None,
         catalog_problems: list[Problem] | None = None,
+        neighbours: list[Path] | None = None,
     ) -> None:
         self.sources = sources
         self.catalog = catalog
         self.catalog_file = catalog_file
         self.catalog_problems = list(catalog_problems or [])
         self._by_name: dict[str, list[PlaybookSource]] = {}
+        # Folders of playbooks given one by one: their siblings are found for `playbook:`
+        # includes (parsed on first need), but are not validated as part of this set.
+        self._neighbour_dirs = list(neighbours or [])
+        self._neighbours: dict[str, PlaybookSource] | None = None
         for src in sources:
             self._register(src)
 
@@ -80,19 +108,18 @@ class PlaybookFiles:
         """
         files: list[Path] = []
         first_dir: Path | None = None
+        dirs: list[Path] = []
+        neighbours: list[Path] = []
         for raw in paths:
             path = Path(raw)
             if path.is_dir():
                 first_dir = first_dir or path
-                files.extend(
-                    sorted(
-                        f
-                        for f in path.iterdir()
-                        if f.is_file() and f.suffix in _SUFFIXES and f.name != CATALOG_FILE
-                    )
-                )
+                dirs.append(path.resolve())
+                files.extend(_playbook_files(path))
             else:
                 files.append(path)
+                if path.parent.resolve() not in neighbours:
+                    neighbours.append(path.parent.resolve())
         unique: dict[Path, Path] = {}
         for f in files:
             unique.setdefault(f.resolve(), f)
@@ -104,15 +131,45 @@ class PlaybookFiles:
             catalog_file = display_path(catalog_path)
             catalog, catalog_problems = parse_catalog(catalog_path)
         sources = [parse_playbook(f) for f in unique.values()]
-        return cls(sources, catalog, catalog_file, catalog_problems)
+        neighbours = [d for d in neighbours if d not in dirs]
+        return cls(sources, catalog, catalog_file, catalog_problems, neighbours)
 
     def names(self) -> list[str]:
-        return sorted(self._by_name)
+        return sorted(set(self._by_name) | set(self._neighbours or {}))
 
     def named(self, name: str) -> PlaybookSource | None:
-        """The playbook called ``name``; of two with one name, the later (already a problem)."""
+        """The playbook called ``name``; of two with one name, the later (already a problem).
+
+        A name not among the given playbooks is looked up among the siblings of the files
+        given one by one, so validating one file still resolves its includes.
+        """
         same = self._by_name.get(name)
-        return same[-1] if same else None
+        if same:
+            return same[-1]
+        return self._neighbour_sources().get(name)
+
+    def _neighbour_sources(self) -> dict[str, PlaybookSource]:
+        if self._neighbours is None:
+            given = {src.path.resolve() for src in self.sources}
+            self._neighbours = {}
+            for folder in self._neighbour_dirs:
+                for path in _playbook_files(folder):
+                    if path.resolve() in given:
+                        continue
+                    src = parse_playbook(path)
+                    if src.name is not None and src.name not in self._by_name:
+                        self._neighbours.setdefault(src.name, src)
+        return self._neighbours
+
+    def by_name(self, name: str) -> PlaybookSource:
+        """The playbook called ``name``, never a file path: for names from untrusted callers.
+
+        Raises :class:`UnknownPlaybook` (a CompileError) listing the known names.
+        """
+        src = self.named(name) if PLAYBOOK_NAME.fullmatch(name) else None
+        if src is None:
+            raise UnknownPlaybook(name, self.names())
+        return src
 
     def find(self, name_or_path: str) -> PlaybookSource:
         """A playbook by name, or by file path (parsed and added when not loaded yet).
@@ -148,6 +205,8 @@ class PlaybookFiles:
         )
 
     def _register(self, src: PlaybookSource) -> None:
+        if self._neighbours is not None and src.name is not None:
+            self._neighbours.pop(src.name, None)
         if src.name is None:
             return
         same = self._by_name.setdefault(src.name, [])
@@ -163,3 +222,11 @@ class PlaybookFiles:
                 )
             )
         same.append(src)
+
+
+def _playbook_files(folder: Path) -> list[Path]:
+    return sorted(
+        f
+        for f in folder.iterdir()
+        if f.is_file() and f.suffix in _SUFFIXES and f.name != CATALOG_FILE
+    )
