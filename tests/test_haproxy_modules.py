@@ -1,0 +1,475 @@
+"""The HAProxy modules against a real HAProxy (Debian's package) in front of real backends.
+
+Every assertion on state reads HAProxy back through its admin socket (``show servers state``),
+never the module's own return value. Module-level cases run in ``ActivityEnvironment`` (a real
+activity context, no server); pre/postconditions and compensations are resolved from the
+module's declarations exactly as the workflow resolves them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.platform.haproxy import DrainInput, HaproxyModules
+from activities.platform.haproxy_api import (
+    MAX_ANSWER_BYTES,
+    HaproxyAdmin,
+    HaproxyTarget,
+    Refused,
+)
+from fireline import errors
+from fireline.modules import CompensationRef, ModuleSpec, load_registry
+from fireline.plan import CheckResult, Preview
+from fireline.playbook.expressions import resolve
+from fireline.runtime.settings import Settings
+from tests.support.haproxy import (
+    Haproxy,
+    SlowSession,
+    running_haproxy,
+    wait_for_sessions,
+)
+
+REGISTRY = load_registry(["platform"])
+HAPROXY_MODULES = sorted(
+    s.name for s in REGISTRY.values() if s.name.startswith("platform.haproxy_") and s.mutates
+)
+INITIAL = {"s1": ("ready", 0, 10), "s2": ("ready", 0, 20), "s3": ("ready", 0, 30)}
+
+
+def activity_env(
+    workflow_id: str = "wf-1",
+    activity_id: str = "step-a",
+    *,
+    heartbeat_s: float | None = None,
+    details: tuple[Any, ...] = (),
+) -> ActivityEnvironment:
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(
+        ActivityEnvironment.default_info(),
+        workflow_id=workflow_id,
+        activity_id=activity_id,
+        heartbeat_timeout=timedelta(seconds=heartbeat_s) if heartbeat_s else None,
+        heartbeat_details=list(details),
+    )
+    return environment
+
+
+@pytest.fixture
+def haproxy() -> Iterator[Haproxy]:
+    """A fresh HAProxy with three healthy backends per test (started in ~0.1 s)."""
+    with running_haproxy() as started:
+        yield started
+
+
+@pytest.fixture
+async def modules(haproxy: Haproxy) -> AsyncIterator[HaproxyModules]:
+    module_set = HaproxyModules(haproxy.settings())
+    yield module_set
+    await module_set.aclose()
+
+
+def bound(modules: HaproxyModules, spec: ModuleSpec, preview: bool = False) -> Callable[..., Any]:
+    fn = spec.preview_fn if preview else spec.fn
+    assert fn is not None
+    return getattr(modules, fn.__name__)  # type: ignore[no-any-return]
+
+
+async def act(
+    modules: HaproxyModules, name: str, payload: dict[str, Any], env: ActivityEnvironment | None
+) -> dict[str, Any]:
+    spec = REGISTRY[name]
+    result = await (env or activity_env()).run(
+        bound(modules, spec), spec.input_model.model_validate(payload)
+    )
+    assert isinstance(result, BaseModel)
+    return result.model_dump(mode="json")
+
+
+async def declared_checks(
+    modules: HaproxyModules,
+    name: str,
+    stage: str,
+    payload: dict[str, Any],
+    output: dict[str, Any] | None = None,
+) -> list[CheckResult]:
+    """Run a module's declared pre- or postconditions as the workflow resolves them."""
+    spec = REGISTRY[name]
+    refs = spec.preconditions if stage == "pre" else spec.postconditions
+    context: dict[str, Any] = {"input": spec.input_model.model_validate(payload).model_dump()}
+    if output is not None:
+        context["output"] = output
+    results = []
+    for ref in refs:
+        check = REGISTRY[ref.check]
+        params = check.input_model.model_validate(resolve(ref.with_, context))
+        result = await activity_env(activity_id=f"{stage}-check").run(bound(modules, check), params)
+        results.append(result)
+    return results
+
+
+async def compensate(
+    modules: HaproxyModules, name: str, payload: dict[str, Any], output: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the module's compensation with the input the workflow derives from the step."""
+    ref = REGISTRY[name].compensation
+    assert isinstance(ref, CompensationRef)
+    context = {
+        "input": REGISTRY[name].input_model.model_validate(payload).model_dump(),
+        "output": output,
+    }
+    assert isinstance(ref.with_, dict)
+    return await act(
+        modules, ref.module, resolve(ref.with_, context), activity_env(activity_id="undo")
+    )
+
+
+async def snapshot(haproxy: Haproxy) -> dict[str, tuple[str, int, int]]:
+    return await asyncio.to_thread(haproxy.snapshot)
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll a condition that reads HAProxy, off the event loop the module runs on."""
+    async with asyncio.timeout(timeout_s):
+        while not await asyncio.to_thread(condition):  # noqa: ASYNC110 (polls another process)
+            await asyncio.sleep(0.02)
+
+
+async def raises(awaitable: Any) -> ApplicationError:
+    with pytest.raises(ApplicationError) as caught:
+        await awaitable
+    return caught.value
+
+
+@dataclasses.dataclass
+class Case:
+    module: str
+    payload: dict[str, Any]
+    after: dict[str, tuple[str, int, int]]
+    setup: tuple[str, ...] = ()
+
+
+EDGE = {"target": "edge", "backend": "web"}
+CASES = [
+    Case(
+        "platform.haproxy_drain",
+        {**EDGE, "servers": ["s1"], "wait_s": 5, "poll_interval_s": 0.1},
+        {**INITIAL, "s1": ("drain", 8, 10)},
+    ),
+    Case(
+        "platform.haproxy_disable",
+        {**EDGE, "servers": ["s1", "s2"]},
+        {**INITIAL, "s1": ("maint", 1, 10), "s2": ("maint", 1, 20)},
+    ),
+    Case(
+        "platform.haproxy_enable",
+        {**EDGE, "servers": ["s2", "s3"]},
+        INITIAL,
+        setup=("set server web/s2 state maint", "set server web/s3 state drain"),
+    ),
+    Case(
+        "platform.haproxy_set_weights",
+        {**EDGE, "weights": {"s1": 0, "s3": 60}},
+        {**INITIAL, "s1": ("ready", 0, 0), "s3": ("ready", 0, 60)},
+    ),
+    Case(
+        "platform.haproxy_restore",
+        {
+            **EDGE,
+            "servers": [
+                {"server": "s1", "admin_state": "ready", "weight": 10},
+                {"server": "s2", "admin_state": "drain", "weight": 20},
+            ],
+        },
+        {**INITIAL, "s2": ("drain", 8, 20)},
+        setup=("set server web/s1 state maint", "set weight web/s1 3"),
+    ),
+]
+
+
+class TestRegistry:
+    def test_every_change_has_a_preview_a_restore_and_a_postcondition(self) -> None:
+        """Each mutating HAProxy module previews, is undone by restore, and is verified."""
+        assert sorted(c.module for c in CASES) == HAPROXY_MODULES
+        for name in HAPROXY_MODULES:
+            spec = REGISTRY[name]
+            assert spec.preview == f"{name}.preview"
+            assert isinstance(spec.compensation, CompensationRef)
+            assert spec.compensation.module == "platform.haproxy_restore"
+            assert spec.compensation.with_ == {
+                "target": "${{ input.target }}",
+                "backend": "${{ input.backend }}",
+                "servers": "${{ output.previous }}",
+            }
+            assert spec.postconditions
+            assert spec.idempotent
+
+    def test_checks_run_where_the_socket_is(self) -> None:
+        """HAProxy checks need the target settings, so they run on the platform queue."""
+        for name in ("platform.haproxy_healthy", "platform.haproxy_servers_match"):
+            spec = REGISTRY[name]
+            assert (spec.kind, spec.domain, spec.local) == ("check", "platform", False)
+
+    def test_hostile_names_never_reach_the_socket(self) -> None:
+        """A name carrying a command separator is refused by the input model."""
+        for bad in ("s1;shutdown sessions server web/s2", "s1\nset server web/s2 state maint", ""):
+            with pytest.raises(ValidationError):
+                DrainInput(target="edge", backend="web", servers=[bad])
+            with pytest.raises(ValidationError):
+                DrainInput(target="edge", backend=bad, servers=["s1"])
+
+
+class TestEveryChange:
+    @pytest.mark.parametrize("case", CASES, ids=lambda c: c.module)
+    async def test_act_verify_repeat_and_undo(
+        self, case: Case, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """Preview, action, postcondition, a repeat by key and the compensation, each
+        judged by reading HAProxy back."""
+        for line in case.setup:
+            assert haproxy.command(line).strip() == ""
+        before = await snapshot(haproxy)
+
+        preview = await activity_env(activity_id="preview").run(
+            bound(modules, REGISTRY[case.module], preview=True),
+            REGISTRY[case.module].input_model.model_validate(case.payload),
+        )
+        assert isinstance(preview, Preview)
+        assert await snapshot(haproxy) == before, "a preview changes nothing"
+
+        env = activity_env()
+        output = await act(modules, case.module, case.payload, env)
+        after = await snapshot(haproxy)
+        assert after == case.after
+
+        # The preview said exactly what the action then did.
+        predicted = {(c.target, c.attribute, c.before, c.after) for c in preview.changes}
+        happened = set()
+        for server, (state, _, weight) in after.items():
+            old_state, _, old_weight = before[server]
+            where = f"edge:web/{server}"
+            if state != old_state:
+                happened.add((where, "admin_state", old_state, state))
+            if weight != old_weight:
+                happened.add((where, "weight", old_weight, weight))
+        assert predicted == happened
+        assert preview.mutates == bool(happened)
+        assert preview.blast_radius["servers"] == len({w for w, *_ in happened})
+
+        post = await declared_checks(modules, case.module, "post", case.payload, output)
+        assert [r.satisfied for r in post] == [True] * len(post), [r.detail for r in post]
+
+        again = await act(modules, case.module, case.payload, activity_env())
+        assert await snapshot(haproxy) == after, "the same key changes nothing the second time"
+        assert again["changed"] == []
+        assert again["previous"] == output["previous"]
+
+        await compensate(modules, case.module, case.payload, output)
+        assert await snapshot(haproxy) == before
+
+
+class TestDrain:
+    async def test_waits_for_a_real_session_to_end(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """The drain returns only after the slow request through HAProxy has finished."""
+        session = SlowSession(haproxy, "s1")
+        await asyncio.to_thread(wait_for_sessions, haproxy, "s1", 1)
+        beats: list[Any] = []
+        env = activity_env(heartbeat_s=0.3)
+        env.on_heartbeat = lambda *details: beats.append(details)
+        payload = {**EDGE, "servers": ["s1"], "wait_s": 20, "poll_interval_s": 0.05}
+        task = asyncio.create_task(act(modules, "platform.haproxy_drain", payload, env))
+
+        await wait_until(lambda: haproxy.snapshot()["s1"][0] == "drain")
+        await asyncio.sleep(0.5)
+        assert not task.done(), "the drain must wait while a session is open"
+        assert (await snapshot(haproxy))["s1"] == ("drain", 8, 10)
+
+        reply = await asyncio.to_thread(session.finish)
+        assert reply.startswith(b"HTTP/1.1 200")
+        output = await asyncio.wait_for(task, 10)
+        assert (output["drained"], output["remaining_sessions"]) == (True, 0)
+        assert output["waited_s"] >= 0.5
+        assert [(p["server"], p["admin_state"], p["weight"]) for p in output["previous"]] == [
+            ("s1", "ready", 10)
+        ]
+        found = [beat[0]["found"] for beat in beats if "found" in beat[0]]
+        assert len(found) >= 2, "a long drain heartbeats what it found"
+        assert {f[0]["admin_state"] for f in found} == {"ready"}
+
+    async def test_deadline_reports_the_sessions_left(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """At wait_s the drain stops waiting and says how many sessions are still open."""
+        session = SlowSession(haproxy, "s2")
+        await asyncio.to_thread(wait_for_sessions, haproxy, "s2", 1)
+        payload = {**EDGE, "servers": ["s2"], "wait_s": 0.3, "poll_interval_s": 0.05}
+        output = await act(modules, "platform.haproxy_drain", payload, None)
+        assert (output["drained"], output["remaining_sessions"]) == (False, 1)
+        assert (await snapshot(haproxy))["s2"] == ("drain", 8, 20)
+        await asyncio.to_thread(session.finish)
+
+    async def test_a_retry_on_another_worker_restores_what_the_first_attempt_found(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """The finding travels in heartbeat details: a fresh worker retrying the step still
+        records 'ready', not the 'drain' its first attempt left behind."""
+        beats: list[Any] = []
+        env = activity_env()
+        env.on_heartbeat = lambda *details: beats.append(details)
+        payload = {**EDGE, "servers": ["s1"], "wait_s": 1, "poll_interval_s": 0.05}
+        await act(modules, "platform.haproxy_drain", payload, env)
+        fresh = HaproxyModules(haproxy.settings())
+        retry = activity_env(details=beats[-1])
+        output = await act(fresh, "platform.haproxy_drain", payload, retry)
+        assert output["previous"][0]["admin_state"] == "ready"
+        assert output["changed"] == []
+        await compensate(fresh, "platform.haproxy_drain", payload, output)
+        assert await snapshot(haproxy) == INITIAL
+
+    async def test_precondition_refuses_to_drain_the_last_healthy_servers(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """keep_healthy counts the others; the refusal says what it saw."""
+        assert haproxy.command("set server web/s3 state maint").strip() == ""
+        payload = {**EDGE, "servers": ["s1"], "keep_healthy": 2}
+        [result] = await declared_checks(modules, "platform.haproxy_drain", "pre", payload)
+        assert not result.satisfied
+        assert result.observed["healthy"] == 1
+        assert "web has 1 healthy server(s) besides s1 (s2; not healthy: s3" in result.detail
+        assert result.detail.endswith("expected at least 2")
+        [ok] = await declared_checks(
+            modules, "platform.haproxy_drain", "pre", {**payload, "keep_healthy": 1}
+        )
+        assert ok.satisfied, ok.detail
+
+    async def test_preview_warns_when_the_step_will_refuse(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """The approver sees the open sessions and that too few servers would be left."""
+        session = SlowSession(haproxy, "s1")
+        await asyncio.to_thread(wait_for_sessions, haproxy, "s1", 1)
+        spec = REGISTRY["platform.haproxy_drain"]
+        preview = await activity_env().run(
+            bound(modules, spec, preview=True),
+            DrainInput(target="edge", backend="web", servers=["s1"], keep_healthy=3),
+        )
+        assert preview.blast_radius == {"servers": 1, "sessions": 1}
+        assert "the step requires 3 and will refuse" in preview.warnings[0]
+        assert "s1: ready, weight 10" in preview.rollback
+        await asyncio.to_thread(session.finish)
+
+
+class TestRefusals:
+    async def test_unknown_server_is_final_and_named(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """An unknown server fails without retries, naming it and the servers there are."""
+        err = await raises(
+            act(modules, "platform.haproxy_disable", {**EDGE, "servers": ["s1", "s9"]}, None)
+        )
+        assert (err.type, err.non_retryable) == (errors.TARGET_REFUSED, True)
+        assert "has no server s9; it has: s1, s2, s3" in err.message
+        assert await snapshot(haproxy) == INITIAL, "nothing changed, not even s1"
+
+    async def test_unknown_backend_is_final_and_named(self, modules: HaproxyModules) -> None:
+        err = await raises(
+            act(modules, "platform.haproxy_servers", {"target": "edge", "backend": "api"}, None)
+        )
+        assert (err.type, err.non_retryable) == (errors.TARGET_REFUSED, True)
+        assert "no backend 'api'" in err.message
+
+    async def test_unknown_target_names_the_configured_ones(self, modules: HaproxyModules) -> None:
+        err = await raises(
+            act(modules, "platform.haproxy_servers", {"target": "core", "backend": "web"}, None)
+        )
+        assert err.type == errors.INVALID_INPUT
+        assert "no haproxy target named 'core'" in err.message
+        assert "configured: edge" in err.message
+
+    async def test_a_dead_socket_is_worth_retrying(self, haproxy: Haproxy) -> None:
+        settings = Settings(targets={"haproxy": {"edge": {"socket": haproxy.socket + ".gone"}}})
+        err = await raises(act(HaproxyModules(settings), "platform.haproxy_servers", EDGE, None))
+        assert (err.type, err.non_retryable) == (errors.TARGET_UNAVAILABLE, False)
+
+    async def test_tcp_admin_socket(self, haproxy: Haproxy) -> None:
+        """A target may name the TCP admin socket instead of the unix one."""
+        settings = Settings(
+            targets={"haproxy": {"edge": {"address": f"127.0.0.1:{haproxy.admin_port}"}}}
+        )
+        output = await act(HaproxyModules(settings), "platform.haproxy_servers", EDGE, None)
+        assert [(s["server"], s["weight"]) for s in output["servers"]] == [
+            ("s1", 10),
+            ("s2", 20),
+            ("s3", 30),
+        ]
+        assert output["healthy"] == 3
+
+    async def test_an_endless_answer_is_cut_off(self) -> None:
+        """A socket that answers without end (not HAProxy) is refused past the size limit."""
+
+        async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            chunk = b"x" * 65536
+            try:
+                for _ in range(MAX_ANSWER_BYTES // len(chunk) + 2):
+                    writer.write(chunk)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(flood, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            admin = HaproxyAdmin(HaproxyTarget(address=f"127.0.0.1:{port}"))
+            with pytest.raises(Refused, match="exceeds"):
+                await admin.command("show stat")
+            with pytest.raises(Refused, match="one command per call"):
+                await admin.command("show stat;shutdown frontend fe")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+
+class TestChecks:
+    async def test_servers_match_says_what_differs(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        assert haproxy.command("set weight web/s2 7").strip() == ""
+        spec = REGISTRY["platform.haproxy_servers_match"]
+        result = await activity_env().run(
+            bound(modules, spec),
+            spec.input_model.model_validate(
+                {**EDGE, "servers": ["s1"], "admin_state": "drain", "weights": {"s2": 20}}
+            ),
+        )
+        assert not result.satisfied
+        assert result.detail == "web: s1 is ready, not drain; s2 has weight 7, not 20"
+        assert result.observed == {
+            "s1": {"admin_state": "ready", "weight": 10},
+            "s2": {"admin_state": "ready", "weight": 7},
+        }
+
+    async def test_healthy_sees_a_backend_going_down(
+        self, haproxy: Haproxy, modules: HaproxyModules
+    ) -> None:
+        """A backend whose HTTP server stops is seen DOWN by HAProxy's check, and so here."""
+        haproxy.backends["s3"].close()
+        await asyncio.to_thread(haproxy.wait_for, "s3", "stopped")
+        spec = REGISTRY["platform.haproxy_healthy"]
+        result = await activity_env().run(
+            bound(modules, spec), spec.input_model.model_validate({**EDGE, "min_healthy": 3})
+        )
+        assert not result.satisfied
+        assert result.observed["healthy"] == 2
+        assert "s3 stopped/ready/w30" in result.detail
