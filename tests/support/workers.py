@@ -38,10 +38,15 @@ async def fireline_workers(
     *,
     domains: tuple[str, ...] = ("core",),
     registry: Registry | None = None,
+    settings: Settings | None = None,
 ) -> AsyncIterator[None]:
-    """The workflow worker (with local checks) and one worker per domain."""
+    """The workflow worker (with local checks) and one worker per domain.
+
+    ``settings`` (e.g. with ``targets``) is what the module sets get; its queue prefix is
+    replaced by ``prefix``.
+    """
     registry = registry if registry is not None else load_registry(domains)
-    settings = Settings(task_queue_prefix=prefix)
+    settings = (settings or Settings()).model_copy(update={"task_queue_prefix": prefix})
     async with AsyncExitStack() as stack:
         local, local_sets = bind_activities(registry.for_worker((), local_checks=True), settings)
         workers = [Worker(client, task_queue=prefix, workflows=WORKFLOWS, activities=local)]
