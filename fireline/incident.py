@@ -265,6 +265,8 @@ class IncidentState(BaseModel):
     firing: list[str] = Field(default_factory=list)
     """Identities (fingerprint or name + labels) of the alerts still firing."""
     guard_approved_by: str | None = None
+    carry: dict[str, Any] = Field(default_factory=dict)
+    """Workflow bookkeeping that continue-as-new carries (pending resolve, cancel, gates)."""
     runs: int = 1
     """How many workflow runs (continue-as-new) this incident has spanned."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from workflows.guard import GuardWorkflow
+from workflows.incident import IncidentWorkflow
 from workflows.playbook import PlaybookWorkflow
 
-WORKFLOWS: list[type] = [PlaybookWorkflow]
+WORKFLOWS: list[type] = [PlaybookWorkflow, IncidentWorkflow, GuardWorkflow]
 
 __all__ = ["WORKFLOWS", "PlaybookWorkflow"]

@@ -1,0 +1,287 @@
+"""What an incident asks of the outside world: pages, its run's status, the guard's verdict.
+
+``core.page`` sends one page through a channel named in settings (``targets.webhook.NAME``
+with a ``url``, or ``targets.pagerduty.NAME`` with a ``routing_key``), so URLs and routing
+keys never enter workflow history. The webhook body carries ``text`` (what Slack-compatible
+incoming webhooks show) plus structured fields and a ``thread_key`` that is the same for every
+page of one incident; PagerDuty gets an Events API v2 event whose ``dedup_key`` is the
+incident, so its pages fold into one PagerDuty incident.
+
+``core.run_status`` and ``core.guard_admit`` are local checks (they run on the workflow
+worker, next to the Temporal client): the incident reads its child run's ``status`` query
+through the first, and asks its service's GuardWorkflow for admission (update-with-start)
+through the second. Reading the run this way keeps the incident's coupling to the playbook
+workflow to its query and :class:`fireline.messages.RunState`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import structlog
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from temporalio import activity
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.core.runtime import (
+    HttpClientSet,
+    invalid_input,
+    require_url,
+    running,
+    status_error,
+    transport_error,
+)
+from fireline.incident import GUARD_WORKFLOW, GuardStatus
+from fireline.messages import QUERY_STATUS, RunState, StepStatus
+from fireline.modules import check, module
+from fireline.plan import RetrySpec, Risk
+
+log = structlog.get_logger(__name__)
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+MAX_TEXT = 3000
+"""Slack truncates long messages anyway; PagerDuty refuses summaries over 1024 characters."""
+PD_SUMMARY = 1024
+
+
+class WebhookTarget(BaseModel):
+    url: str
+
+
+class PagerDutyTarget(BaseModel):
+    routing_key: SecretStr = Field(min_length=1)
+    url: str = PAGERDUTY_EVENTS_URL
+
+
+class PageInput(BaseModel):
+    channel: Literal["webhook", "pagerduty"] = "webhook"
+    target: str = Field(default="default", max_length=128)
+    incident_id: str = Field(max_length=512)
+    """Thread key (webhook) and dedup key (PagerDuty): one per incident."""
+    person: str = Field(max_length=128)
+    tier: int = 1
+    title: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=20_000)
+    severity: str = "critical"
+    commander: str | None = None
+    action: Literal["trigger", "acknowledge", "resolve"] = "trigger"
+    service: str = ""
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class PageOutput(BaseModel):
+    delivered: bool
+    status: int
+    channel: str
+    dedup_key: str | None = None
+
+
+_PD_SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
+
+
+def webhook_body(request: PageInput) -> dict[str, Any]:
+    """The JSON a Slack-compatible receiver accepts (``text``), with structured extras."""
+    head = f"[{request.severity.upper()}] {request.title}".strip()
+    lines = [head, f"Paging {request.person} (tier {request.tier})"]
+    if request.commander:
+        lines.append(f"Commander: {request.commander}")
+    if request.message:
+        lines.append(request.message)
+    text = "\n".join(lines)
+    return {
+        "text": text[:MAX_TEXT],
+        "thread_key": request.incident_id,
+        "incident_id": request.incident_id,
+        "service": request.service,
+        "person": request.person,
+        "tier": request.tier,
+        "severity": request.severity,
+        "commander": request.commander,
+        "action": request.action,
+        "fields": request.fields,
+        "sent_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def pagerduty_event(request: PageInput, routing_key: str) -> dict[str, Any]:
+    """An Events API v2 event; ``dedup_key`` folds every page of the incident together."""
+    summary = f"{request.title} (paging {request.person}, tier {request.tier})"
+    if request.commander:
+        summary += f"; commander {request.commander}"
+    event: dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": request.action,
+        "dedup_key": request.incident_id[:255],
+    }
+    if request.action == "trigger":
+        event["payload"] = {
+            "summary": summary[:PD_SUMMARY],
+            "source": request.service or "fireline",
+            "severity": _PD_SEVERITY.get(request.severity.lower(), "critical"),
+            "component": request.service or None,
+            "custom_details": {
+                "person": request.person,
+                "tier": request.tier,
+                "commander": request.commander,
+                "message": request.message[:MAX_TEXT],
+                **request.fields,
+            },
+        }
+    return event
+
+
+class PagingModules(HttpClientSet):
+    """Pages over one pooled HTTP client per worker."""
+
+    def _target(self, kind: str, name: str) -> dict[str, Any]:
+        targets = self.settings.targets.get(kind, {})
+        if name in targets:
+            return targets[name]
+        if kind == "webhook" and name == "default" and self.settings.notify_webhook_url:
+            return {"url": self.settings.notify_webhook_url}
+        raise invalid_input(
+            f"no {kind} target named {name!r} in settings (targets.{kind}.{name})",
+            kind=kind,
+            target=name,
+        )
+
+    @module(
+        "core.page",
+        domain="core",
+        risk=Risk.low,
+        mutates=False,
+        retry=RetrySpec(max_attempts=4, initial_interval_s=1.0, max_interval_s=10.0),
+    )
+    async def page(self, request: PageInput) -> PageOutput:
+        """Page one person about an incident, by webhook or PagerDuty Events API v2.
+
+        A refused or failed delivery raises (retried by policy), so the incident records it
+        instead of believing someone was told.
+        """
+        async with running("core.page"):
+            raw = self._target(request.channel, request.target)
+            try:
+                if request.channel == "pagerduty":
+                    pd = PagerDutyTarget.model_validate(raw)
+                    url = pd.url
+                    body = pagerduty_event(request, pd.routing_key.get_secret_value())
+                else:
+                    url = WebhookTarget.model_validate(raw).url
+                    body = webhook_body(request)
+            except ValidationError as err:
+                raise invalid_input(
+                    f"settings for {request.channel} target {request.target!r}: {err}"
+                ) from None
+            require_url(url, f"targets.{request.channel}.{request.target}.url")
+            timeout_s = self.settings.http_timeout_seconds
+            headers = {"X-Fireline-Thread": request.incident_id[:255]}
+            try:
+                response = await self.http.post(url, json=body, headers=headers, timeout=timeout_s)
+            except httpx.RequestError as exc:
+                raise transport_error("POST", url, exc, timeout_s) from exc
+            if not 200 <= response.status_code < 300:
+                # The body may echo what we sent; never the routing key (it is not in the URL).
+                raise status_error("POST", url, response.status_code, response.text, "2xx")
+            log.info(
+                "page delivered",
+                channel=request.channel,
+                target=request.target,
+                person=request.person,
+                tier=request.tier,
+                status=response.status_code,
+            )
+            return PageOutput(
+                delivered=True,
+                status=response.status_code,
+                channel=f"{request.channel}:{request.target}",
+                dedup_key=body.get("dedup_key") if request.channel == "pagerduty" else None,
+            )
+
+
+class RunStatusInput(BaseModel):
+    workflow_id: str = Field(max_length=1024)
+
+
+class RunStepView(BaseModel):
+    id: str
+    status: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    gate_tier: int | None = None
+    gate_role: str | None = None
+    approvers: list[str] | None = None
+    post_failed: bool = False
+    post_passed: bool = False
+
+
+class RunStatusView(BaseModel):
+    """The part of a run's status the incident acts on (not the whole RunState)."""
+
+    found: bool
+    phase: str | None = None
+    reason: str | None = None
+    steps: list[RunStepView] = Field(default_factory=list)
+
+
+def summarise(state: RunState) -> RunStatusView:
+    steps = []
+    for s in state.steps:
+        posts = [c for c in s.checks if c.stage == "post"]
+        steps.append(
+            RunStepView(
+                id=s.id,
+                status=s.status.value,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+                gate_tier=s.gate.tier if s.gate else None,
+                gate_role=s.gate.role if s.gate else None,
+                approvers=s.gate.approvers if s.gate else None,
+                post_failed=any(not c.satisfied for c in posts)
+                or (s.status is StepStatus.failed and bool(posts)),
+                post_passed=bool(posts) and all(c.satisfied for c in posts),
+            )
+        )
+    return RunStatusView(found=True, phase=state.phase.value, reason=state.reason, steps=steps)
+
+
+@check("core.run_status", domain="core", local=True, retry=RetrySpec(max_attempts=3))
+async def run_status(request: RunStatusInput) -> RunStatusView:
+    """Read a playbook run's status query: phase, step statuses, open gates, verification."""
+    client = activity.client()
+    try:
+        state = await client.get_workflow_handle(request.workflow_id).query(
+            QUERY_STATUS, result_type=RunState
+        )
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            return RunStatusView(found=False)
+        raise
+    return summarise(state)
+
+
+class GuardAdmitInput(BaseModel):
+    workflow_id: str
+    task_queue: str
+    request: dict[str, Any]
+    """A :class:`workflows.guard.AdmitRequest` dump (kept as data: activities do not import
+    workflow code)."""
+
+
+@check("core.guard_admit", domain="core", local=True, retry=RetrySpec(max_attempts=5))
+async def guard_admit(request: GuardAdmitInput) -> GuardStatus:
+    """Ask the service's GuardWorkflow whether a run may go ahead (starting it if needed)."""
+    client = activity.client()
+    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+        GUARD_WORKFLOW,
+        {"service": request.request.get("service", "")},
+        id=request.workflow_id,
+        task_queue=request.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    return await client.execute_update_with_start_workflow(
+        "admit", request.request, start_workflow_operation=start, result_type=GuardStatus
+    )

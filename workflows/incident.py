@@ -1,0 +1,960 @@
+"""IncidentWorkflow: one per incident key; alerts in, pages out, the routed playbook as a child.
+
+The workflow is a loop over one state (:class:`fireline.incident.IncidentState`): signals and
+updates change it and wake the loop; the loop pages the next rung when it is due, reads the
+child run's status (``core.run_status``, a local activity querying the run, so the coupling to
+PlaybookWorkflow is its ``status`` query only), decides when the incident closes, and
+continues-as-new with the state when history grows. The child run is started with
+``ParentClosePolicy.ABANDON`` so that continue-as-new does not end it; it is addressed by id.
+
+Deterministic throughout: time from ``workflow.now()``, waiting from ``wait_condition`` with a
+timeout, all I/O (pages, run status, the guard) through activities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from fireline import messages
+    from fireline.incident import (
+        GUARD_STEP,
+        INCIDENT_WORKFLOW,
+        QUERY_STATUS,
+        SIGNAL_ALERTS,
+        SIGNAL_APPROVE,
+        SIGNAL_REJECT,
+        UPDATE_ACK,
+        UPDATE_APPROVE,
+        UPDATE_CANCEL,
+        UPDATE_COMMAND,
+        UPDATE_REJECT,
+        UPDATE_RESOLVE,
+        Ack,
+        AckRecord,
+        AlertBatch,
+        Command,
+        GuardStatus,
+        IncidentPhase,
+        IncidentStart,
+        IncidentState,
+        PageRecord,
+        Resolve,
+        TimelineEvent,
+    )
+    from fireline.ingress.alert import Alert, AlertStatus
+    from fireline.messages import Approval, RunRequest, start_attributes
+    from fireline.plan import IncludeNode, Plan, StepNode
+    from workflows import escalation
+    from workflows.guard import (
+        SIGNAL_OUTCOME,
+        AdmitRequest,
+        Outcome,
+        guard_workflow_id,
+    )
+
+MAX_SEEN = 2000
+"""Notification ids remembered for dedupe; redeliveries come within minutes, not thousands."""
+MAX_RECENT = 20
+MAX_TIMELINE = 1000
+MAX_FIRING = 1000
+HISTORY_LIMIT = 8000
+"""Continue-as-new beyond this many events (Temporal warns at 10k, refuses at 50k)."""
+
+_TERMINAL_RUN = frozenset(
+    {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
+)
+_MUTATED = frozenset(
+    {"running", "verifying", "awaiting_decision", "succeeded", "compensated", "compensation_failed"}
+)
+PAGE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=4,
+)
+SA_PHASE_KEY = SearchAttributeKey.for_keyword(messages.SA_PHASE)
+
+
+def mutating_steps(plan: Plan) -> set[str]:
+    """Ids of steps that change something (an include counts if anything inside it does)."""
+    out: set[str] = set()
+    for node in plan.walk():
+        changes = (isinstance(node, StepNode) and node.mutates) or (
+            isinstance(node, IncludeNode) and bool(mutating_steps(node.plan))
+        )
+        if changes:
+            out.add(node.id)
+    return out
+
+
+def alert_identity(alert: Alert) -> str:
+    """Which alert this is across notifications: the fingerprint, else name and labels."""
+    if alert.fingerprint:
+        return alert.fingerprint
+    raw = json.dumps([alert.name, sorted(alert.labels.items())], separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+@workflow.defn(name=INCIDENT_WORKFLOW)
+class IncidentWorkflow:
+    @workflow.init
+    def __init__(self, start: IncidentStart) -> None:
+        self._start = start
+        self._policy = start.policy
+        self._mutating = mutating_steps(start.plan) if start.plan else set()
+        info = workflow.info()
+        if start.carried is not None:
+            self._s = start.carried.model_copy(update={"runs": start.carried.runs + 1})
+        else:
+            self._s = IncidentState(
+                incident_id=info.workflow_id,
+                key=start.key,
+                service=start.service,
+                severity=start.severity,
+                title=start.title or start.key,
+                drill=start.drill,
+                previous_incident=start.previous_incident,
+                opened_at=workflow.now(),
+            )
+            self._s.run.playbook = start.plan.name if start.plan else None
+        self._seen = set(self._s.seen_ids)
+        self._firing = set(self._s.firing)
+        self._changed = False
+        self._poll_now = False
+        self._next_poll: datetime | None = None
+        self._resolve_pending: tuple[str, str] | None = None
+        self._cancel_pending: tuple[str, str] | None = None
+        self._guard_decision: Approval | None = None
+        self._guard_rejected = False
+        self._gate_steps: set[str] = set()
+        self._sa_phase: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        carry = self._s.carry
+        if carry:
+            if carry.get("resolve"):
+                self._resolve_pending = (carry["resolve"][0], carry["resolve"][1])
+            if carry.get("cancel"):
+                self._cancel_pending = (carry["cancel"][0], carry["cancel"][1])
+            if carry.get("guard_decision"):
+                self._guard_decision = Approval.model_validate(carry["guard_decision"])
+            self._guard_rejected = bool(carry.get("guard_rejected"))
+            self._gate_steps = set(carry.get("gates", []))
+
+    # ------------------------------------------------------------------ run
+
+    @workflow.run
+    async def run(self, start: IncidentStart) -> IncidentState:
+        if start.carried is None:
+            self._event("opened", f"incident for {start.service}: {self._s.title}")
+            self._s.phase = IncidentPhase.triaging
+        self._refresh()
+        while not self._closed():
+            await self._step()
+            if self._closed():
+                break
+            if self._should_continue_as_new():
+                await self._drain()
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                self._s.firing = sorted(self._firing)
+                self._s.carry = {
+                    "resolve": list(self._resolve_pending) if self._resolve_pending else None,
+                    "cancel": list(self._cancel_pending) if self._cancel_pending else None,
+                    "guard_decision": (
+                        self._guard_decision.model_dump(mode="json")
+                        if self._guard_decision
+                        else None
+                    ),
+                    "guard_rejected": self._guard_rejected,
+                    "gates": sorted(self._gate_steps),
+                }
+                self._event("continued", "history grew: continued as a new run")
+                workflow.continue_as_new(start.model_copy(update={"carried": self._s}))
+            await self._sleep()
+        self._s.escalation.state = "stopped"
+        self._s.escalation.next_at = None
+        self._refresh()
+        await self._drain()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._s
+
+    def _closed(self) -> bool:
+        return self._s.phase is IncidentPhase.resolved or (
+            self._s.phase is IncidentPhase.failed and self._s.resolution is not None
+        )
+
+    @staticmethod
+    def _should_continue_as_new() -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > (
+            HISTORY_LIMIT
+        )
+
+    async def _sleep(self) -> None:
+        wake = [t for t in (self._s.escalation.next_at, self._next_poll) if t is not None]
+        if self._s.escalation.state == "acknowledged" and self._s.acknowledged_at:
+            lapse = self._policy.ack_timeout
+            if lapse is not None and not self._s.commander:
+                wake.append(self._s.acknowledged_at + timedelta(seconds=lapse))
+        if self._changed or self._poll_now:
+            self._changed = False
+            return
+        timeout = None
+        if wake:
+            timeout = max((min(wake) - workflow.now()).total_seconds(), 0.0)
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(lambda: self._changed or self._poll_now, timeout=timeout)
+        self._changed = False
+
+    async def _step(self) -> None:
+        """One pass: run lifecycle, resolution, ladder; each part idempotent."""
+        now = workflow.now()
+        plan = self._start.plan
+        run = self._s.run
+        if plan is not None and run.workflow_id is None and not self._guard_rejected:
+            await self._admit(plan)
+        due = self._poll_now or self._next_poll is None or now >= self._next_poll
+        if run.workflow_id is not None and run.phase not in _TERMINAL_RUN and due:
+            await self._poll()
+        self._settle()
+        if not self._closed():
+            await self._ladder()
+        self._refresh()
+
+    # ---------------------------------------------------------------- guard
+
+    async def _admit(self, plan: Plan) -> None:
+        if self._s.phase is IncidentPhase.awaiting_approval and self._guard_decision is None:
+            return  # waiting at the guard's gate
+        if self._guard_decision is not None:
+            await self._start_run(plan, approved_by=self._guard_decision.approver)
+            return
+        target = self._start.inputs.get("target")
+        request = AdmitRequest(
+            service=self._start.service,
+            incident_id=self._incident_ref(),
+            policy=self._start.guard,
+            targets=[str(target)] if target else [self._start.service],
+            blast=len(self._mutating),
+        )
+        status: GuardStatus = await workflow.execute_local_activity(
+            "core.guard_admit",
+            {
+                "workflow_id": guard_workflow_id(self._start.service),
+                "task_queue": self._start.task_queue_prefix,
+                "request": request.model_dump(mode="json"),
+            },
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=10)),
+            result_type=GuardStatus,
+            summary="ask the remediation guard",
+        )
+        self._s.guard = status
+        if status.allowed:
+            self._event(
+                "guard",
+                f"automatic run allowed ({status.runs_in_window}/{status.max_runs} runs, "
+                f"{status.blast_used}/{status.blast_budget} targets in the window)",
+                data=status.model_dump(mode="json"),
+            )
+            await self._start_run(plan, approved_by=None)
+            return
+        self._s.phase = IncidentPhase.awaiting_approval
+        self._event(
+            "guard",
+            "automatic run held for a human: " + "; ".join(status.reasons),
+            data=status.model_dump(mode="json"),
+        )
+        self._open_gate(GUARD_STEP, tier=1)
+
+    def _incident_ref(self) -> str:
+        opened = self._s.opened_at.isoformat() if self._s.opened_at else ""
+        return f"{self._s.incident_id}@{opened}"
+
+    async def _start_run(self, plan: Plan, approved_by: str | None) -> None:
+        if approved_by is not None:
+            self._s.guard_approved_by = approved_by
+        self._close_gate(GUARD_STEP)
+        child_id = f"{self._s.incident_id}.run-{workflow.uuid4().hex[:8]}"
+        self._s.run.workflow_id = child_id
+        self._s.run.phase = "running"
+        self._s.phase = IncidentPhase.triaging
+        # Fire and forget: the run is addressed by id from here on, by this run of the
+        # incident and by the ones continue-as-new starts.
+        await workflow.start_child_workflow(
+            messages.WORKFLOW_NAME,
+            RunRequest(
+                plan=plan,
+                inputs=self._start.inputs,
+                requested_by=approved_by or f"incident {self._s.incident_id}",
+                task_queue_prefix=self._start.task_queue_prefix,
+            ),
+            id=child_id,
+            task_queue=self._start.task_queue_prefix,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            static_summary=f"{plan.name} for incident {self._s.key}",
+            search_attributes=(
+                start_attributes(plan, approved_by or "incident")
+                if SA_PHASE_KEY in workflow.info().typed_search_attributes
+                else None
+            ),
+        )
+        self._event("run_started", f"{plan.name} v{plan.version} as {child_id}")
+        self._next_poll = workflow.now() + timedelta(seconds=1)
+
+    # ------------------------------------------------------------------ run
+
+    async def _poll(self) -> None:
+        self._poll_now = False
+        run = self._s.run
+        assert run.workflow_id is not None
+        try:
+            view: dict[str, Any] = await workflow.execute_local_activity(
+                "core.run_status",
+                {"workflow_id": run.workflow_id},
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                result_type=dict,
+                summary="read the run's status",
+            )
+        except ActivityError as err:
+            self._event("run_unreadable", f"status of {run.workflow_id}: {err}")
+            self._next_poll = workflow.now() + timedelta(seconds=self._start.run_poll_s)
+            return
+        self._next_poll = workflow.now() + timedelta(seconds=self._start.run_poll_s)
+        if not view.get("found"):
+            return  # not started yet
+        steps = view.get("steps", [])
+        phase = str(view.get("phase"))
+        mutated = any(s["id"] in self._mutating and s["status"] in _MUTATED for s in steps)
+        if mutated and not run.mutated:
+            run.mutated = True
+            self._event("remediating", "a mutating step has started")
+        run.blast = sum(1 for s in steps if s["id"] in self._mutating and s["status"] in _MUTATED)
+        verification = [s for s in steps if s["id"] in self._mutating]
+        if any(s.get("post_failed") for s in verification):
+            run.verified = False
+        elif phase == "succeeded" and any(s.get("post_passed") for s in verification):
+            run.verified = True
+        gates = {s["id"]: s for s in steps if s["status"] == "awaiting_approval"}
+        for step_id, s in gates.items():
+            if step_id not in self._gate_steps:
+                self._event(
+                    "gate_opened",
+                    f"`{step_id}` waits for role {s.get('gate_role')} (tier {s.get('gate_tier')})",
+                    step=step_id,
+                )
+                self._open_gate(step_id, tier=int(s.get("gate_tier") or 1))
+        for step_id in sorted(self._gate_steps - set(gates) - {GUARD_STEP}):
+            self._event("gate_closed", f"`{step_id}` decided", step=step_id)
+            self._close_gate(step_id)
+        if phase != run.phase:
+            run.phase = phase
+            run.reason = view.get("reason")
+            self._event("run_phase", phase + (f": {run.reason}" if run.reason else ""))
+        statuses = {s["status"] for s in steps}
+        if phase in _TERMINAL_RUN:
+            self._run_finished(phase)
+        elif phase == "compensating":
+            self._s.phase = IncidentPhase.compensating
+        elif gates:
+            self._s.phase = IncidentPhase.awaiting_approval
+        elif "verifying" in statuses:
+            self._s.phase = IncidentPhase.verifying
+        elif run.mutated:
+            self._s.phase = IncidentPhase.remediating
+        else:
+            self._s.phase = IncidentPhase.triaging
+
+    def _run_finished(self, phase: str) -> None:
+        run = self._s.run
+        now = workflow.now()
+        if phase == "succeeded":
+            self._s.contained_at = self._s.contained_at or now
+            self._s.phase = IncidentPhase.verifying
+            if run.verified is None and run.mutated:
+                run.verified = True
+        elif self._resolve_pending is None and self._cancel_pending is None:
+            self._s.phase = IncidentPhase.failed
+            if run.mutated and run.verified is None and phase != "cancelled":
+                run.verified = False
+        for step_id in sorted(self._gate_steps - {GUARD_STEP}):
+            self._close_gate(step_id)
+        handle = workflow.get_external_workflow_handle(guard_workflow_id(self._start.service))
+        outcome = Outcome(
+            incident_id=self._incident_ref(),
+            verified=run.verified,
+            human_approved=self._s.guard_approved_by is not None,
+            detail=run.reason or "",
+        )
+        self._spawn(handle.signal(SIGNAL_OUTCOME, outcome))
+
+    def _settle(self) -> None:
+        """Close the incident when its alerts, a person or its run say so."""
+        run = self._s.run
+        running = run.workflow_id is not None and run.phase not in _TERMINAL_RUN
+        all_resolved = self._s.alerts.resolved > 0 and not self._firing
+        if self._cancel_pending is not None:
+            by, why = self._cancel_pending
+            if running:
+                return
+            self._close(
+                IncidentPhase.failed, f"cancelled by {by}" + (f": {why}" if why else ""), by
+            )
+            return
+        if self._resolve_pending is None and all_resolved:
+            self._resolve_pending = ("alert", "every alert resolved")
+            if running and not run.mutated:
+                self._s.auto_resolved = True
+                self._cancel_run("alerts resolved before any change was made")
+            elif running:
+                self._event(
+                    "resolution_recorded",
+                    "alerts resolved; the run carries on to its verification",
+                )
+        if self._resolve_pending is not None:
+            by, why = self._resolve_pending
+            if running:
+                return
+            if self._s.auto_resolved or (by == "alert" and not run.mutated):
+                self._s.auto_resolved = True
+            self._close(IncidentPhase.resolved, why, by)
+            return
+        if run.phase == "succeeded" and not self._firing:
+            self._close(IncidentPhase.resolved, "the run succeeded; no alert firing", "automation")
+
+    def _close(self, phase: IncidentPhase, why: str, by: str) -> None:
+        self._s.phase = phase
+        self._s.resolution = why
+        self._s.resolved_by = by
+        self._s.resolved_at = workflow.now()
+        if phase is IncidentPhase.resolved:
+            self._s.contained_at = self._s.contained_at or self._s.resolved_at
+        self._event("resolved" if phase is IncidentPhase.resolved else "closed", why, actor=by)
+
+    def _cancel_run(self, why: str) -> None:
+        run_id = self._s.run.workflow_id
+        if run_id is None or self._s.run.phase in _TERMINAL_RUN:
+            return
+        self._event("run_cancelling", why)
+        self._spawn(workflow.get_external_workflow_handle(run_id).cancel())
+        self._poll_now = True
+
+    # --------------------------------------------------------------- ladder
+
+    def _open_gate(self, step_id: str, tier: int) -> None:
+        self._gate_steps.add(step_id)
+        e = self._s.escalation
+        e.reason = "guard" if step_id == GUARD_STEP else "gate"
+        e.gate_step = step_id
+        e.index = escalation.first_index_for_tier(self._policy, tier)
+        e.since = None
+        e.next_at = None
+
+    def _close_gate(self, step_id: str) -> None:
+        if step_id not in self._gate_steps:
+            return
+        self._gate_steps.discard(step_id)
+        e = self._s.escalation
+        if e.gate_step == step_id:
+            e.gate_step = None
+            e.reason = "escalation"
+            if e.state != "triggered":
+                e.next_at = None
+
+    def _climbing(self) -> bool:
+        e = self._s.escalation
+        if self._s.commander is not None or self._closed():
+            return False
+        return e.state == "triggered" or e.gate_step is not None
+
+    async def _ladder(self) -> None:
+        e = self._s.escalation
+        now = workflow.now()
+        if (
+            e.state == "acknowledged"
+            and self._s.acknowledged_at is not None
+            and self._s.commander is None
+            and escalation.ack_lapsed(self._s.acknowledged_at, self._policy.ack_timeout, now)
+        ):
+            self._event(
+                "ack_timeout",
+                f"acknowledgement by {self._s.acknowledged_by} lapsed: back to triggered",
+            )
+            e.state = "triggered"
+            e.index = 0
+            e.since = None
+            e.reason = "retrigger" if e.gate_step is None else e.reason
+        if not self._climbing():
+            if e.gate_step is None:
+                e.next_at = None
+            return
+        if e.since is not None and e.next_at is not None and now >= e.next_at:
+            e.index += 1
+            e.since = None
+        if e.since is not None:
+            return
+        turn = e.turns.get(str(e.index % len(self._policy.levels)), 0)
+        rung = escalation.rung(self._policy, e.index, now, turn)
+        if rung is None:
+            if e.state != "exhausted" and e.gate_step is None:
+                self._event("escalation_exhausted", "every level paged; nobody acknowledged")
+                e.state = "exhausted"
+            e.next_at = None
+            return
+        e.turns[str(rung.level)] = turn + 1
+        e.level, e.cycle, e.tier = rung.level, rung.cycle, rung.tier
+        e.since = now
+        e.next_at = escalation.due_at(now, rung)
+        e.paged = list(rung.people)
+        tier_key = str(rung.tier)
+        self._s.escalations_per_tier[tier_key] = self._s.escalations_per_tier.get(tier_key, 0) + 1
+        reason = e.reason
+        if not rung.people:
+            self._event(
+                "escalation",
+                f"tier {rung.tier} (level {rung.level + 1}): automation, nobody to page",
+            )
+            return
+        self._event(
+            "escalation",
+            f"tier {rung.tier} (level {rung.level + 1}, cycle {rung.cycle + 1}): "
+            f"paging {', '.join(rung.people)}"
+            + (f" for gate `{e.gate_step}`" if e.gate_step else ""),
+        )
+        await self._page_all(rung, reason)
+
+    async def _page_all(self, rung: escalation.Rung, reason: str) -> None:
+        channels = self._start.paging or []
+        jobs: list[tuple[str, str, str]] = [
+            (person, c.kind, c.target) for person in rung.people for c in channels
+        ]
+        if not jobs:
+            for person in rung.people:
+                self._record_page(person, rung, reason, "none", None, "no paging channel")
+            return
+        message = self._page_message()
+        calls = [
+            workflow.execute_activity(
+                "core.page",
+                {
+                    "channel": kind,
+                    "target": target,
+                    "incident_id": self._s.incident_id,
+                    "person": person,
+                    "tier": rung.tier,
+                    "title": f"{self._start.service}: {self._s.title}",
+                    "message": message,
+                    "severity": self._s.severity,
+                    "commander": self._s.commander,
+                    "service": self._start.service,
+                    "fields": {"reason": reason, "phase": self._s.phase.value},
+                },
+                task_queue=f"{self._start.task_queue_prefix}-core",
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=PAGE_RETRY,
+                result_type=dict,
+                summary=f"page {person} (tier {rung.tier}) via {kind}:{target}",
+            )
+            for person, kind, target in jobs
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for (person, kind, target), result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                error = str(result.cause) if isinstance(result, ActivityError) else str(result)
+                self._record_page(person, rung, reason, f"{kind}:{target}", None, error)
+            else:
+                self._record_page(person, rung, reason, f"{kind}:{target}", result, None)
+
+    def _record_page(
+        self,
+        person: str,
+        rung: escalation.Rung,
+        reason: str,
+        channel: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+    ) -> None:
+        record = PageRecord(
+            at=workflow.now(),
+            person=person,
+            tier=rung.tier,
+            level=rung.level,
+            cycle=rung.cycle,
+            channel=channel,
+            reason=reason,
+            delivered=error is None,
+            attempts=1 if error is None else PAGE_RETRY.maximum_attempts,
+            error=error,
+        )
+        self._s.pages.append(record)
+        self._s.pages = self._s.pages[-MAX_TIMELINE:]
+        if error is None:
+            self._event(
+                "page",
+                f"paged {person} (tier {rung.tier}) via {channel}",
+                data={"person": person, "tier": rung.tier, "channel": channel, "result": result},
+            )
+        else:
+            self._event(
+                "page_failed",
+                f"page to {person} (tier {rung.tier}) via {channel} failed: {error}",
+                data={"person": person, "tier": rung.tier, "channel": channel, "error": error},
+            )
+
+    def _page_message(self) -> str:
+        s = self._s
+        parts = [f"Incident {s.incident_id} ({s.phase.value})"]
+        if s.commander:
+            parts.append(f"commander {s.commander}")
+        if s.escalation.gate_step:
+            parts.append(f"waiting for a decision on `{s.escalation.gate_step}`")
+        parts.append(f"ack: fireline ack {s.incident_id}")
+        return "; ".join(parts)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Signals and cancels to other workflows, sent from handlers; awaited before closing."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.ensure_future(work))
+
+    async def _drain(self) -> None:
+        for task in self._tasks:
+            try:
+                await task
+            except Exception as err:  # recorded, never fatal
+                self._event("delivery_failed", f"to another workflow: {err}")
+        self._tasks = []
+
+    # ------------------------------------------------------------- messages
+
+    @workflow.signal(name=SIGNAL_ALERTS)
+    def alerts(self, batch: AlertBatch) -> None:
+        s = self._s
+        if batch.batch_id in s.seen_batches:
+            s.alerts.duplicates += len(batch.alerts)
+            return
+        s.seen_batches = [*s.seen_batches, batch.batch_id][-200:]
+        for alert in batch.alerts:
+            self._take_alert(alert)
+        self._changed = True
+
+    def _take_alert(self, alert: Alert) -> None:
+        s = self._s
+        if alert.notification_id in self._seen:
+            s.alerts.duplicates += 1
+            return
+        self._seen.add(alert.notification_id)
+        s.seen_ids.append(alert.notification_id)
+        if len(s.seen_ids) > MAX_SEEN:
+            for old in s.seen_ids[: len(s.seen_ids) - MAX_SEEN]:
+                self._seen.discard(old)
+            s.seen_ids = s.seen_ids[-MAX_SEEN:]
+        now = workflow.now()
+        counts = s.alerts
+        counts.total += 1
+        counts.by_name[alert.name[:128]] = counts.by_name.get(alert.name[:128], 0) + 1
+        if len(counts.by_name) > 200:
+            counts.by_name = dict(sorted(counts.by_name.items(), key=lambda kv: -kv[1])[:200])
+        counts.first_at = counts.first_at or now
+        counts.last_at = now
+        s.recent_alerts = [*s.recent_alerts, alert][-MAX_RECENT:]
+        identity = alert_identity(alert)
+        if alert.status is AlertStatus.firing:
+            counts.firing += 1
+            if identity not in self._firing:
+                if len(self._firing) < MAX_FIRING:
+                    self._firing.add(identity)
+                self._event(
+                    "alert",
+                    f"firing: {alert.name}" + (f" — {alert.summary}" if alert.summary else ""),
+                    actor=alert.source.value,
+                    data={"id": alert.notification_id, "labels": dict(alert.labels)},
+                )
+                if self._resolve_pending is not None and self._resolve_pending[0] == "alert":
+                    self._resolve_pending = None  # fired again before the incident closed
+        elif alert.status is AlertStatus.resolved:
+            counts.resolved += 1
+            self._firing.discard(identity)
+            self._event("alert", f"resolved: {alert.name}", actor=alert.source.value)
+        elif alert.status is AlertStatus.acknowledged:
+            self._acknowledge(Ack(by=f"{alert.source.value}", comment=alert.summary[:200]), "pd")
+        else:
+            self._event("alert", f"{alert.event_type or 'event'}: {alert.name}", actor="source")
+        s.firing = sorted(self._firing)
+
+    def _acknowledge(self, ack: Ack, source: str) -> None:
+        s = self._s
+        now = workflow.now()
+        s.acks.append(AckRecord(at=now, by=ack.by, comment=ack.comment, source=source))
+        s.acks = s.acks[-100:]
+        s.acknowledged_at = now
+        s.acknowledged_by = ack.by
+        if s.escalation.state in ("triggered", "exhausted"):
+            s.escalation.state = "acknowledged"
+        if s.escalation.gate_step is None:
+            s.escalation.next_at = None
+        self._event("ack", ack.comment or "acknowledged", actor=ack.by)
+        self._changed = True
+        self._refresh()
+
+    def _refuse_closed(self) -> None:
+        if self._closed():
+            raise ValueError(f"incident {self._s.incident_id} is closed ({self._s.phase.value})")
+
+    @workflow.update(name=UPDATE_ACK)
+    def ack(self, ack: Ack) -> IncidentState:
+        self._acknowledge(ack, "fireline")
+        return self._s
+
+    @ack.validator
+    def _validate_ack(self, ack: Ack) -> None:
+        self._refuse_closed()
+
+    @workflow.update(name=UPDATE_COMMAND)
+    def command(self, cmd: Command) -> IncidentState:
+        s = self._s
+        before = s.commander
+        if cmd.action == "take":
+            s.commander = cmd.by
+            verb = f"{cmd.by} took command" + (f" from {before}" if before else "")
+            if s.acknowledged_at is None:
+                self._acknowledge(Ack(by=cmd.by, comment="took command"), "fireline")
+        elif cmd.action == "handover":
+            assert cmd.to is not None
+            s.commander = cmd.to
+            verb = f"{cmd.by} handed command to {cmd.to}"
+        else:
+            s.commander = None
+            verb = f"{cmd.by} handed command back; nobody holds it: the ladder restarts"
+            s.escalation.state = "triggered"
+            s.escalation.index = 0
+            s.escalation.since = None
+            s.escalation.reason = "escalation"
+        if s.commander is not None:
+            s.escalation.state = "commanded"
+            s.escalation.next_at = None
+        self._event("command", verb + (f" — {cmd.comment}" if cmd.comment else ""), actor=cmd.by)
+        self._changed = True
+        self._refresh()
+        return s
+
+    @command.validator
+    def _validate_command(self, cmd: Command) -> None:
+        self._refuse_closed()
+        if cmd.action == "handover":
+            if not cmd.to:
+                raise ValueError("a handover names who takes command (`to`)")
+            if self._s.commander != cmd.by:
+                raise ValueError(
+                    f"only the commander ({self._s.commander or 'nobody'}) can hand over command"
+                )
+        if cmd.action == "release" and self._s.commander != cmd.by:
+            raise ValueError(
+                f"only the commander ({self._s.commander or 'nobody'}) can hand command back"
+            )
+
+    @workflow.update(name=UPDATE_RESOLVE)
+    def resolve(self, req: Resolve) -> IncidentState:
+        self._resolve_pending = (req.by, req.comment or f"resolved by {req.by}")
+        run = self._s.run
+        running = run.workflow_id is not None and run.phase not in _TERMINAL_RUN
+        if running and not run.mutated:
+            self._cancel_run(f"{req.by} resolved the incident before any change was made")
+        elif running:
+            self._event(
+                "resolution_recorded",
+                f"{req.by} resolved it; the run carries on to its verification",
+                actor=req.by,
+            )
+        self._changed = True
+        return self._s
+
+    @resolve.validator
+    def _validate_resolve(self, req: Resolve) -> None:
+        self._refuse_closed()
+
+    @workflow.update(name=UPDATE_CANCEL)
+    def cancel(self, req: Resolve) -> IncidentState:
+        self._cancel_pending = (req.by, req.comment)
+        self._cancel_run(f"cancelled by {req.by}")
+        if self._s.phase is IncidentPhase.awaiting_approval and self._s.run.workflow_id is None:
+            self._guard_rejected = True
+        self._changed = True
+        return self._s
+
+    @cancel.validator
+    def _validate_cancel(self, req: Resolve) -> None:
+        self._refuse_closed()
+
+    def _decide(self, approval: Approval, decision: str) -> None:
+        if approval.step == GUARD_STEP:
+            self._event(
+                "approval" if decision == "approved" else "rejection",
+                f"guard gate {decision}" + (f": {approval.comment}" if approval.comment else ""),
+                step=GUARD_STEP,
+                actor=approval.approver,
+            )
+            if decision == "approved":
+                self._guard_decision = approval
+            else:
+                self._guard_rejected = True
+                self._close_gate(GUARD_STEP)
+                self._s.phase = IncidentPhase.triaging
+                self._spawn(
+                    workflow.get_external_workflow_handle(
+                        guard_workflow_id(self._start.service)
+                    ).signal(
+                        SIGNAL_OUTCOME,
+                        Outcome(incident_id=self._incident_ref(), verified=None, ran=False),
+                    )
+                )
+            self._changed = True
+            return
+        run_id = self._s.run.workflow_id
+        assert run_id is not None
+        name = messages.SIGNAL_APPROVE if decision == "approved" else messages.SIGNAL_REJECT
+        self._spawn(workflow.get_external_workflow_handle(run_id).signal(name, approval))
+        self._event(
+            "decision_forwarded",
+            f"{decision} `{approval.step}` passed to the run",
+            step=approval.step,
+            actor=approval.approver,
+        )
+        self._poll_now = True
+
+    def _validate_decision(self, approval: Approval) -> None:
+        self._refuse_closed()
+        if approval.step == GUARD_STEP:
+            if GUARD_STEP not in self._gate_steps:
+                raise ValueError("the guard is not holding this incident's run")
+            return
+        if self._s.run.workflow_id is None:
+            raise ValueError("this incident has no run yet")
+
+    @workflow.update(name=UPDATE_APPROVE)
+    def approve(self, approval: Approval) -> IncidentState:
+        self._decide(approval, "approved")
+        return self._s
+
+    @approve.validator
+    def _validate_approve(self, approval: Approval) -> None:
+        self._validate_decision(approval)
+
+    @workflow.update(name=UPDATE_REJECT)
+    def reject(self, approval: Approval) -> IncidentState:
+        self._decide(approval, "rejected")
+        return self._s
+
+    @reject.validator
+    def _validate_reject(self, approval: Approval) -> None:
+        self._validate_decision(approval)
+
+    @workflow.signal(name=SIGNAL_APPROVE)
+    def approve_signal(self, approval: Approval) -> None:
+        try:
+            self._validate_decision(approval)
+        except ValueError as err:
+            self._event("decision_refused", str(err), step=approval.step, actor=approval.approver)
+            return
+        self._decide(approval, "approved")
+
+    @workflow.signal(name=SIGNAL_REJECT)
+    def reject_signal(self, approval: Approval) -> None:
+        try:
+            self._validate_decision(approval)
+        except ValueError as err:
+            self._event("decision_refused", str(err), step=approval.step, actor=approval.approver)
+            return
+        self._decide(approval, "rejected")
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> IncidentState:
+        return self._s
+
+    # -------------------------------------------------------------- journal
+
+    def _event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        actor: str = "fireline",
+        step: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self._s.timeline.append(
+            TimelineEvent(
+                at=workflow.now(),
+                kind=kind,
+                actor=actor,
+                message=message,
+                step=step,
+                data=data or {},
+            )
+        )
+        if len(self._s.timeline) > MAX_TIMELINE:
+            drop = len(self._s.timeline) - MAX_TIMELINE
+            self._s.timeline = self._s.timeline[drop:]
+            self._s.timeline_dropped += drop
+
+    def _refresh(self) -> None:
+        workflow.set_current_details(render_banner(self._s))
+        info = workflow.info()
+        phase = self._s.phase.value
+        if phase != self._sa_phase and SA_PHASE_KEY in info.typed_search_attributes:
+            workflow.upsert_search_attributes([SA_PHASE_KEY.value_set(phase)])
+        self._sa_phase = phase
+
+
+def render_banner(s: IncidentState) -> str:
+    """The incident's "current details" in the Temporal UI: where it stands, who must act."""
+    e = s.escalation
+    lines = [
+        f"## Incident {s.key[:80]} — {s.phase.value.upper()}",
+        f"Service **{s.service}** · severity **{s.severity}** · alerts {s.alerts.total} "
+        f"({len(s.firing)} firing) · commander **{s.commander or 'none'}**",
+    ]
+    if e.paged and e.state != "stopped":
+        due = f"; next tier at {e.next_at:%H:%M:%S} UTC" if e.next_at else ""
+        lines.append(f"\n**Paged:** {', '.join(e.paged)} (tier {e.tier}){due}")
+    if s.acknowledged_by:
+        lines.append(f"Acknowledged by **{s.acknowledged_by}**")
+    act: list[str] = []
+    if e.gate_step == GUARD_STEP:
+        act.append(
+            f"the guard holds the run ({'; '.join(s.guard.reasons)}): "
+            f"`fireline approve {s.incident_id} guard --as NAME`"
+        )
+    elif e.gate_step:
+        act.append(
+            f"`{e.gate_step}` waits for approval: "
+            f"`fireline approve {s.run.workflow_id} {e.gate_step} --as NAME`"
+        )
+    if e.state in ("triggered", "exhausted") and s.resolved_at is None:
+        act.append(f"acknowledge: `fireline ack {s.incident_id}`")
+    if act:
+        lines.append("\n**Who must act:** " + " · ".join(act))
+    if s.run.workflow_id:
+        lines.append(
+            f"\n**Run:** {s.run.playbook} `{s.run.workflow_id}` — {s.run.phase}"
+            + (f" (verified: {s.run.verified})" if s.run.verified is not None else "")
+        )
+    if s.resolution:
+        lines.append(f"\n**Resolution:** {s.resolution} ({s.resolved_by})")
+    elif s.phase is IncidentPhase.awaiting_approval:
+        lines.append("\n**Next:** a decision at the gate, then the run continues")
+    elif s.run.workflow_id and s.run.phase not in _TERMINAL_RUN:
+        lines.append("\n**Next:** the run continues; it is verified before the incident closes")
+    else:
+        lines.append("\n**Next:** waiting for the alerts to resolve or a person to resolve it")
+    return "\n".join(lines)
