@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     http_bearer_token: SecretStr | None = Field(
         default=None, description="sent as Authorization to core.http_* targets that ask for it"
     )
+    http_bearer_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "host[:port] entries the bearer token may be sent to (exact match; https unless the "
+            "host is loopback); a step asking for the token elsewhere fails without sending it"
+        ),
+    )
     api_token: SecretStr | None = Field(
         default=None, description="bearer token the operator API requires, when set"
     )
