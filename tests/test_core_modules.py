@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.core.http import (
+        MAX_SAMPLES,
         HttpCall,
         HttpModules,
         HttpProbeInput,
@@ -73,9 +74,17 @@ def closed_port_url(path: str = "/") -> str:
     return f"http://127.0.0.1:{port}{path}"
 
 
+def host_of(target: Target) -> str:
+    """The ``host:port`` of a target server, as ``http_bearer_hosts`` lists it."""
+    return target.base_url.removeprefix("http://")
+
+
 @pytest.fixture
-async def http_modules() -> AsyncIterator[HttpModules]:
-    modules = HttpModules(Settings(http_bearer_token="s3cret-token"))
+async def http_modules(target: Target) -> AsyncIterator[HttpModules]:
+    """Modules whose bearer token is allow-listed for the test's target server."""
+    modules = HttpModules(
+        Settings(http_bearer_token="s3cret-token", http_bearer_hosts=[host_of(target)])
+    )
     try:
         yield modules
     finally:
@@ -133,7 +142,7 @@ class TestRegistry:
     def test_every_core_module_describes_itself_as_json(self) -> None:
         """describe() of each core module is JSON with its input schema and a description."""
         names = sorted(s.name for s in REGISTRY.values() if s.domain == "core")
-        assert names == ["core.http_probe", "core.http_request", "core.notify", "core.wait"]
+        assert {"core.http_probe", "core.http_request", "core.notify", "core.wait"} <= set(names)
         for name in names:
             described = json.loads(json.dumps(REGISTRY[name].describe()))
             assert described["description"]
@@ -316,7 +325,7 @@ class TestHttpRequest:
         self, target: Target, http_modules: HttpModules
     ) -> None:
         """Without a heartbeat timeout nothing heartbeats."""
-        target.route("POST", "/slow", Reply(200, delay_s=0.3))
+        target.route("POST", "/slow", Reply(200, delay_s=0.5))
         environment = activity_env()
         beats: list[Any] = []
         environment.on_heartbeat = lambda *details: beats.append(details)
@@ -373,7 +382,7 @@ class TestHttpProbe:
 
     async def test_latency_bound(self, target: Target, http_modules: HttpModules) -> None:
         """An answer slower than max_latency_ms is unsatisfied; a generous bound is met."""
-        target.route("GET", "/slow", Reply(200, delay_s=0.3))
+        target.route("GET", "/slow", Reply(200, delay_s=0.5))
         slow = await self.probe(http_modules, url=target.url("/slow"), max_latency_ms=100)
         assert slow.satisfied is False
         assert slow.observed["latency_ms"] >= 300
@@ -450,7 +459,55 @@ class TestHttpProbe:
             error = await raises_application_error(self.probe(http_modules, **fields))
             assert (error.type, error.non_retryable) == (errors.INVALID_INPUT, True)
         with pytest.raises(ValidationError):
-            HttpProbeInput(url="http://127.0.0.1:1/", samples=21)
+            HttpProbeInput(url="http://127.0.0.1:1/", samples=MAX_SAMPLES + 1)
+        with pytest.raises(ValidationError):
+            HttpProbeInput(url="http://127.0.0.1:1/", max_error_rate=1.5)
+
+    async def test_error_rate_within_its_threshold_is_satisfied(
+        self, target: Target, http_modules: HttpModules
+    ) -> None:
+        """1 failure in 10 samples is a 10% error rate: within 20%, outside 5%."""
+        target.route("GET", "/api", *([Reply(200)] * 9), Reply(503), Reply(200))
+        tolerant = await self.probe(
+            http_modules, url=target.url("/api"), samples=10, max_error_rate=0.2
+        )
+        assert tolerant.satisfied is True
+        assert (tolerant.observed["errors"], tolerant.observed["error_rate"]) == (1, 0.1)
+        assert tolerant.expected["max_error_rate"] == 0.2
+        assert "error rate 10.00%, as expected" in tolerant.detail
+        target.route("GET", "/api", *([Reply(200)] * 9), Reply(503), Reply(200))
+        strict = await self.probe(
+            http_modules, url=target.url("/api"), samples=10, max_error_rate=0.05
+        )
+        assert strict.satisfied is False
+        assert strict.observed["error_rate"] == 0.1
+        assert "expected 200 on all but 5.00% of samples" in strict.detail
+
+    async def test_latency_percentile_is_the_one_bounded(
+        self, target: Target, http_modules: HttpModules
+    ) -> None:
+        """One slow sample (500 ms) in five breaks a p99 bound of 250 ms but not a p50 one."""
+        target.route("GET", "/slow", *([Reply(200)] * 4), Reply(200, delay_s=0.5))
+        p50 = await self.probe(
+            http_modules,
+            url=target.url("/slow"),
+            samples=5,
+            max_latency_ms=250,
+            latency_percentile=50,
+        )
+        assert p50.satisfied is True
+        assert p50.observed["latency_p99_ms"] >= 500 > p50.observed["latency_ms"]
+        target.route("GET", "/slow", *([Reply(200)] * 4), Reply(200, delay_s=0.5))
+        p99 = await self.probe(
+            http_modules,
+            url=target.url("/slow"),
+            samples=5,
+            max_latency_ms=250,
+            latency_percentile=99,
+        )
+        assert p99.satisfied is False
+        assert p99.expected["latency_percentile"] == 99
+        assert "p99 within 250 ms" in p99.detail
 
 
 class TestNotify:
@@ -599,7 +656,7 @@ class TestAsActivities:
     ) -> None:
         """A 503 is retried by Temporal; both attempts carry the same key and the token."""
         target.route("POST", "/restart", Reply(503), Reply(200, {"restarted": True}))
-        settings = Settings(http_bearer_token="worker-token")
+        settings = Settings(http_bearer_token="worker-token", http_bearer_hosts=[host_of(target)])
         async with core_worker(env, settings) as task_queue:
             workflow_id, result = await run_call(
                 env,

@@ -9,6 +9,7 @@ import pytest
 from fireline.catalog.model import load_catalog
 from fireline.compile.compiler import PlaybookLibrary
 from fireline.plan import IncludeNode, ParallelNode, StepNode
+from fireline.runtime.settings import DOMAINS
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 FILES = sorted(p for p in PLAYBOOKS.glob("*.y*ml") if p.name != "catalog.yaml")
@@ -41,7 +42,7 @@ class TestPlaybooksDirectory:
             assert node.source is not None
             assert node.source.line is not None
             if isinstance(node, StepNode):
-                assert node.action.module.startswith("core.")
+                assert node.action.module.split(".")[0] in DOMAINS
 
     def test_api_outage_includes_the_other_two(self, library: PlaybookLibrary) -> None:
         """The composite playbook embeds drain-node (gated) and degraded-api."""

@@ -38,6 +38,9 @@ BODY_LIMIT_CHARS = 4096
 JSON_BODY_LIMIT_BYTES = 64 * 1024
 """Larger JSON answers are kept as truncated text instead, to keep history small."""
 
+MAX_SAMPLES = 200
+"""Requests one probe may send: enough for percentiles, bounded so a probe stays a probe."""
+
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -86,7 +89,21 @@ class HttpProbeInput(BaseModel):
     method: Method = "GET"
     expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
     max_latency_ms: float | None = Field(
-        default=None, gt=0, description="bound on the latency (on p95 when samples > 1)"
+        default=None,
+        gt=0,
+        description="bound on the latency (on latency_percentile when samples > 1)",
+    )
+    latency_percentile: Literal[50, 90, 95, 99] = Field(
+        default=95, description="which percentile of the samples max_latency_ms bounds"
+    )
+    max_error_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "share of failing samples tolerated (0.01 = 1%); None tolerates none. A sample "
+            "fails on no answer, an unexpected status or wrong content"
+        ),
     )
     body_contains: str | None = None
     json_field: str | None = Field(
@@ -95,7 +112,7 @@ class HttpProbeInput(BaseModel):
     json_equals: Any = Field(
         default=None, description="value json_field must have; None only requires it non-null"
     )
-    samples: int = Field(default=1, ge=1, le=20)
+    samples: int = Field(default=1, ge=1, le=MAX_SAMPLES)
     timeout_s: float = Field(default=10.0, gt=0)
     use_bearer_token: bool = False
 
@@ -198,9 +215,11 @@ class HttpModules(HttpClientSet):
             if request.compensation is not None:
                 # A broken undo is found before the change is made, not during the rollback.
                 require_url(request.compensation.url, "compensation.url")
+                if request.compensation.use_bearer_token:
+                    self.bearer_header(request.compensation.url)
             headers = {**request.headers, **run_headers()}
             if request.use_bearer_token:
-                headers.update(self.bearer_header())
+                headers.update(self.bearer_header(request.url))
             timeout_s = request.timeout_s or self.settings.http_timeout_seconds
             started = time.perf_counter()
             try:
@@ -250,7 +269,7 @@ class HttpModules(HttpClientSet):
                 raise invalid_input("json_equals needs json_field: which field should equal it?")
             headers = run_headers()
             if probe.use_bearer_token:
-                headers.update(self.bearer_header())
+                headers.update(self.bearer_header(probe.url))
             samples = [await self._sample(probe, headers) for _ in range(probe.samples)]
             result = _judge(probe, samples)
             log.info(
@@ -303,6 +322,7 @@ def _judge_json(
 def _judge(probe: HttpProbeInput, samples: list[_Sample]) -> CheckResult:
     answered = [s.latency_ms for s in samples if s.status is not None]
     failing = [s for s in samples if not s.ok(probe)]
+    error_rate = len(failing) / len(samples)
     # Worst first: no answer, then an unexpected status (higher is worse), then wrong content.
     worst = (
         max(
@@ -314,11 +334,14 @@ def _judge(probe: HttpProbeInput, samples: list[_Sample]) -> CheckResult:
     )
     bound_ms: float | None = None
     if answered:
-        bound_ms = _percentile(answered, 95) if len(samples) > 1 else answered[0]
+        bound_ms = (
+            _percentile(answered, probe.latency_percentile) if len(samples) > 1 else answered[0]
+        )
     latency_ok = probe.max_latency_ms is None or (
         bound_ms is not None and bound_ms <= probe.max_latency_ms
     )
-    satisfied = not failing and latency_ok
+    errors_ok = not failing if probe.max_error_rate is None else error_rate <= probe.max_error_rate
+    satisfied = errors_ok and latency_ok
 
     observed: dict[str, Any] = {"status": worst.status, "latency_ms": _round(bound_ms)}
     if worst.error:
@@ -326,9 +349,13 @@ def _judge(probe: HttpProbeInput, samples: list[_Sample]) -> CheckResult:
     if len(samples) > 1:
         observed["samples"] = len(samples)
         observed["statuses"] = [s.status for s in samples]
+        observed["errors"] = len(failing)
+        observed["error_rate"] = round(error_rate, 4)
         if answered:
             observed["latency_p50_ms"] = _round(_percentile(answered, 50))
+            observed["latency_p90_ms"] = _round(_percentile(answered, 90))
             observed["latency_p95_ms"] = _round(_percentile(answered, 95))
+            observed["latency_p99_ms"] = _round(_percentile(answered, 99))
             observed["latency_max_ms"] = _round(max(answered))
     if probe.body_contains is not None:
         observed["body_contains"] = bool(worst.body_found)
@@ -338,9 +365,16 @@ def _judge(probe: HttpProbeInput, samples: list[_Sample]) -> CheckResult:
 
     expected: dict[str, Any] = {"status": probe.expect_status}
     wants = [_expected_statuses(probe.expect_status)]
+    if probe.max_error_rate is not None:
+        expected["max_error_rate"] = probe.max_error_rate
+        wants.append(f"on all but {probe.max_error_rate:.2%} of samples")
     if probe.max_latency_ms is not None:
         expected["max_latency_ms"] = probe.max_latency_ms
-        wants.append(f"within {_ms(probe.max_latency_ms)}")
+        if len(samples) > 1:
+            expected["latency_percentile"] = probe.latency_percentile
+            wants.append(f"p{probe.latency_percentile} within {_ms(probe.max_latency_ms)}")
+        else:
+            wants.append(f"within {_ms(probe.max_latency_ms)}")
     if probe.body_contains is not None:
         expected["body_contains"] = probe.body_contains
         wants.append(f"with body containing {probe.body_contains!r}")
@@ -356,6 +390,8 @@ def _judge(probe: HttpProbeInput, samples: list[_Sample]) -> CheckResult:
     detail = _head(probe, samples, worst, answered)
     if worst.problems:
         detail += f" ({'; '.join(worst.problems)})"
+    if len(samples) > 1 and failing:
+        detail += f", error rate {error_rate:.2%}"
     detail += ", as expected" if satisfied else f"; expected {' '.join(wants)}"
     return CheckResult(satisfied=satisfied, observed=observed, expected=expected, detail=detail)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import structlog
+from pydantic import SecretStr
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -41,14 +43,44 @@ def run_headers() -> dict[str, str]:
     return headers
 
 
+class Progress:
+    """What a running step has recorded so far, carried by its heartbeats.
+
+    A step that reads prior state and then changes it records that state before the change;
+    Temporal keeps the last heartbeat's details for the next attempt of the same activity, so
+    a retry after a crash restores what the first attempt found, not what it left behind.
+    """
+
+    def __init__(self, module: str, earlier: dict[str, Any] | None) -> None:
+        self.module = module
+        self.earlier = earlier
+        """Details the previous attempt of this activity recorded, if any."""
+        self.details: dict[str, Any] | None = earlier
+
+    def record(self, **details: Any) -> None:
+        self.details = details
+        activity.heartbeat(*self.beat())
+
+    def beat(self) -> tuple[Any, ...]:
+        return (self.module,) if self.details is None else (self.module, self.details)
+
+
+def _earlier_details(module: str) -> dict[str, Any] | None:
+    details = list(activity.info().heartbeat_details or ())
+    if len(details) == 2 and details[0] == module and isinstance(details[1], dict):
+        return details[1]
+    return None
+
+
 @contextlib.asynccontextmanager
-async def running(module: str) -> AsyncIterator[None]:
+async def running(module: str) -> AsyncIterator[Progress]:
     """Bind the step's identity to every log line and heartbeat while the body runs.
 
     The heartbeat loop only starts when the activity was scheduled with a heartbeat timeout; a
     slow target then does not look like a dead worker, and a cancelled run reaches us quickly.
     """
     info = activity.info()
+    progress = Progress(module, _earlier_details(module))
     with structlog.contextvars.bound_contextvars(
         workflow_id=info.workflow_id,
         run_id=info.workflow_run_id,
@@ -57,12 +89,12 @@ async def running(module: str) -> AsyncIterator[None]:
         module=module,
     ):
         if not info.heartbeat_timeout:
-            yield
+            yield progress
             return
         interval = max(info.heartbeat_timeout.total_seconds() / 3, 0.05)
-        beat = asyncio.create_task(_heartbeat(module, interval))
+        beat = asyncio.create_task(_heartbeat(progress, interval))
         try:
-            yield
+            yield progress
         finally:
             beat.cancel()
             try:
@@ -73,9 +105,9 @@ async def running(module: str) -> AsyncIterator[None]:
                     raise
 
 
-async def _heartbeat(module: str, interval: float) -> None:
+async def _heartbeat(progress: Progress, interval: float) -> None:
     while True:
-        activity.heartbeat(module)
+        activity.heartbeat(*progress.beat())
         await asyncio.sleep(interval)
 
 
@@ -119,6 +151,68 @@ def require_url(url: str, field: str) -> None:
     problem = url_problem(url)
     if problem:
         raise invalid_input(f"{field}: {problem}", field=field)
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: traffic that never leaves the machine."""
+    try:
+        return host.lower() in LOOPBACK_HOSTS or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_port(url: httpx.URL) -> str:
+    """``host:port`` with the scheme's default port filled in, lower-cased, IPv6 bracketed."""
+    host = url.host.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+def _normalise_entry(entry: str, scheme: str) -> str:
+    parsed = httpx.URL(f"{scheme}://{entry.strip()}")
+    return host_port(parsed)
+
+
+def credential_problem(url: str, allowed_hosts: list[str], setting: str) -> str | None:
+    """Why a credential must not be sent to ``url``, or None when it may.
+
+    An entry is ``host`` or ``host:port`` and matches exactly (no wildcards, no suffixes); a
+    bare host means the scheme's default port. Outside loopback the URL must be https, so the
+    credential never crosses a network in clear.
+    """
+    problem = url_problem(url)
+    if problem:
+        return problem
+    parsed = httpx.URL(url)
+    where = host_port(parsed)
+    try:
+        allowed = {_normalise_entry(e, parsed.scheme) for e in allowed_hosts if e.strip()}
+    except (httpx.InvalidURL, TypeError):
+        return f"{setting} has an entry that is not host[:port]"
+    if where not in allowed:
+        listed = ", ".join(sorted(allowed)) or "none"
+        return (
+            f"the credential is not allowed for host {where} (allowed by {setting}: {listed}); "
+            "it is sent only to hosts listed for it in settings"
+        )
+    if parsed.scheme != "https" and not is_loopback(parsed.host):
+        return f"the credential is sent to {where} only over https, not {parsed.scheme}"
+    return None
+
+
+def bound_bearer(
+    token: SecretStr, url: str, allowed_hosts: list[str], setting: str
+) -> dict[str, str]:
+    """The Authorization header for ``url``, or a non-retryable error naming the host."""
+    problem = credential_problem(url, allowed_hosts, setting)
+    if problem:
+        raise invalid_input(f"refusing to send a bearer token to {url}: {problem}", url=url)
+    return {"Authorization": f"Bearer {token.get_secret_value()}"}
 
 
 TRANSIENT_4XX = frozenset({408, 425, 429})
@@ -167,14 +261,20 @@ class HttpClientSet(ModuleSet):
             )
         return self._client
 
-    def bearer_header(self) -> dict[str, str]:
-        """Authorization from settings; a step asking for it without one configured is invalid."""
+    def bearer_header(self, url: str) -> dict[str, str]:
+        """Authorization from settings, for ``url`` only if its host is allow-listed for it.
+
+        A step's URL can come from a playbook input or a ``decide retry``, so the token goes
+        only where settings say (``FIRELINE_HTTP_BEARER_HOSTS``), never where a request points.
+        """
         token = self.settings.http_bearer_token
         if token is None:
             raise invalid_input(
                 "use_bearer_token is set but no token is configured (FIRELINE_HTTP_BEARER_TOKEN)"
             )
-        return {"Authorization": f"Bearer {token.get_secret_value()}"}
+        return bound_bearer(
+            token, url, self.settings.http_bearer_hosts, "FIRELINE_HTTP_BEARER_HOSTS"
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:

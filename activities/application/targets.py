@@ -1,0 +1,116 @@
+"""The systems application modules act on, by kind and name, validated from settings.
+
+A step names its target (``target: main``); the connection settings and credentials come from
+``settings.targets[KIND][NAME]`` on the worker, so they never enter a playbook or workflow
+history. Each kind has its own model, so a typo in a setting fails loudly at first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from activities.core.runtime import host_port, invalid_input, url_problem
+from fireline.runtime.settings import Settings
+
+TARGET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""What a step may put in ``target``: a settings key, never a URL or a DSN."""
+
+
+class RedisTarget(BaseModel):
+    """``[targets.redis.NAME]``: a ``url`` (``redis://`` or ``rediss://``), or host and port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=6379, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    db: int = Field(default=0, ge=0)
+    tls: bool = False
+    flag_prefix: str = Field(
+        default="flag:", description="a feature flag NAME lives at the key PREFIX + NAME"
+    )
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class HttpTarget(BaseModel):
+    """``[targets.http.NAME]``: an application's admin API.
+
+    ``bearer_token`` is sent only to ``allowed_hosts`` (``host[:port]``, exact), which default
+    to the host of ``base_url``; outside loopback only over https.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    bearer_token: SecretStr | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    maintenance_path: str = "/maintenance"
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url(self) -> HttpTarget:
+        problem = url_problem(self.base_url)
+        if problem:
+            raise ValueError(f"base_url: {problem}")
+        if not self.maintenance_path.startswith("/"):
+            raise ValueError("maintenance_path must start with /")
+        return self
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    def credential_hosts(self) -> list[str]:
+        return self.allowed_hosts or [host_port(httpx.URL(self.base_url))]
+
+
+class PrometheusTarget(BaseModel):
+    """``[targets.prometheus.NAME]``: the Prometheus (or compatible) HTTP API to query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    bearer_token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url(self) -> PrometheusTarget:
+        problem = url_problem(self.url)
+        if problem:
+            raise ValueError(f"url: {problem}")
+        if self.bearer_token is not None and self.password is not None:
+            raise ValueError("set bearer_token or username/password, not both")
+        return self
+
+    def credential_hosts(self) -> list[str]:
+        return self.allowed_hosts or [host_port(httpx.URL(self.url))]
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def resolve_target(settings: Settings, kind: str, name: str, model: type[T]) -> T:
+    """The named target of ``kind``, validated; an unknown name lists the known ones."""
+    known: dict[str, Any] = settings.targets.get(kind, {})
+    if name not in known:
+        names = ", ".join(sorted(known)) or "none configured"
+        raise invalid_input(
+            f"no {kind} target named {name!r} in settings (targets.{kind}: {names})",
+            kind=kind,
+            target=name,
+        )
+    try:
+        return model.model_validate(known[name])
+    except ValidationError as exc:
+        # Field names only: the values may be credentials.
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "?" for e in exc.errors())
+        raise invalid_input(
+            f"settings targets.{kind}.{name} are invalid ({fields})", kind=kind, target=name
+        ) from None
