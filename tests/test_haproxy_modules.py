@@ -12,10 +12,12 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -27,6 +29,15 @@ from activities.platform.haproxy_api import (
     Refused,
 )
 from fireline import errors
+from fireline.compile.compiler import PlaybookLibrary
+from fireline.messages import (
+    QUERY_STATUS,
+    UPDATE_APPROVE,
+    Approval,
+    RunPhase,
+    RunState,
+    StepStatus,
+)
 from fireline.modules import CompensationRef, ModuleSpec, load_registry
 from fireline.plan import CheckResult, Preview
 from fireline.playbook.expressions import resolve
@@ -37,6 +48,7 @@ from tests.support.haproxy import (
     running_haproxy,
     wait_for_sessions,
 )
+from tests.support.workers import fireline_workers, start_run
 
 REGISTRY = load_registry(["platform"])
 HAPROXY_MODULES = sorted(
@@ -473,3 +485,221 @@ class TestChecks:
         assert not result.satisfied
         assert result.observed["healthy"] == 2
         assert "s3 stopped/ready/w30" in result.detail
+
+
+# -- the playbooks, end to end through real Temporal against the real HAProxy ---------------
+
+PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+DOMAINS = ("core", "platform")
+
+
+@pytest.fixture(scope="module")
+def library() -> PlaybookLibrary:
+    return PlaybookLibrary.load(PLAYBOOKS, registry=load_registry(DOMAINS))
+
+
+async def run_status(handle: WorkflowHandle[Any, Any]) -> RunState:
+    state = await handle.query(QUERY_STATUS, result_type=RunState)
+    assert isinstance(state, RunState)
+    return state
+
+
+async def until_awaiting(handle: WorkflowHandle[Any, Any], step: str) -> RunState:
+    """Poll the status query until ``step`` waits at its gate (or the run ended)."""
+    async with asyncio.timeout(60):
+        while True:
+            state = await run_status(handle)
+            by_id = {s.id: s for s in state.steps}
+            if by_id[step].status is StepStatus.awaiting_approval or state.phase.terminal:
+                return state
+            await asyncio.sleep(0.1)
+
+
+async def failure_of(handle: WorkflowHandle[Any, Any]) -> ApplicationError:
+    with pytest.raises(WorkflowFailureError) as caught:
+        await handle.result()
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
+
+
+def network_inputs(haproxy: Haproxy, service_path: str = "/") -> dict[str, Any]:
+    return {
+        "backend": "web",
+        "failing_pool": ["s1"],
+        "healthy_weights": {"s2": 50, "s3": 50},
+        "min_healthy": 2,
+        "drain_seconds": 20,
+        "service_url": haproxy.url(service_path),
+    }
+
+
+class TestNetworkFailurePlaybook:
+    async def test_drains_shifts_verifies_and_restores(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        haproxy: Haproxy,
+        library: PlaybookLibrary,
+    ) -> None:
+        """The failing pool drains (waiting for a real open session), traffic shifts, the
+        healthy pool is verified, and after approval everything is back as found."""
+        session = SlowSession(haproxy, "s1")
+        await asyncio.to_thread(wait_for_sessions, haproxy, "s1", 1)
+        plan = library.compile("network-failure")
+        async with fireline_workers(
+            client, task_queue_prefix, domains=DOMAINS, settings=haproxy.settings()
+        ):
+            handle = await start_run(client, task_queue_prefix, plan, network_inputs(haproxy))
+            await wait_until(lambda: haproxy.snapshot()["s1"][0] == "drain")
+            state = await run_status(handle)
+            assert {s.id: s.status for s in state.steps}["drain"] is StepStatus.running
+            await asyncio.to_thread(session.finish)
+
+            state = await until_awaiting(handle, "pool_back")
+            assert not state.phase.terminal, state.reason
+            assert await snapshot(haproxy) == {
+                "s1": ("drain", 8, 10),
+                "s2": ("ready", 0, 50),
+                "s3": ("ready", 0, 50),
+            }
+            served = {n: list(b.served) for n, b in haproxy.backends.items()}
+            assert served["s1"] == ["/s1/slow"], "no probe reached the drained server"
+            assert len(served["s2"]) + len(served["s3"]) == 5
+
+            await handle.execute_update(
+                UPDATE_APPROVE, Approval(step="pool_back", approver="alice", comment="link fixed")
+            )
+            result = await handle.result()
+
+        assert result.phase is RunPhase.succeeded
+        assert result.outputs == {
+            "drained": ["s1"],
+            "sessions_left_at_drain": 0,
+            "healthy_during": 2,
+        }
+        assert await snapshot(haproxy) == INITIAL
+
+    async def test_a_late_failure_puts_every_server_back(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        haproxy: Haproxy,
+        library: PlaybookLibrary,
+    ) -> None:
+        """The service still fails after the shift: the shift and the drain are undone, in
+        reverse, and HAProxy is exactly as it was before the run."""
+        plan = library.compile("network-failure")
+        async with fireline_workers(
+            client, task_queue_prefix, domains=DOMAINS, settings=haproxy.settings()
+        ):
+            handle = await start_run(
+                client, task_queue_prefix, plan, network_inputs(haproxy, "/broken")
+            )
+            failure = await failure_of(handle)
+            state = await run_status(handle)
+
+        assert failure.type == errors.PLAYBOOK_COMPENSATED
+        assert "step 'serves' check" in str(failure)
+        assert [(c.step, c.module, c.status, c.verified) for c in state.compensations] == [
+            ("shift", "platform.haproxy_restore", "succeeded", True),
+            ("drain", "platform.haproxy_restore", "succeeded", True),
+        ]
+        assert await snapshot(haproxy) == INITIAL
+
+    async def test_a_precondition_that_does_not_hold_changes_nothing(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        haproxy: Haproxy,
+        library: PlaybookLibrary,
+    ) -> None:
+        """With s3 already down for maintenance, draining s1 would leave one healthy server:
+        the run refuses before touching HAProxy and says what it saw."""
+        assert haproxy.command("set server web/s3 state maint").strip() == ""
+        before = await snapshot(haproxy)
+        plan = library.compile("network-failure")
+        async with fireline_workers(
+            client, task_queue_prefix, domains=DOMAINS, settings=haproxy.settings()
+        ):
+            handle = await start_run(client, task_queue_prefix, plan, network_inputs(haproxy))
+            failure = await failure_of(handle)
+        assert "step 'drain' precondition" in str(failure)
+        assert "web has 1 healthy server(s) besides s1 (s2; not healthy: s3" in str(failure)
+        assert await snapshot(haproxy) == before
+
+
+def drift_inputs(haproxy: Haproxy, service_path: str = "/") -> dict[str, Any]:
+    return {
+        "backend": "web",
+        "known_good": [
+            {"server": name, "admin_state": "ready", "weight": weight}
+            for name, (_, _, weight) in INITIAL.items()
+        ],
+        "min_healthy": 3,
+        "service_url": haproxy.url(service_path),
+    }
+
+
+DRIFTED = ("set server web/s2 state maint", "set weight web/s3 1")
+
+
+class TestConfigurationDriftPlaybook:
+    async def test_detects_reverts_after_approval_and_verifies(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        haproxy: Haproxy,
+        library: PlaybookLibrary,
+    ) -> None:
+        """Two drifted settings are found, reverted once approved, and the backend verified."""
+        for line in DRIFTED:
+            assert haproxy.command(line).strip() == ""
+        plan = library.compile("configuration-drift")
+        async with fireline_workers(
+            client, task_queue_prefix, domains=DOMAINS, settings=haproxy.settings()
+        ):
+            handle = await start_run(client, task_queue_prefix, plan, drift_inputs(haproxy))
+            state = await until_awaiting(handle, "revert")
+            assert {s.id: s.status for s in state.steps}["revert"] is StepStatus.awaiting_approval
+            assert (await snapshot(haproxy))["s2"][0] == "maint", "nothing reverted before yes"
+            await handle.execute_update(UPDATE_APPROVE, Approval(step="revert", approver="bob"))
+            result = await handle.result()
+
+        assert result.phase is RunPhase.succeeded
+        assert result.outputs["drifted"] == 2
+        assert {(d["server"], d["attribute"]) for d in result.outputs["differences"]} == {
+            ("s2", "admin_state"),
+            ("s3", "weight"),
+        }
+        assert sorted(result.outputs["reverted"]) == ["s2", "s3"]
+        await wait_until(lambda: haproxy.states()["s2"].operational == "running")
+        assert await snapshot(haproxy) == INITIAL
+
+    async def test_a_failed_verification_leaves_the_backend_as_found(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        haproxy: Haproxy,
+        library: PlaybookLibrary,
+    ) -> None:
+        """The service still fails after the revert: the revert is undone and the drifted
+        state is back for a human to look at."""
+        for line in DRIFTED:
+            assert haproxy.command(line).strip() == ""
+        drifted = await snapshot(haproxy)
+        plan = library.compile("configuration-drift")
+        inputs = {**drift_inputs(haproxy, "/broken"), "min_healthy": 1}
+        async with fireline_workers(
+            client, task_queue_prefix, domains=DOMAINS, settings=haproxy.settings()
+        ):
+            handle = await start_run(client, task_queue_prefix, plan, inputs)
+            await until_awaiting(handle, "revert")
+            await handle.execute_update(UPDATE_APPROVE, Approval(step="revert", approver="bob"))
+            failure = await failure_of(handle)
+            state = await run_status(handle)
+
+        assert failure.type == errors.PLAYBOOK_COMPENSATED
+        assert "step 'serves' check" in str(failure)
+        assert [(c.step, c.status) for c in state.compensations] == [("revert", "succeeded")]
+        assert await snapshot(haproxy) == drifted

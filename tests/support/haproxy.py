@@ -5,7 +5,7 @@ are limited to 108 bytes), starts ``haproxy -f cfg -db`` in the foreground and s
 PID it started. The admin socket is offered twice, as a unix socket and on a free TCP port, so
 both kinds of target are tested. Backends answer ``/health`` (HAProxy's health check) and
 ``/<server>/slow``, which holds the request open until the test releases it: a real session
-that a drain has to wait for. ``use-server`` rules pin ``/<server>/...`` to that server, so a
+that a drain has to wait for; ``/broken`` answers 503, a service that is still failing. ``use-server`` rules pin ``/<server>/...`` to that server, so a
 test decides where its slow session lands.
 """
 
@@ -72,7 +72,7 @@ def _backend(name: str) -> Backend:
                 me.served.append(self.path)
             body = f"{me.name} {self.path}\n".encode()
             try:
-                self.send_response(200)
+                self.send_response(503 if self.path == "/broken" else 200)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
