@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
 from fireline.messages import (
@@ -29,16 +29,17 @@ from fireline.messages import (
     StepStatus,
 )
 from fireline.operator import render
-from fireline.operator.cli import app, identity, parse_assignments
+from fireline.operator.cli import app, parse_assignments
 from fireline.plan import GateSpec
 from fireline.runtime.settings import Settings
+from tests import test_api
 from tests import test_operations as shared
+from tests.test_api import serving
 from tests.test_operations import (
     PLAYBOOKS,
     Reply,
     Target,
     finished,
-    server_address,
     step_is,
     until,
     write_playbooks,
@@ -49,6 +50,7 @@ playbooks_dir = shared.playbooks_dir
 fl_settings = shared.fl_settings
 workers = shared.workers
 target = shared.target
+tokens = test_api.tokens
 
 WIDE = {"COLUMNS": "200"}
 
@@ -75,12 +77,12 @@ class TestInputParsing:
         ],
     )
     def test_bad_pairs_are_usage_errors(self, given: list[str], complaint: str) -> None:
-        """A malformed or repeated --input exits 2 before anything connects to Temporal."""
+        """A malformed or repeated --input exits 2 before anything connects to the API."""
         args = [arg for pair in given for arg in ("--input", pair)]
-        result = invoke("run", "gated", *args, env={"FIRELINE_TEMPORAL_ADDRESS": "127.0.0.1:1"})
+        result = invoke("run", "gated", *args, env={"FIRELINE_API_URL": "http://127.0.0.1:1"})
         assert result.exit_code == 2
         assert complaint in result.stderr
-        assert "cannot reach Temporal" not in result.stderr
+        assert "cannot reach" not in result.stderr
 
     def test_inputs_only_with_retry(self) -> None:
         """decide refuses new inputs for skip and compensate as a usage error."""
@@ -93,19 +95,11 @@ class TestInputParsing:
         result = invoke("decide", "wf", "step", "ignore")
         assert result.exit_code == 2
 
-    def test_identity_defaults(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """--as wins, then FIRELINE_USER, then the OS user."""
-        monkeypatch.setenv("FIRELINE_USER", "erin")
-        assert identity("frank") == "frank"
-        assert identity(None) == "erin"
-        monkeypatch.delenv("FIRELINE_USER")
-        assert identity(None)
-
-    def test_unreachable_temporal_is_a_failure(self) -> None:
-        """A server that does not answer gives exit 1 and says where it looked."""
-        result = invoke("status", "wf", env={"FIRELINE_TEMPORAL_ADDRESS": "127.0.0.1:1"})
+    def test_unreachable_api_is_a_failure(self) -> None:
+        """An API that does not answer gives exit 1 and says where it looked."""
+        result = invoke("status", "wf", env={"FIRELINE_API_URL": "http://127.0.0.1:1"})
         assert result.exit_code == 1
-        assert "cannot reach Temporal at 127.0.0.1:1" in result.stderr
+        assert "cannot reach the Fireline API at http://127.0.0.1:1" in result.stderr
 
 
 BROKEN = {
@@ -279,18 +273,32 @@ class TestSchema:
 
 
 @pytest.fixture
-def cli_env(env: WorkflowEnvironment, workers: Settings) -> dict[str, str]:
-    """Environment that points the CLI at the test server, queues and playbooks."""
+async def api_url(workers: Settings) -> AsyncIterator[str]:
+    """The operator API on a real uvicorn server, in front of the test's Temporal and workers."""
+    async with serving(workers) as url:
+        yield url
+
+
+@pytest.fixture
+def cli_env(
+    api_url: str, workers: Settings, tokens: dict[str, str], tmp_path: Path
+) -> dict[str, str]:
+    """Environment that points the CLI at the test's API, as carol (by her token)."""
     return {
-        "FIRELINE_TEMPORAL_ADDRESS": server_address(env),
-        "FIRELINE_TASK_QUEUE_PREFIX": workers.task_queue_prefix,
+        "FIRELINE_API_URL": api_url,
+        "FIRELINE_TOKEN": tokens["carol"],
+        "FIRELINE_CREDENTIALS_FILE": str(tmp_path / "no-login" / "credentials"),
+        "FIRELINE_DATA_DIR": str(tmp_path / "cli-data"),
         "FIRELINE_PLAYBOOKS_DIR": str(workers.playbooks_dir),
-        "FIRELINE_USER": "carol",
     }
 
 
+def as_person(cli_env: dict[str, str], tokens: dict[str, str], person: str) -> dict[str, str]:
+    return {**cli_env, "FIRELINE_TOKEN": tokens[person]}
+
+
 async def cli(cli_env: dict[str, str], *args: str) -> Result:
-    """Run one command off the event loop, which the in-process workers need."""
+    """Run one command off the event loop, which the in-process API and workers need."""
     return await asyncio.to_thread(invoke, *args, env=cli_env)
 
 
@@ -302,9 +310,9 @@ def started_id(result: Result) -> str:
 
 class TestRunsEndToEnd:
     async def test_run_status_approve(
-        self, client: Client, cli_env: dict[str, str], target: Target
+        self, client: Client, cli_env: dict[str, str], tokens: dict[str, str], target: Target
     ) -> None:
-        """run prints id and link; approve refuses an outsider (exit 1) and lets alice through."""
+        """run prints id and link; approve refuses mallory (exit 1) and lets alice through."""
         target.route("POST", "/poke", Reply(200, {}))
         result = await cli(cli_env, "run", "gated", "--input", f"base={target.base_url}")
         assert result.exit_code == 0, result.output
@@ -316,11 +324,13 @@ class TestRunsEndToEnd:
         state = RunState.model_validate_json(shown.stdout)
         assert (state.phase, state.requested_by) == (RunPhase.awaiting_approval, "carol")
 
-        refused = await cli(cli_env, "approve", wid, "poke", "--as", "mallory")
+        mallory = as_person(cli_env, tokens, "mallory")
+        refused = await cli(mallory, "approve", wid, "poke")
         assert refused.exit_code == 1
         assert "refused: mallory may not decide for role sre-oncall" in refused.stderr
 
-        approved = await cli(cli_env, "approve", wid, "poke", "--as", "alice", "--comment", "ok")
+        alice = as_person(cli_env, tokens, "alice")
+        approved = await cli(alice, "approve", wid, "poke", "--comment", "ok")
         assert approved.exit_code == 0, approved.output
         assert "approved step poke" in approved.stdout
         await until(client, wid, finished)
@@ -362,14 +372,17 @@ class TestRunsEndToEnd:
     async def test_compile_and_input_errors_exit_two(
         self, cli_env: dict[str, str], workers: Settings
     ) -> None:
-        """A playbook that does not compile, or missing inputs, exit 2 with the reason."""
+        """A playbook that does not compile, missing inputs, or a path: exit 2 with the reason."""
         broken = await cli(cli_env, "run", "broken")
         assert broken.exit_code == 2
-        where = workers.playbooks_dir / "broken.yaml"
-        assert f"{where}:7: step 'nope': unknown module or check 'core.nope'" in broken.stderr
+        assert "broken.yaml:7: step 'nope': unknown module or check 'core.nope'" in broken.stderr
         missing = await cli(cli_env, "run", "gated")
         assert missing.exit_code == 2
         assert "missing required input 'base'" in missing.stderr
+        path = await cli(cli_env, "run", str(workers.playbooks_dir / "quick.yaml"))
+        assert path.exit_code == 2
+        assert "no playbook named" in path.stderr
+        assert "known: asking, broken, gated, quick, refused" in path.stderr
 
     async def test_cancel(self, client: Client, cli_env: dict[str, str], target: Target) -> None:
         """cancel ends a waiting run cancelled; cancelling it again fails."""

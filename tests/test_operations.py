@@ -41,6 +41,7 @@ target = target_support.target
 CATALOG = """
 roles:
   sre-oncall: {tier: 1, members: [alice, bob]}
+  observers: {tier: 1, members: [mallory, carol, dave, erin]}
 """
 
 PLAYBOOKS: dict[str, str] = {
@@ -127,11 +128,15 @@ def playbooks_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fl_settings(env: WorkflowEnvironment, task_queue_prefix: str, playbooks_dir: Path) -> Settings:
+def fl_settings(
+    env: WorkflowEnvironment, task_queue_prefix: str, playbooks_dir: Path, tmp_path: Path
+) -> Settings:
+    """Settings of one test: its own queues, playbooks, and data folder (tokens, keys)."""
     return Settings(
         temporal_address=server_address(env),
         task_queue_prefix=task_queue_prefix,
         playbooks_dir=playbooks_dir,
+        data_dir=tmp_path / "data",
         temporal_ui_url="http://127.0.0.1:8233",
     )
 
@@ -283,12 +288,31 @@ class TestStartRun:
         assert problem.step == "nope"  # type: ignore[attr-defined]
         assert problem.line == 7  # type: ignore[attr-defined]
 
-    async def test_unknown_playbook_is_a_compile_error(
+    async def test_unknown_playbook_lists_the_known_ones(
         self, client: Client, fl_settings: Settings
     ) -> None:
         """Naming a playbook that does not exist lists the ones that do."""
-        with pytest.raises(CompileError, match="did you mean 'gated'"):
+        with pytest.raises(operations.UnknownPlaybook) as caught:
             await operations.start_run(client, fl_settings, "gatd", {}, "carol")
+        assert caught.value.known == ["asking", "broken", "gated", "quick", "refused"]
+        assert "known: asking, broken, gated" in str(caught.value)
+
+    async def test_a_path_is_never_read(
+        self, client: Client, fl_settings: Settings, tmp_path: Path
+    ) -> None:
+        """A file path, even of a valid playbook outside the library, is an unknown name.
+
+        Finding 2: the server parsed any readable file and echoed its content in the error.
+        """
+        outside = tmp_path / "elsewhere" / "secret.yaml"
+        outside.parent.mkdir()
+        outside.write_text(textwrap.dedent(PLAYBOOKS["quick.yaml"]).replace("quick", "s3cr3t"))
+        inside = fl_settings.playbooks_dir / "quick.yaml"
+        for given in (str(outside), str(inside), "../elsewhere/secret.yaml", "/etc/passwd"):
+            with pytest.raises(operations.UnknownPlaybook) as caught:
+                await operations.start_run(client, fl_settings, given, {}, "carol")
+            assert "s3cr3t" not in str(caught.value)
+            assert "root:" not in str(caught.value)
 
 
 class TestGates:

@@ -1,31 +1,35 @@
 """The operator HTTP API: the same operations as the CLI, over JSON.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` when a token is
-configured. Failures map to status codes the way an operator expects: a refused decision is
-409 with the workflow's reason, an unknown run 404, a playbook that does not compile 422 with
-every problem, bad inputs 400, an unreachable Temporal 503. Alert webhooks will live on their
+Every route but ``/healthz`` needs a credential (``Authorization: Bearer``: a Fireline token
+or an OIDC JWT, see :mod:`fireline.operator.auth`); the person acting is the one it proves,
+and each decision they make is signed for the workflow to verify. Failures map to status codes
+the way an operator expects: a refused decision is 409 with the workflow's reason, an unknown
+run or playbook 404, a playbook that does not compile 422 with every problem, bad inputs 400,
+an unreachable Temporal 503. Alert webhooks will live on their
 own router next to the operator one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client
 
 from fireline import __version__
 from fireline.errors import CompileError
+from fireline.identity import signing
+from fireline.identity.keys import load_decision_key
 from fireline.messages import DecisionAction, RunState, StepState
 from fireline.operator import operations
+from fireline.operator.auth import Authenticator, Principal
 from fireline.plan import InputSpec
 from fireline.runtime.client import make_client
 from fireline.runtime.settings import DOMAINS, Settings
@@ -34,27 +38,43 @@ log = structlog.get_logger("fireline.operator.api")
 
 _HEALTH_TIMEOUT = timedelta(seconds=5)
 
+RunId = Annotated[str, Path(min_length=1, max_length=1000)]
+StepId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+_NAME = 200
+_COMMENT = 2000
+_INPUTS = 100
+_Forbid = ConfigDict(extra="forbid")
+"""Request bodies refuse unknown fields: a ``by`` or ``requested_by`` is never read, and a
+client that still sends one learns so (422) instead of believing it was used."""
+
 
 class StartRunBody(BaseModel):
-    playbook: str = Field(min_length=1)
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    requested_by: str = Field(min_length=1)
+    model_config = _Forbid
+
+    playbook: str = Field(min_length=1, max_length=_NAME, description="a library name")
+    inputs: dict[str, Any] = Field(default_factory=dict, max_length=_INPUTS)
 
 
 class GateBody(BaseModel):
-    by: str = Field(min_length=1)
-    comment: str = ""
+    model_config = _Forbid
+
+    comment: str = Field(default="", max_length=_COMMENT)
 
 
 class DecideBody(BaseModel):
-    by: str = Field(min_length=1)
+    model_config = _Forbid
+
     action: DecisionAction
-    comment: str = ""
-    inputs: dict[str, Any] | None = None
+    comment: str = Field(default="", max_length=_COMMENT)
+    inputs: dict[str, Any] | None = Field(default=None, max_length=_INPUTS)
 
 
 class CancelBody(BaseModel):
-    reason: str = ""
+    model_config = _Forbid
+
+    reason: str = Field(default="", max_length=_COMMENT)
 
 
 class CancelAnswer(BaseModel):
@@ -81,11 +101,6 @@ class PlaybookInfo(BaseModel):
     plan_hash: str | None = None
     inputs: list[InputSpec] = Field(default_factory=list)
     problems: list[dict[str, Any]] = Field(default_factory=list)
-
-
-def api_token(settings: Settings) -> str | None:
-    """The bearer token the API demands (``FIRELINE_API_TOKEN``), or None for an open API."""
-    return settings.api_token.get_secret_value() or None if settings.api_token else None
 
 
 class _Temporal:
@@ -121,6 +136,15 @@ async def _client(request: Request) -> Client:
 
 Temporal = Annotated[Client, Depends(_client)]
 """The app's shared client, as a route parameter (module level, so annotations resolve)."""
+
+
+async def _principal(request: Request) -> Principal:
+    authenticate: Authenticator = request.app.state.authenticate
+    return await authenticate(request)
+
+
+Who = Annotated[Principal, Depends(_principal)]
+"""The person the request's credential proves (FastAPI caches it per request)."""
 
 
 def _problems(exc: CompileError) -> list[dict[str, Any]]:
@@ -173,6 +197,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
         return handler(status.HTTP_404_NOT_FOUND, str(exc))
 
+    async def unknown_playbook(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, operations.UnknownPlaybook)
+        return handler(status.HTTP_404_NOT_FOUND, {"message": str(exc), "known": exc.known})
+
     async def bad_inputs(_: Request, exc: Exception) -> JSONResponse:
         return handler(status.HTTP_400_BAD_REQUEST, str(exc))
 
@@ -187,16 +215,66 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(operations.OperationRefused, refused)
     app.add_exception_handler(operations.RunNotFound, not_found)
+    app.add_exception_handler(operations.UnknownPlaybook, unknown_playbook)
     app.add_exception_handler(operations.InvalidInputs, bad_inputs)
     app.add_exception_handler(CompileError, compile_error)
     app.add_exception_handler(operations.OperationError, upstream)
 
 
+class Signer:
+    """Signs what a verified person decided, bound to the step's inputs as the run shows them.
+
+    The digest is taken from the run's own status query just before the decision is sent, so
+    an approval covers exactly the inputs the approver could see; unverified (development)
+    identities get no signature, and the workflow records them as unverified.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key = load_decision_key(settings)
+
+    def trusted_keys(self) -> dict[str, str]:
+        return self.key.trusted(self.settings.decision_trusted_keys)
+
+    def sign(
+        self,
+        who: Principal,
+        workflow_id: str,
+        step: str,
+        action: signing.DecisionAction,
+        inputs: dict[str, Any] | None,
+    ) -> signing.SignedDecision | None:
+        if not who.verified:
+            return None
+        claim = signing.DecisionClaim(
+            workflow_id=workflow_id,
+            step=step,
+            action=action,
+            person=who.person,
+            inputs_digest=signing.inputs_digest(inputs) if inputs is not None else "",
+            expires_at=datetime.now(UTC) + timedelta(seconds=self.settings.decision_ttl_seconds),
+        )
+        return signing.sign_decision(claim, self.key.private, self.key.key_id)
+
+
+async def _step_inputs(c: Client, workflow_id: str, step: str) -> dict[str, Any] | None:
+    """The step's resolved inputs as the run reports them; {} for a step it does not know.
+
+    An unknown step is left for the workflow to refuse with its own reason.
+    """
+    state = await operations.status(c, workflow_id)
+    try:
+        return state.step(step).inputs or {}
+    except KeyError:
+        return {}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; ``uvicorn`` serves it for ``fireline api`` and ``fireline up``."""
     settings = settings or Settings()
-    token = api_token(settings)
     temporal = _Temporal(settings)
+    authenticate = Authenticator(settings)
+    signer = Signer(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -210,20 +288,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         yield
 
-    async def authorized(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing or wrong bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
     app = FastAPI(title="Fireline", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.temporal = temporal
+    app.state.authenticate = authenticate
     _install_error_handlers(app)
 
     @app.get("/healthz", response_model=Health)
@@ -241,22 +309,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         code = status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE
         return JSONResponse(status_code=code, content=body.model_dump())
 
-    ops = APIRouter(dependencies=[Depends(authorized)])
+    ops = APIRouter(dependencies=[Depends(_principal)])
+
+    @ops.get("/whoami", response_model=Principal)
+    async def whoami(who: Who) -> Principal:
+        """Who the credential proves (``fireline login`` checks a token with it)."""
+        return who
 
     @ops.get("/playbooks", response_model=list[PlaybookInfo])
     async def playbooks() -> list[PlaybookInfo]:
         return await asyncio.to_thread(_playbook_info, settings)
 
     @ops.get("/modules")
-    async def modules(domain: str | None = None) -> list[dict[str, Any]]:
+    async def modules(
+        domain: Annotated[str | None, Query(max_length=50)] = None,
+    ) -> list[dict[str, Any]]:
         if domain is not None and domain not in DOMAINS:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown domain {domain!r}")
         return _module_list(domain)
 
     @ops.post("/runs", status_code=status.HTTP_201_CREATED, response_model=operations.StartedRun)
-    async def start(body: StartRunBody, c: Temporal) -> operations.StartedRun:
+    async def start(body: StartRunBody, who: Who, c: Temporal) -> operations.StartedRun:
         return await operations.start_run(
-            c, settings, body.playbook, body.inputs, body.requested_by
+            c,
+            settings,
+            body.playbook,
+            body.inputs,
+            who.person,
+            requested_by_verified=who.verified,
+            trusted_keys=signer.trusted_keys(),
         )
 
     @ops.get("/runs", response_model=list[operations.RunSummary])
@@ -266,21 +347,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await operations.list_runs(c, limit)
 
     @ops.get("/runs/{workflow_id}", response_model=RunState)
-    async def run_status(workflow_id: str, c: Temporal) -> RunState:
+    async def run_status(workflow_id: RunId, c: Temporal) -> RunState:
         return await operations.status(c, workflow_id)
 
+    @ops.get("/runs/{workflow_id}/execution", response_model=operations.RunSummary)
+    async def run_execution(workflow_id: RunId, c: Temporal) -> operations.RunSummary:
+        """Whether the run is still open and how it closed (``--follow`` stops on it)."""
+        return await operations.describe(c, workflow_id)
+
     @ops.post("/runs/{workflow_id}/steps/{step}/approve", response_model=StepState)
-    async def approve(workflow_id: str, step: str, body: GateBody, c: Temporal) -> StepState:
-        return await operations.approve(c, workflow_id, step, body.by, body.comment)
+    async def approve(
+        workflow_id: RunId, step: StepId, body: GateBody, who: Who, c: Temporal
+    ) -> StepState:
+        inputs = await _step_inputs(c, workflow_id, step)
+        signed = signer.sign(who, workflow_id, step, "approve", inputs)
+        return await operations.approve(c, workflow_id, step, who.person, body.comment, signed)
 
     @ops.post("/runs/{workflow_id}/steps/{step}/reject", response_model=StepState)
-    async def reject(workflow_id: str, step: str, body: GateBody, c: Temporal) -> StepState:
-        return await operations.reject(c, workflow_id, step, body.by, body.comment)
+    async def reject(
+        workflow_id: RunId, step: StepId, body: GateBody, who: Who, c: Temporal
+    ) -> StepState:
+        inputs = await _step_inputs(c, workflow_id, step)
+        signed = signer.sign(who, workflow_id, step, "reject", inputs)
+        return await operations.reject(c, workflow_id, step, who.person, body.comment, signed)
 
     @ops.post("/runs/{workflow_id}/steps/{step}/decide", response_model=StepState)
-    async def decide(workflow_id: str, step: str, body: DecideBody, c: Temporal) -> StepState:
+    async def decide(
+        workflow_id: RunId, step: StepId, body: DecideBody, who: Who, c: Temporal
+    ) -> StepState:
+        inputs = await _step_inputs(c, workflow_id, step)
+        signed = signer.sign(who, workflow_id, step, body.action.value, inputs)
         return await operations.decide(
-            c, workflow_id, step, body.action, body.by, body.comment, body.inputs
+            c, workflow_id, step, body.action, who.person, body.comment, body.inputs, signed
         )
 
     @ops.post(
@@ -288,8 +386,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status_code=status.HTTP_202_ACCEPTED,
         response_model=CancelAnswer,
     )
-    async def cancel(workflow_id: str, c: Temporal, body: CancelBody | None = None) -> CancelAnswer:
-        await operations.cancel(c, workflow_id, body.reason if body else "")
+    async def cancel(
+        workflow_id: RunId, who: Who, c: Temporal, body: CancelBody | None = None
+    ) -> CancelAnswer:
+        reason = body.reason if body else ""
+        mark = "" if who.verified else ", unverified"
+        await operations.cancel(c, workflow_id, f"cancelled by {who.person}{mark}: {reason}")
         return CancelAnswer(workflow_id=workflow_id)
 
     app.include_router(ops)

@@ -7,12 +7,10 @@ Settings are built fresh for every invocation, so ``FIRELINE_*`` changes always 
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
-import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -21,12 +19,21 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
-from temporalio.client import Client
-from temporalio.service import RPCError
 
 from fireline.errors import CompileError
+from fireline.identity.people import People
+from fireline.identity.tokens import TokenStore, dump_records, tokens_path
 from fireline.messages import DecisionAction, RunPhase, RunState, StepState, StepStatus
 from fireline.operator import operations, render
+from fireline.operator.auth import Principal
+from fireline.operator.client import (
+    ApiClient,
+    ApiCompileError,
+    CredentialFile,
+    NotAuthorized,
+    credentials_path,
+    write_credentials,
+)
 from fireline.runtime.settings import DOMAINS, Settings
 
 T = TypeVar("T")
@@ -66,11 +73,6 @@ def _settings() -> Settings:
         _fail(f"invalid settings: {exc}", EXIT_USAGE)
 
 
-def identity(given: str | None) -> str:
-    """Who is acting: ``--as``, else ``FIRELINE_USER``, else the OS user name."""
-    return given or os.environ.get("FIRELINE_USER") or getpass.getuser()
-
-
 def parse_assignments(values: list[str] | None) -> dict[str, str]:
     """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; a key may be given once."""
     out: dict[str, str] = {}
@@ -97,43 +99,19 @@ def _print_compile_error(exc: CompileError) -> None:
         err.print(f"  {problem}", markup=False, soft_wrap=True)
 
 
-async def _connect(settings: Settings) -> Client:
-    from fireline.runtime.client import make_client
-
-    try:
-        return await make_client(settings)
-    except Exception as exc:  # connection errors come as RuntimeError or RPCError
-        raise operations.OperationError(
-            f"cannot reach Temporal at {settings.temporal_address}: {exc}"
-        ) from exc
-
-
-def _run(factory: Callable[[Client], Awaitable[T]], settings: Settings) -> T:
-    """Connect, run one operation, and turn every expected failure into a message and code."""
-
-    async def main() -> T:
-        return await factory(await _connect(settings))
-
-    try:
-        return asyncio.run(main())
-    except CompileError as exc:
-        _print_compile_error(exc)
-        raise typer.Exit(EXIT_USAGE) from None
-    except operations.InvalidInputs as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except operations.OperationRefused as exc:
-        _fail(f"refused: {exc.reason}")
-    except (operations.OperationError, RPCError) as exc:
-        _fail(str(exc))
-
-
 def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
 AsOption = Annotated[
     str | None,
-    typer.Option("--as", help="who is acting (default: $FIRELINE_USER or the OS user)"),
+    typer.Option(
+        "--as",
+        help=(
+            "development mode only: act without a credential under this name, recorded as "
+            "unverified (elsewhere the API refuses it)"
+        ),
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="the run's workflow id")]
@@ -308,35 +286,56 @@ def schema() -> None:
     _echo_json(PlaybookSpec.model_json_schema(by_alias=True))
 
 
-# --- runs -----------------------------------------------------------------------------------
+# --- runs (through the operator API) ----------------------------------------------------------
+
+
+def _api(factory: Callable[[ApiClient], T], settings: Settings, as_: str | None = None) -> T:
+    """Call the API with the user's credential; every expected failure becomes message + code."""
+    try:
+        with ApiClient.from_settings(settings, unverified_as=as_) as api:
+            return factory(api)
+    except ApiCompileError as exc:
+        err = _err()
+        err.print("[bold red]error:[/] the playbook does not compile", markup=True)
+        for line in exc.problems:
+            err.print(f"  {line}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (operations.InvalidInputs, operations.UnknownPlaybook) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except NotAuthorized as exc:
+        _fail(f"not authorised: {exc}")
+    except operations.OperationRefused as exc:
+        _fail(f"refused: {exc.reason}")
+    except operations.OperationError as exc:
+        _fail(str(exc))
 
 
 def _approve_hints(previous: RunState | None, state: RunState) -> list[str]:
     """How to approve, printed once when a step starts waiting at its gate."""
     before = {s.id: s.status for s in previous.steps} if previous else {}
     return [
-        f"  approve with: fireline approve {state.workflow_id} {s.id} --as NAME"
+        f"  approve with: fireline approve {state.workflow_id} {s.id}"
         for s in state.steps
         if s.status == StepStatus.awaiting_approval
         and before.get(s.id) != StepStatus.awaiting_approval
     ]
 
 
-async def _follow_run(client: Client, workflow_id: str, *, quiet: bool) -> RunState:
+def _follow_run(api: ApiClient, workflow_id: str, *, quiet: bool) -> RunState:
     """Show progress until the run ends; a Live table on a terminal, lines otherwise."""
     console = _out()
     final: RunState | None = None
     if quiet:
-        async for state in operations.follow(client, workflow_id):
+        for state in api.follow(workflow_id):
             final = state
     elif console.is_terminal:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            async for state in operations.follow(client, workflow_id):
+            for state in api.follow(workflow_id):
                 live.update(render.live_view(state))
                 final = state
     else:
         previous: RunState | None = None
-        async for state in operations.follow(client, workflow_id):
+        for state in api.follow(workflow_id):
             lines = render.changes(previous, state) + _approve_hints(previous, state)
             for line in lines:
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -347,7 +346,7 @@ async def _follow_run(client: Client, workflow_id: str, *, quiet: bool) -> RunSt
 
 @app.command()
 def run(
-    playbook: Annotated[str, typer.Argument(help="playbook name or path")],
+    playbook: Annotated[str, typer.Argument(help="the playbook's name in the API's library")],
     inputs: InputOption = None,
     as_: AsOption = None,
     follow: Annotated[
@@ -358,18 +357,17 @@ def run(
     """Start a playbook run; with --follow, exit 0 only if it succeeds."""
     settings = _settings()
     given = parse_assignments(inputs)
-    who = identity(as_)
 
-    async def go(client: Client) -> tuple[operations.StartedRun, RunState | None]:
-        started = await operations.start_run(client, settings, playbook, given, who)
+    def go(api: ApiClient) -> tuple[operations.StartedRun, RunState | None]:
+        started = api.start_run(playbook, given)
         if not as_json:
             out = _out()
             out.print(f"started {started.workflow_id}", markup=False)
             out.print(f"  {started.ui_url}", markup=False, soft_wrap=True)
-        final = await _follow_run(client, started.workflow_id, quiet=as_json) if follow else None
+        final = _follow_run(api, started.workflow_id, quiet=as_json) if follow else None
         return started, final
 
-    started, final = _run(go, settings)
+    started, final = _api(go, settings, as_)
     if as_json:
         data: dict[str, Any] = started.model_dump(mode="json")
         if final is not None:
@@ -395,7 +393,7 @@ def _print_outcome(state: RunState) -> None:
 def status(run_id: RunArg, as_json: JsonOption = False) -> None:
     """Show a run: phase, steps, approvals, checks, compensations, timeline."""
     settings = _settings()
-    state = _run(lambda c: operations.status(c, run_id), settings)
+    state = _api(lambda api: api.status(run_id), settings)
     if as_json:
         typer.echo(state.model_dump_json(indent=2))
     else:
@@ -422,9 +420,9 @@ def approve(
     comment: Annotated[str, typer.Option(help="recorded with the approval")] = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Approve a step waiting at its gate."""
-    settings, who = _settings(), identity(as_)
-    answer = _run(lambda c: operations.approve(c, run_id, step, who, comment), settings)
+    """Approve a step waiting at its gate, as the person your credential proves."""
+    settings = _settings()
+    answer = _api(lambda api: api.approve(run_id, step, comment), settings, as_)
     _emit_answer("approved", run_id, answer, as_json)
 
 
@@ -437,8 +435,8 @@ def reject(
     as_json: JsonOption = False,
 ) -> None:
     """Reject a step waiting at its gate; completed steps are compensated."""
-    settings, who = _settings(), identity(as_)
-    answer = _run(lambda c: operations.reject(c, run_id, step, who, comment), settings)
+    settings = _settings()
+    answer = _api(lambda api: api.reject(run_id, step, comment), settings, as_)
     _emit_answer("rejected", run_id, answer, as_json)
 
 
@@ -453,13 +451,14 @@ def decide(
     as_json: JsonOption = False,
 ) -> None:
     """Answer a failed step that waits for a decision (on_failure: ask)."""
-    settings, who = _settings(), identity(as_)
+    settings = _settings()
     new_inputs = parse_assignments(inputs)
     if new_inputs and action != DecisionAction.retry:
         raise typer.BadParameter("only retry takes new inputs", param_hint="--input")
-    answer = _run(
-        lambda c: operations.decide(c, run_id, step, action, who, comment, new_inputs or None),
+    answer = _api(
+        lambda api: api.decide(run_id, step, action.value, comment, new_inputs or None),
         settings,
+        as_,
     )
     _emit_answer(f"decided {action.value} for", run_id, answer, as_json)
 
@@ -467,11 +466,12 @@ def decide(
 @app.command()
 def cancel(
     run_id: RunArg,
+    as_: AsOption = None,
     reason: Annotated[str, typer.Option(help="recorded with the cancellation")] = "",
 ) -> None:
     """Cancel a run; the workflow compensates what already ran."""
     settings = _settings()
-    _run(lambda c: operations.cancel(c, run_id, reason), settings)
+    _api(lambda api: api.cancel(run_id, reason), settings, as_)
     _out().print(f"cancellation requested for {run_id}", markup=False)
 
 
@@ -482,11 +482,124 @@ def runs(
 ) -> None:
     """List recent playbook runs."""
     settings = _settings()
-    found = _run(lambda c: operations.list_runs(c, limit), settings)
+    found = _api(lambda api: api.list_runs(limit), settings)
     if as_json:
         _echo_json([r.model_dump(mode="json") for r in found])
     else:
         _out().print(render.runs_table(found))
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+token_app = typer.Typer(
+    help="API tokens of this deployment (stored hashed; run where the API's data folder is).",
+    no_args_is_help=True,
+)
+app.add_typer(token_app, name="token")
+
+
+def _token_store(settings: Settings) -> TokenStore:
+    return TokenStore.of(settings)
+
+
+@token_app.command("issue")
+def token_issue(
+    person: Annotated[str, typer.Argument(help="a person of the catalog")],
+    label: Annotated[str, typer.Option(help="what the token is for")] = "",
+) -> None:
+    """Make a token for PERSON and print it once; only its hash is kept."""
+    settings = _settings()
+    people = People.of(settings)
+    try:
+        known = people.names()
+    except CompileError as exc:
+        _print_compile_error(exc)
+        raise typer.Exit(EXIT_USAGE) from None
+    if person not in known:
+        shown = ", ".join(sorted(known)) or "none"
+        _fail(f"{person!r} is not a person in {people.path}; known: {shown}", EXIT_USAGE)
+    token, record = _token_store(settings).issue(person, label)
+    err = _err()
+    err.print(
+        f"token {record.id} for {person} (stored hashed in {tokens_path(settings)}); "
+        "it is shown only now:",
+        markup=False,
+        soft_wrap=True,
+    )
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(as_json: JsonOption = False) -> None:
+    """The issued tokens: id, person, label, when (never the tokens themselves)."""
+    records = _token_store(_settings()).records()
+    if as_json:
+        typer.echo(dump_records(records))
+        return
+    _out().print(render.tokens_table(records))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Revoke a token by its id (the 8 hex after ``fl_``); the API refuses it at once."""
+    removed = _token_store(_settings()).revoke(token_id)
+    if removed is None:
+        _fail(f"no token with id {token_id!r}", EXIT_USAGE)
+    _out().print(f"revoked token {removed.id} of {removed.person}", markup=False)
+
+
+@app.command()
+def login(
+    url: Annotated[
+        str | None, typer.Option("--api-url", help="the API (default: FIRELINE_API_URL)")
+    ] = None,
+    token_stdin: Annotated[
+        bool, typer.Option("--token-stdin", help="read the token from standard input")
+    ] = False,
+) -> None:
+    """Check a token against the API and keep it (mode 0600) for later commands."""
+    settings = _settings()
+    base = url or settings.api_url
+    if token_stdin:
+        token = sys.stdin.readline().strip()
+    else:
+        token = getpass.getpass("Fireline token: ").strip()
+    if not token:
+        _fail("no token given", EXIT_USAGE)
+
+    def check(api: ApiClient) -> Principal:
+        return api.whoami()
+
+    try:
+        with ApiClient(base, token) as api:
+            who = check(api)
+    except NotAuthorized as exc:
+        _fail(f"not authorised: {exc}")
+    except operations.OperationError as exc:
+        _fail(str(exc))
+    path = credentials_path(settings)
+    write_credentials(path, CredentialFile(api_url=base, token=token))
+    _out().print(f"logged in to {base} as {who.person}; credential in {path}", markup=False)
+
+
+@app.command()
+def logout() -> None:
+    """Forget the credential ``fireline login`` kept."""
+    path = credentials_path(_settings())
+    path.unlink(missing_ok=True)
+    _out().print(f"removed {path}", markup=False)
+
+
+@app.command()
+def whoami(as_json: JsonOption = False) -> None:
+    """Who the API takes you for, and whether that is verified."""
+    settings = _settings()
+    who = _api(lambda api: api.whoami(), settings)
+    if as_json:
+        typer.echo(who.model_dump_json(indent=2))
+        return
+    mark = "verified" if who.verified else "NOT verified"
+    _out().print(f"{who.person} ({mark}, {who.method})", markup=False)
 
 
 def main() -> None:

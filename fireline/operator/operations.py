@@ -28,6 +28,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from fireline import errors
+from fireline.identity.signing import SignedDecision
 from fireline.messages import (
     QUERY_STATUS,
     SA_PHASE,
@@ -75,6 +76,21 @@ class InvalidInputs(OperationError, ValueError):
     """The given playbook inputs are missing, unknown or of the wrong type."""
 
 
+class UnknownPlaybook(OperationError):
+    """No playbook of that name in the library; runs start by library name only, never a path.
+
+    So a caller can neither make the server read a file of its choosing nor see its content.
+    """
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        super().__init__(
+            f"no playbook named {shown!r} in the library; known: {', '.join(known) or 'none'}"
+        )
+
+
 class StartedRun(BaseModel):
     workflow_id: str
     run_id: str
@@ -113,8 +129,16 @@ def load_library(settings: Settings, *paths: Path) -> PlaybookLibrary:
 
 
 def compile_playbook(settings: Settings, playbook: str) -> Plan:
-    """Compile one playbook by name or path; raises ``CompileError`` with every problem."""
-    return load_library(settings).compile(playbook)
+    """Compile one playbook of the library by name; raises ``CompileError`` with every problem.
+
+    Raises :class:`UnknownPlaybook` for any other string (a path included) before anything
+    beyond the library folder is looked at.
+    """
+    library = load_library(settings)
+    known = sorted(library.names())
+    if playbook not in known:
+        raise UnknownPlaybook(playbook, known)
+    return library.compile(playbook)
 
 
 def resolve_inputs(plan: Plan, given: dict[str, Any]) -> dict[str, Any]:
@@ -176,8 +200,14 @@ async def start_run(
     playbook: str,
     inputs: dict[str, Any],
     requested_by: str,
+    *,
+    requested_by_verified: bool = False,
+    trusted_keys: dict[str, str] | None = None,
 ) -> StartedRun:
-    """Compile, check inputs, and start a PlaybookWorkflow; nothing starts if either fails."""
+    """Compile, check inputs, and start a PlaybookWorkflow; nothing starts if either fails.
+
+    ``trusted_keys`` are the public keys whose signed decisions the run will accept.
+    """
     # Compiling reads files and imports modules: keep it off the event loop.
     plan = await asyncio.to_thread(compile_playbook, settings, playbook)
     if not plan.hash:
@@ -190,6 +220,8 @@ async def start_run(
         inputs=resolved,
         requested_by=requested_by,
         task_queue_prefix=settings.task_queue_prefix,
+        trusted_keys=dict(trusted_keys or {}),
+        requested_by_verified=requested_by_verified,
     )
     handle = await client.start_workflow(
         WORKFLOW_NAME,
@@ -232,6 +264,17 @@ async def status(client: Client, workflow_id: str) -> RunState:
     if not state.workflow_id:
         state.workflow_id = workflow_id
     return state
+
+
+async def describe(client: Client, workflow_id: str) -> RunSummary:
+    """The run as visibility sees it (open or closed, and how it closed)."""
+    try:
+        described = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if _not_found(exc):
+            raise RunNotFound(f"no run {workflow_id!r}") from None
+        raise OperationError(f"cannot describe {workflow_id!r}: {exc.message}") from exc
+    return _summary(described)
 
 
 async def is_open(client: Client, workflow_id: str) -> bool:
@@ -326,19 +369,31 @@ async def _update(handle: WorkflowHandle[Any, Any], name: str, arg: BaseModel) -
 
 
 async def approve(
-    client: Client, workflow_id: str, step: str, by: str, comment: str = ""
+    client: Client,
+    workflow_id: str,
+    step: str,
+    by: str,
+    comment: str = "",
+    signed: SignedDecision | None = None,
 ) -> StepState:
     """Approve a gated step; returns the step as the workflow now sees it."""
     handle = client.get_workflow_handle(workflow_id)
-    return await _update(handle, UPDATE_APPROVE, Approval(step=step, approver=by, comment=comment))
+    approval = Approval(step=step, approver=by, comment=comment, signed=signed)
+    return await _update(handle, UPDATE_APPROVE, approval)
 
 
 async def reject(
-    client: Client, workflow_id: str, step: str, by: str, comment: str = ""
+    client: Client,
+    workflow_id: str,
+    step: str,
+    by: str,
+    comment: str = "",
+    signed: SignedDecision | None = None,
 ) -> StepState:
     """Reject a gated step: the workflow compensates what already ran."""
     handle = client.get_workflow_handle(workflow_id)
-    return await _update(handle, UPDATE_REJECT, Approval(step=step, approver=by, comment=comment))
+    approval = Approval(step=step, approver=by, comment=comment, signed=signed)
+    return await _update(handle, UPDATE_REJECT, approval)
 
 
 async def decide(
@@ -349,10 +404,16 @@ async def decide(
     by: str,
     comment: str = "",
     inputs: dict[str, Any] | None = None,
+    signed: SignedDecision | None = None,
 ) -> StepState:
     """Answer a step paused by ``on_failure: ask``: retry (new inputs allowed), skip, compensate."""
     decision = Decision(
-        step=step, action=DecisionAction(action), by=by, comment=comment, inputs=inputs or None
+        step=step,
+        action=DecisionAction(action),
+        by=by,
+        comment=comment,
+        inputs=inputs or None,
+        signed=signed,
     )
     return await _update(client.get_workflow_handle(workflow_id), UPDATE_DECIDE, decision)
 

@@ -203,7 +203,7 @@ def run_view(state: RunState, *, timeline: bool = True) -> Group:
 def live_view(state: RunState) -> Group:
     """Compact view for ``run --follow`` on a terminal: header, steps, how to approve."""
     hints = [
-        Text(f"approve: fireline approve {state.workflow_id} {s.id} --as NAME", style="yellow")
+        Text(f"approve: fireline approve {state.workflow_id} {s.id}", style="yellow")
         for s in state.steps
         if s.status == StepStatus.awaiting_approval
     ]
@@ -355,5 +355,21 @@ def runs_table(runs: Iterable[Any]) -> Table:
             run.max_risk or "",
             run.requested_by or "",
             run.start_time.strftime("%Y-%m-%d %H:%M:%S") if run.start_time else "",
+        )
+    return table
+
+
+def tokens_table(records: Iterable[Any]) -> Table:
+    """``fireline token list``: who holds which token id; never a token or its hash."""
+    table = Table(title="tokens", title_justify="left")
+    for col in ("id", "person", "label", "created"):
+        table.add_column(col, overflow="fold")
+    for record in records:
+        _row(
+            table,
+            record.id,
+            record.person,
+            record.label,
+            record.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     return table

@@ -63,8 +63,50 @@ class Settings(BaseSettings):
             "host is loopback); a step asking for the token elsewhere fails without sending it"
         ),
     )
-    api_token: SecretStr | None = Field(
-        default=None, description="bearer token the operator API requires, when set"
+    # --- identity: who may act through the operator API, and how the API signs decisions ---
+    dev_mode: bool = Field(
+        default=False,
+        description=(
+            "embedded default only (`fireline up` sets it): requests without a credential are "
+            "accepted when the API is bound to loopback, and recorded as unverified"
+        ),
+    )
+    dev_person: str | None = Field(
+        default=None,
+        max_length=200,
+        description="who the development credential belongs to (default: the catalog's first)",
+    )
+    tokens_file: Path | None = Field(
+        default=None, description="hashed API tokens (default: DATA_DIR/identity/tokens.json)"
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC issuer (the `iss` claim)")
+    oidc_audience: str | None = Field(default=None, description="the `aud` the API demands")
+    oidc_jwks_url: str | None = Field(default=None, description="where the issuer's keys are")
+    oidc_person_claim: str = Field(
+        default="preferred_username", description="the claim naming the catalog person"
+    )
+    oidc_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+        description="accepted JWT algorithms; asymmetric only (never none or HS*)",
+    )
+    oidc_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    decision_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 key the API signs decisions with (default: DATA_DIR/identity/)",
+    )
+    decision_trusted_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra key_id -> public key runs accept (other API deployments, rotation)",
+    )
+    decision_ttl_seconds: float = Field(default=300.0, gt=0, le=86400)
+    api_url: str = Field(
+        default="http://127.0.0.1:8080", description="the operator API the CLI talks to"
+    )
+    token: SecretStr | None = Field(
+        default=None, description="the CLI's credential (FIRELINE_TOKEN); else `fireline login`"
+    )
+    credentials_file: Path | None = Field(
+        default=None, description="where `fireline login` keeps it (default: ~/.config/fireline)"
     )
     notify_webhook_url: str | None = Field(
         default=None, description="default target of core.notify when a step names none"

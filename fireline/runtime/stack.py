@@ -460,6 +460,11 @@ async def run_stack(
                     client = await server.start()
                     stack.push_async_callback(asyncio.shield, server.stop())
                     settings = server.settings
+                    # Embedded default: development mode, with a signing key and a first
+                    # credential made under data/ so the newcomer flow needs no set-up.
+                    from fireline.identity.dev import ensure_dev_identity
+
+                    settings = ensure_dev_identity(settings)
                 else:
                     try:
                         client = await make_client(settings)
