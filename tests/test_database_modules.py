@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.database.connection import PostgresClientSet
 from activities.database.postgres import (
     ConnectionLimitInput,
     PostgresModules,
@@ -83,22 +84,25 @@ async def modules(pg: PgCluster) -> AsyncIterator[PostgresModules]:
 
 
 async def conditions(
-    mods: PostgresModules,
+    mods: PostgresClientSet | list[PostgresClientSet],
     spec: ModuleSpec,
     stage: str,
     inp: BaseModel,
     out: BaseModel | None = None,
 ) -> list[CheckResult]:
-    """The module's declared pre- or postconditions, resolved as the workflow resolves them."""
+    """The module's declared pre- or postconditions, resolved as the workflow resolves them,
+    each run on whichever of ``mods`` serves that check."""
     refs = spec.preconditions if stage == "pre" else spec.postconditions
     context: dict[str, Any] = {"input": inp.model_dump(mode="json")}
     if out is not None:
         context["output"] = out.model_dump(mode="json")
+    sets = mods if isinstance(mods, list) else [mods]
     results = []
     for ref in refs:
         check = REGISTRY[ref.check]
         params = check.input_model.model_validate(resolve(ref.with_, context))
-        results.append(await run(getattr(mods, check.fn.__name__), params))
+        [owner] = [m for m in sets if check.owner is not None and isinstance(m, check.owner)]
+        results.append(await run(getattr(owner, check.fn.__name__), params))
     return results
 
 

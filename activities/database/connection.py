@@ -108,9 +108,9 @@ def excerpt(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:ERROR_EXCERPT_CHARS]
 
 
-def ledger_key(key: str) -> str:
-    """Ledger entries are named by a digest: keys carry workflow ids of any length."""
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
+def ledger_key(module: str, key: str) -> str:
+    """Entries are named by a digest of module and step key (workflow ids have any length)."""
+    return hashlib.sha256(f"{module}\n{key}".encode()).hexdigest()[:24]
 
 
 class PostgresClientSet(ModuleSet):
@@ -277,16 +277,19 @@ class PostgresClientSet(ModuleSet):
         return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
     @classmethod
-    async def ledger_get(cls, conn: psycopg.AsyncConnection[Any], key: str) -> Any:
-        digest = ledger_key(key)
+    async def ledger_get(cls, conn: psycopg.AsyncConnection[Any], module: str, key: str) -> Any:
+        """What ``module`` recorded under the step key ``key``, or None."""
+        digest = ledger_key(module, key)
         for entry in await cls._ledger(conn):
             if entry.get("k") == digest:
                 return entry.get("v")
         return None
 
     @classmethod
-    async def ledger_put(cls, conn: psycopg.AsyncConnection[Any], key: str, value: Any) -> None:
-        digest = ledger_key(key)
+    async def ledger_put(
+        cls, conn: psycopg.AsyncConnection[Any], module: str, key: str, value: Any
+    ) -> None:
+        digest = ledger_key(module, key)
         await conn.execute("SELECT pg_advisory_lock(%s)", (LEDGER_LOCK,))
         try:
             entries = [e for e in await cls._ledger(conn) if e.get("k") != digest]

@@ -455,7 +455,7 @@ class PostgresModules(PostgresClientSet):
         async with running("database.terminate_sessions"):
             key = idempotency_key()
             async with self.session(request.target) as conn:
-                recorded = await self.ledger_get(conn, key)
+                recorded = await self.ledger_get(conn, "database.terminate_sessions", key)
                 current = {s.pid: s for s in await self._sessions(conn)}
                 if recorded is not None:
                     chosen = [SessionInfo.model_validate(s) for s in recorded]
@@ -468,7 +468,9 @@ class PostgresModules(PostgresClientSet):
                             + "; ".join(_describe(s) for s in chosen[:10]),
                             count=len(chosen),
                         )
-                    await self.ledger_put(conn, key, [s.model_dump() for s in chosen])
+                    await self.ledger_put(
+                        conn, "database.terminate_sessions", key, [s.model_dump() for s in chosen]
+                    )
                 # Only a backend with the same start time is the one chosen: pids are reused.
                 alive = [
                     s.pid
@@ -593,9 +595,10 @@ class PostgresModules(PostgresClientSet):
     async def _set_read_only(
         self, request: ReadOnlyInput, value: str, opposite: str
     ) -> ReadOnlyOutput:
+        module = "database.set_read_write" if value == "off" else "database.set_read_only"
         key = idempotency_key()
         async with self.session(request.target) as conn:
-            recorded = await self.ledger_get(conn, key)
+            recorded = await self.ledger_get(conn, module, key)
             if recorded is not None:
                 out = ReadOnlyOutput.model_validate(recorded)
             else:
@@ -609,7 +612,7 @@ class PostgresModules(PostgresClientSet):
                     undo=ReadOnlyInput(target=request.target, restore_to=prior),
                     idempotency_key=key,
                 )
-                await self.ledger_put(conn, key, out.model_dump(mode="json"))
+                await self.ledger_put(conn, module, key, out.model_dump(mode="json"))
             # Applied after recording, and again on a retry: setting a value twice is harmless.
             if await self.auto_conf(conn, READ_ONLY_SETTING) != out.configured.configured:
                 await self.alter_system(conn, READ_ONLY_SETTING, out.configured.configured)
@@ -797,7 +800,7 @@ class PostgresModules(PostgresClientSet):
             name = request.role or request.database or ""
             key = idempotency_key()
             async with self.session(request.target) as conn:
-                recorded = await self.ledger_get(conn, key)
+                recorded = await self.ledger_get(conn, "database.set_connection_limit", key)
                 if recorded is not None:
                     out = ConnectionLimitOutput.model_validate(recorded)
                 else:
@@ -813,7 +816,9 @@ class PostgresModules(PostgresClientSet):
                         undo=undo,
                         idempotency_key=key,
                     )
-                    await self.ledger_put(conn, key, out.model_dump(mode="json"))
+                    await self.ledger_put(
+                        conn, "database.set_connection_limit", key, out.model_dump(mode="json")
+                    )
                 if await self._limit(conn, scope, name) != out.limit:
                     await conn.execute(
                         sql.SQL("ALTER {} {} CONNECTION LIMIT {}").format(

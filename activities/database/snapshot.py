@@ -666,7 +666,7 @@ class SnapshotModules(PostgresClientSet):
             if request.undo_snapshot is not None:
                 self.need_manifest(request.target, request.undo_snapshot)
             async with self.session(request.target) as conn:
-                recorded = await self.ledger_get(conn, key)
+                recorded = await self.ledger_get(conn, "database.restore", key)
             if recorded is not None:
                 return RestoreOutput.model_validate({**recorded, "restored": False})
             problem, _ = await self._intact(request.target, request.snapshot, dump)
@@ -687,7 +687,7 @@ class SnapshotModules(PostgresClientSet):
             )
             # Recorded only once it is done: a retry after a crash restores again (same data).
             async with self.session(request.target) as conn:
-                await self.ledger_put(conn, key, out.model_dump(mode="json"))
+                await self.ledger_put(conn, "database.restore", key, out.model_dump(mode="json"))
             log.info("snapshot restored", target=request.target, snapshot=request.snapshot)
             return out
 
