@@ -1,0 +1,158 @@
+"""The group commit engine on its own: coalescing, ordering, failures, bounds, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fireline.ingress.group_commit import (
+    CommitTimeout,
+    GroupCommitter,
+    Overloaded,
+    _Entry,
+    take_batch,
+)
+
+
+class Recorder:
+    """A write that waits for the test's go-ahead, so batches form deterministically."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+        self.started = asyncio.Event()
+
+    async def __call__(self, key: str, items: list[int]) -> None:
+        self.calls.append((key, list(items)))
+        self.started.set()
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+class TestCoalescing:
+    async def test_waiting_items_go_out_as_one_batch(self) -> None:
+        """While one write is in flight, later submissions for the key share the next write."""
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        first = asyncio.create_task(commit.submit("k", [1]))
+        await flush.started.wait()
+        rest = [asyncio.create_task(commit.submit("k", [i])) for i in range(2, 12)]
+        await settle()
+        assert not any(t.done() for t in [first, *rest])
+        flush.gate.set()
+        await asyncio.gather(first, *rest)
+        assert flush.calls == [("k", [1]), ("k", list(range(2, 12)))]
+        assert commit.stats.flushes == 2
+        assert commit.stats.flushed_items == 11
+
+    async def test_nobody_answered_before_their_write_lands(self) -> None:
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        task = asyncio.create_task(commit.submit("k", [1]))
+        await flush.started.wait()
+        await settle()
+        assert not task.done()
+        flush.gate.set()
+        await task
+
+    async def test_keys_are_independent(self) -> None:
+        flush = Recorder()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        await asyncio.gather(*(commit.submit(f"k{i % 3}", [i]) for i in range(30)))
+        per_key: dict[str, list[int]] = {}
+        for key, items in flush.calls:
+            per_key.setdefault(key, []).extend(items)
+        assert {k: sorted(v) for k, v in per_key.items()} == {
+            f"k{j}": [i for i in range(30) if i % 3 == j] for j in range(3)
+        }
+
+    async def test_batch_size_bounded_and_entries_whole(self) -> None:
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush, max_batch=5)
+        first = asyncio.create_task(commit.submit("k", [0]))
+        await flush.started.wait()
+        tasks = [asyncio.create_task(commit.submit("k", [i, i])) for i in range(1, 7)]
+        await settle()
+        flush.gate.set()
+        await asyncio.gather(first, *tasks)
+        sizes = [len(items) for _, items in flush.calls[1:]]
+        assert all(s <= 5 for s in sizes)
+        assert all(s % 2 == 0 for s in sizes)
+        assert sum(sizes) == 12
+
+    def test_take_batch_oversized_entry_goes_alone(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            pending = [_Entry([1] * 9, loop.create_future()), _Entry([2], loop.create_future())]
+            assert [len(e.items) for e in take_batch(pending, 5)] == [9]
+            assert [len(e.items) for e in take_batch(pending, 5)] == [1]
+        finally:
+            loop.close()
+
+
+class TestFailures:
+    async def test_write_failure_reaches_every_waiter_of_that_batch(self) -> None:
+        flush = Recorder()
+        flush.gate.clear()
+        flush.fail = RuntimeError("temporal said no")
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        tasks = [asyncio.create_task(commit.submit("k", [i])) for i in range(4)]
+        await flush.started.wait()
+        flush.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        assert commit.stats.failures >= 1
+        flush.fail = None
+        await commit.submit("k", [9])  # the lane recovers
+        assert flush.calls[-1] == ("k", [9])
+
+    async def test_overloaded_at_once(self) -> None:
+        """Beyond max_pending the caller is told to come back, without waiting."""
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush, max_pending=3, retry_after=7)
+        tasks = [asyncio.create_task(commit.submit("k", [i])) for i in range(3)]
+        await settle()
+        with pytest.raises(Overloaded) as info:
+            await commit.submit("k", [99])
+        assert info.value.retry_after == 7
+        flush.gate.set()
+        await asyncio.gather(*tasks)
+        await commit.submit("k", [100])  # room again once written
+
+    async def test_deadline_withdraws_unwritten_items(self) -> None:
+        """A caller that gives up before its items are taken is not written at all."""
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        first = asyncio.create_task(commit.submit("k", [1]))
+        await flush.started.wait()
+        with pytest.raises(CommitTimeout):
+            await commit.submit("k", [2], within=0.01)
+        assert commit.waiting == 1  # only the item riding in the write
+        flush.gate.set()
+        await first
+        await settle()
+        assert flush.calls == [("k", [1])]
+
+    async def test_close_fails_waiters(self) -> None:
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        tasks = [asyncio.create_task(commit.submit("k", [i])) for i in range(3)]
+        await flush.started.wait()
+        await commit.aclose()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, (CommitTimeout, asyncio.CancelledError)) for r in results)
