@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from fireline.catalog.model import Catalog
@@ -40,7 +40,6 @@ from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from fireline.messages import QUERY_STATUS as RUN_STATUS
 from fireline.messages import UPDATE_APPROVE as RUN_APPROVE
 from fireline.messages import Approval, RunState
-from fireline.plan import Plan
 from tests.support.target import Reply, Target
 from tests.support.workers import compile_playbooks, fireline_workers
 from workflows.guard import QUERY_LEDGER, GuardLedger, guard_workflow_id
@@ -174,6 +173,450 @@ class TestLadder:
         bodies = [hit.json for hit in paging.hits("POST", "/page")]
         assert len(bodies) == 3
         assert {b["thread_key"] for b in bodies} == {handle.id}
-        assert "carol" in bodies[-1]["text"] and "tier 2" in bodies[-1]["text"]
+        assert "carol" in bodies[-1]["text"]
+        assert "tier 2" in bodies[-1]["text"]
         kinds = [e.kind for e in final.timeline]
-        assert kinds.count("page") == 3 and "ack" in kinds and kinds[-1] == "resolved"
+        assert kinds.count("page") == 3
+        assert "ack" in kinds
+        assert kinds[-1] == "resolved"
+
+    async def test_ack_timeout_returns_to_triggered(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """An ack that lapses (30m, nothing resolved) pages tier 1 again, marked retrigger."""
+        env = time_skipping_env
+        start = incident_start(
+            catalog(LADDER), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
+            await handle.execute_update(UPDATE_ACK, Ack(by="alice"), result_type=IncidentState)
+            await env.sleep(timedelta(minutes=20))
+            assert len((await state_of(handle)).pages) == 2, "acknowledged: nobody else paged"
+            await env.sleep(timedelta(minutes=11))
+            state = await until(handle, lambda s: len(s.pages) == 4, "tier 1 paged again")
+
+        assert [p.reason for p in state.pages[2:]] == ["retrigger", "retrigger"]
+        assert {p.tier for p in state.pages[2:]} == {1}
+        assert any(e.kind == "ack_timeout" for e in state.timeline)
+        assert state.escalation.state == "triggered"
+
+    async def test_round_robin_takes_turns_and_repeats(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """One level, round robin over three people, repeated twice: one person per visit."""
+        env = time_skipping_env
+        service = {
+            "escalation": {
+                "levels": [
+                    {
+                        "delay": "5m",
+                        "strategy": "round_robin",
+                        "targets": [{"person": "alice"}, {"person": "bob"}, {"person": "erin"}],
+                    }
+                ],
+                "repeat": 3,
+            }
+        }
+        start = incident_start(
+            catalog(service), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            for n in range(1, 4):
+                await until(handle, lambda s, n=n: len(s.pages) == n, f"page {n}")
+                await env.sleep(timedelta(minutes=5, seconds=1))
+            state = await until(handle, lambda s: len(s.pages) == 4, "page 4")
+            await env.sleep(timedelta(minutes=6))
+            state = await state_of(handle)
+
+        assert paged(state) == ["alice", "bob", "erin", "alice"]
+        assert state.escalation.state == "exhausted"
+        assert any(e.kind == "escalation_exhausted" for e in state.timeline)
+
+    async def test_rotation_resolved_at_paging_time_across_a_handoff(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """The rotation hands off from alice to bob between two pages; an override wins later."""
+        env = time_skipping_env
+        now = await current_time(env, task_queue_prefix)
+        handoff = now - timedelta(hours=23, minutes=55)  # alice's day ends in five minutes
+        service = {
+            "rotation": {
+                "people": ["alice", "bob"],
+                "handoff": handoff.isoformat(),
+                "period": "1d",
+                "overrides": [
+                    {
+                        "person": "erin",
+                        "start": (now + timedelta(minutes=15)).isoformat(),
+                        "end": (now + timedelta(hours=2)).isoformat(),
+                    }
+                ],
+            },
+            "escalation": {
+                "levels": [{"delay": "10m", "targets": [{"rotation": True}]}],
+                "repeat": 2,
+            },
+        }
+        start = incident_start(
+            catalog(service), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: len(s.pages) == 1, "first page")
+            await env.sleep(timedelta(minutes=10, seconds=1))
+            await until(handle, lambda s: len(s.pages) == 2, "second page")
+            await env.sleep(timedelta(minutes=10, seconds=1))
+            state = await until(handle, lambda s: len(s.pages) == 3, "third page")
+
+        assert paged(state) == ["alice", "bob", "erin"]
+
+
+async def current_time(env: WorkflowEnvironment, prefix: str) -> datetime:
+    """The environment's clock (the time-skipping server's, not the machine's)."""
+    return await env.get_current_time()
+
+
+class TestCommander:
+    async def test_command_stops_climbing_handover_and_hand_back_restarts(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """alice takes command (no more pages), hands to bob, bob hands back: tier 1 again."""
+        env = time_skipping_env
+        start = incident_start(
+            catalog(LADDER), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
+            state = await handle.execute_update(
+                UPDATE_COMMAND, Command(action="take", by="alice"), result_type=IncidentState
+            )
+            assert state.commander == "alice"
+            await env.sleep(timedelta(hours=2))
+            assert len((await state_of(handle)).pages) == 2, "a commander holds it: no climbing"
+            with pytest.raises(WorkflowUpdateFailedError):
+                await handle.execute_update(
+                    UPDATE_COMMAND, Command(action="handover", by="mallory", to="eve")
+                )
+            state = await handle.execute_update(
+                UPDATE_COMMAND,
+                Command(action="handover", by="alice", to="bob"),
+                result_type=IncidentState,
+            )
+            assert state.commander == "bob"
+            await handle.execute_update(
+                UPDATE_COMMAND, Command(action="release", by="bob"), result_type=IncidentState
+            )
+            state = await until(handle, lambda s: len(s.pages) == 4, "ladder restarted")
+
+        assert state.commander is None
+        assert [p.tier for p in state.pages] == [1, 1, 1, 1]
+        commands = [e.message for e in state.timeline if e.kind == "command"]
+        assert commands[0].startswith("alice took command")
+        assert commands[1].startswith("alice handed command to bob")
+        assert "ladder restarts" in commands[2]
+        assert all(e.kind != "page" or e.at for e in state.timeline)
+
+
+GATED = """
+name: fix-payments
+inputs: {base: {type: string, required: true}}
+steps:
+  - id: restart
+    uses: core.http_request
+    with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
+    approval: {role: sre-senior, timeout: 2h}
+"""
+
+PLAIN = """
+name: fix-payments
+inputs: {base: {type: string, required: true}}
+steps:
+  - id: restart
+    uses: core.http_request
+    with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
+"""
+
+VERIFIED = """
+name: fix-payments
+inputs: {base: {type: string, required: true}}
+steps:
+  - id: restart
+    uses: core.http_request
+    with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
+    postconditions:
+      - {check: core.http_probe, with: {url: "${{ inputs.base }}/health"}, deadline: 1s, interval: 200ms}
+"""
+
+
+def with_plan(
+    tmp_path: Path, playbook: str, service: dict[str, Any], prefix: str, base: str, k: str
+) -> IncidentStart:
+    plan = compile_playbooks(tmp_path, {"p.yaml": playbook}, "fix-payments")
+    return incident_start(
+        catalog(service),
+        "payments",
+        k,
+        plan=plan,
+        inputs={"base": base},
+        task_queue_prefix=prefix,
+    ).model_copy(update={"run_poll_s": 1.0})
+
+
+class TestGateLadder:
+    async def test_gate_pages_its_tier_then_the_next(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """A tier-2 gate nobody decides pages carol (tier 2), then dana (tier 3) after 10m."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        start = with_plan(tmp_path, GATED, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            state = await until(handle, lambda s: "carol" in paged(s), "gate pages tier 2")
+            assert state.phase is IncidentPhase.awaiting_approval
+            assert state.escalation.gate_step == "restart"
+            await env.sleep(timedelta(minutes=10, seconds=1))
+            state = await until(handle, lambda s: "dana" in paged(s), "gate pages tier 3")
+            run = env.client.get_workflow_handle(state.run.workflow_id or "")
+            await run.execute_update(RUN_APPROVE, Approval(step="restart", approver="carol"))
+            state = await until(handle, lambda s: s.run.phase == "succeeded", "run succeeded")
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="r", alerts=[alert("resolved")]))
+            final = await handle.result()
+
+        gate_pages = [p for p in final.pages if p.reason == "gate"]
+        assert [(p.person, p.tier) for p in gate_pages] == [("carol", 2), ("dana", 3)]
+        assert final.phase is IncidentPhase.resolved
+        assert final.contained_at is not None
+        assert final.run.mutated is True
+        assert [e.kind for e in final.timeline].count("gate_opened") == 1
+        assert any(e.kind == "gate_closed" for e in final.timeline)
+
+
+class TestResolved:
+    async def test_resolved_before_a_mutating_step_closes_auto_resolved(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """The alert resolves while the run waits at its gate: run cancelled, nothing changed."""
+        env = time_skipping_env
+        start = with_plan(tmp_path, GATED, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: s.escalation.gate_step == "restart", "gate open")
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="r", alerts=[alert("resolved")]))
+            final = await handle.result()
+            run = await env.client.get_workflow_handle(final.run.workflow_id or "").query(
+                RUN_STATUS, result_type=RunState
+            )
+
+        assert final.phase is IncidentPhase.resolved
+        assert final.auto_resolved is True
+        assert final.resolved_by == "alert"
+        assert final.run.mutated is False
+        assert run.phase.value == "cancelled"
+        assert paging.hits("POST", "/restart") == []
+
+    async def test_resolved_after_a_mutating_step_carries_on_to_verification(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """The alert resolves while the change is in flight: recorded, the run finishes."""
+        env = time_skipping_env
+        release = paging.hold("POST", "/restart")
+        paging.route("POST", "/restart", Reply(200))
+        paging.route("GET", "/health", Reply(200))
+        start = with_plan(tmp_path, VERIFIED, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: s.run.mutated, "mutating step started")
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="r", alerts=[alert("resolved")]))
+            await until(
+                handle,
+                lambda s: any(e.kind == "resolution_recorded" for e in s.timeline),
+                "resolution recorded",
+            )
+            assert (await state_of(handle)).resolved_at is None, "the run is still going"
+            release.set()
+            final = await handle.result()
+
+        assert final.phase is IncidentPhase.resolved
+        assert final.auto_resolved is False
+        assert final.run.phase == "succeeded"
+        assert final.run.verified is True
+        assert len(paging.hits("POST", "/restart")) == 1
+
+
+class TestDedupe:
+    async def test_redelivered_batch_and_notifications_change_nothing(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """The same batch again, and its notifications in a new batch: counted as duplicates."""
+        env = time_skipping_env
+        start = incident_start(
+            catalog(LADDER), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+        first = AlertBatch(batch_id="b1", alerts=[alert(n=1), alert(n=2, name="Latency")])
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await env.client.start_workflow(
+                INCIDENT_WORKFLOW,
+                start,
+                id=incident_workflow_id(start.key),
+                task_queue=task_queue_prefix,
+                start_signal=SIGNAL_ALERTS,
+                start_signal_args=[first],
+            )
+            before = await until(handle, lambda s: s.alerts.total == 2, "two alerts")
+            await handle.signal(SIGNAL_ALERTS, first)
+            await handle.signal(
+                SIGNAL_ALERTS,
+                AlertBatch(batch_id="b2", alerts=[alert(n=1), alert(n=2, name="Latency")]),
+            )
+            after = await until(handle, lambda s: s.alerts.duplicates == 4, "duplicates counted")
+
+        assert after.alerts.total == before.alerts.total == 2
+        assert after.alerts.by_name == {"HighErrorRate": 1, "Latency": 1}
+        assert len(after.firing) == 2
+        assert [e.kind for e in after.timeline].count("alert") == 2
+
+
+def guarded(**guard: Any) -> dict[str, Any]:
+    return {**LADDER, "guard": guard}
+
+
+async def ledger(env: WorkflowEnvironment) -> GuardLedger:
+    handle = env.client.get_workflow_handle(guard_workflow_id("payments"))
+    return await handle.query(QUERY_LEDGER, result_type=GuardLedger)
+
+
+class TestGuard:
+    async def test_rate_limit_holds_the_second_run_for_a_human(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """One automatic run per hour: the second incident's run waits until a person lets it."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        service = guarded(max_runs=1, window="1h")
+        async with fireline_workers(env.client, task_queue_prefix):
+            one = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            first = await until(one, lambda s: s.run.phase == "succeeded", "first run done")
+            two = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            held = await until(
+                two, lambda s: s.escalation.gate_step == "guard" and len(s.pages) == 2, "held"
+            )
+            assert held.run.workflow_id is None
+            answer = await two.execute_update(
+                UPDATE_APPROVE, Approval(step="guard", approver="alice"), result_type=IncidentState
+            )
+            assert any(e.kind == "approval" and e.actor == "alice" for e in answer.timeline)
+            done = await until(two, lambda s: s.run.phase == "succeeded", "second run done")
+            book = await ledger(env)
+
+        assert first.guard.allowed is True
+        assert held.guard.allowed is False
+        assert held.phase is IncidentPhase.awaiting_approval
+        assert any("rate limit" in r for r in held.guard.reasons)
+        assert any(p.reason == "guard" for p in held.pages)
+        assert done.guard_approved_by == "alice"
+        assert done.run.workflow_id is not None
+        assert len(paging.hits("POST", "/restart")) == 2
+        assert [e.automatic for e in book.entries] == [True, True]
+        assert any(e.kind == "guard" for e in held.timeline)
+
+    async def test_blast_budget_holds_a_run_that_would_exceed_it(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """A budget of zero changed targets: even the first mutating run needs a person."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        service = guarded(blast_budget=0)
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            held = await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
+            await handle.execute_update(
+                UPDATE_APPROVE, Approval(step="guard", approver="bob", comment="go")
+            )
+            await until(handle, lambda s: s.run.phase == "succeeded", "run done")
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="r", alerts=[alert("resolved")]))
+            final = await handle.result()
+
+        assert any("blast-radius budget" in r for r in held.guard.reasons)
+        assert held.guard.blast_budget == 0
+        assert final.guard_approved_by == "bob"
+        assert final.phase is IncidentPhase.resolved
+
+    async def test_breaker_after_failed_verification(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """A failed verification opens the breaker; the next run waits; a passing one closes it."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        paging.route("POST", "/unrestart", Reply(200))
+        paging.route("GET", "/health", Reply(500))
+        service = guarded(max_runs=10)
+        async with fireline_workers(env.client, task_queue_prefix):
+            one = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, VERIFIED, service, task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            failed = await until(one, lambda s: s.phase is IncidentPhase.failed, "run failed")
+            opened = await ledger(env)
+            paging.route("GET", "/health", Reply(200))
+            two = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, VERIFIED, service, task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            held = await until(two, lambda s: s.escalation.gate_step == "guard", "held")
+            await two.execute_update(UPDATE_APPROVE, Approval(step="guard", approver="carol"))
+            await until(two, lambda s: s.run.verified is True, "verified")
+            await asyncio.sleep(0.5)
+            closed = await ledger(env)
+
+        assert failed.run.verified is False
+        assert opened.breaker_open is True
+        assert any("breaker open" in r for r in held.guard.reasons)
+        assert closed.breaker_open is False

@@ -23,7 +23,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from temporalio import activity
-from temporalio.client import WithStartWorkflowOperation
+from temporalio.client import WithStartWorkflowOperation, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -251,16 +251,31 @@ def summarise(state: RunState) -> RunStatusView:
 @check("core.run_status", domain="core", local=True, retry=RetrySpec(max_attempts=3))
 async def run_status(request: RunStatusInput) -> RunStatusView:
     """Read a playbook run's status query: phase, step statuses, open gates, verification."""
-    client = activity.client()
+    handle = activity.client().get_workflow_handle(request.workflow_id)
     try:
-        state = await client.get_workflow_handle(request.workflow_id).query(
-            QUERY_STATUS, result_type=RunState
-        )
+        state = await handle.query(QUERY_STATUS, result_type=RunState)
     except RPCError as err:
         if err.status is RPCStatusCode.NOT_FOUND:
             return RunStatusView(found=False)
-        raise
+        # A run that closed before answering any query (cancelled at birth, terminated)
+        # still has a status: report it, so the incident does not wait for it forever.
+        description = await handle.describe()
+        status = description.status
+        if status is None or status is WorkflowExecutionStatus.RUNNING:
+            raise
+        return RunStatusView(
+            found=True, phase=_CLOSED.get(status, "failed"), reason=f"run {status.name.lower()}"
+        )
     return summarise(state)
+
+
+_CLOSED = {
+    WorkflowExecutionStatus.COMPLETED: "succeeded",
+    WorkflowExecutionStatus.CANCELED: "cancelled",
+    WorkflowExecutionStatus.TERMINATED: "cancelled",
+    WorkflowExecutionStatus.FAILED: "failed",
+    WorkflowExecutionStatus.TIMED_OUT: "failed",
+}
 
 
 class GuardAdmitInput(BaseModel):
