@@ -28,7 +28,7 @@ from fireline.errors import CompileError
 from fireline.identity import signing
 from fireline.identity.keys import load_decision_key
 from fireline.messages import DecisionAction, RunState, StepState
-from fireline.operator import operations
+from fireline.operator import alerts_api, operations
 from fireline.operator.auth import Authenticator, Principal
 from fireline.plan import InputSpec
 from fireline.runtime.client import make_client
@@ -395,4 +395,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return CancelAnswer(workflow_id=workflow_id)
 
     app.include_router(ops)
+    app.include_router(alerts_api.alerts_router(settings))
     return app

@@ -1,0 +1,564 @@
+"""The alert webhooks end to end: real uvicorn on 127.0.0.1, real Temporal dev server.
+
+Until the incident workflow lands, incidents are opened in ``StandInIncident``: a minimal
+workflow registered under the real workflow type name (``fireline.incident.INCIDENT_WORKFLOW``)
+that takes the real :class:`IncidentStart` and :class:`AlertBatch`, dedupes by
+``notification_id`` as the contract says the real one does, and answers a query with its
+counts. It runs unsandboxed (it is test code, deterministic by construction). Everything on
+the ingress side is the production path: parsing, credentials, routing from a catalog file,
+the group commit and signal-with-start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from fireline.incident import (
+    INCIDENT_WORKFLOW,
+    SIGNAL_ALERTS,
+    AlertBatch,
+    IncidentStart,
+    incident_workflow_id,
+)
+from fireline.ingress.config import IngressSettings
+from fireline.operator.alerts_api import alerts_router
+from fireline.runtime.settings import Settings
+
+FIXTURES = Path(__file__).parent / "fixtures" / "alerts"
+STANDIN_QUERY = "standin_state"
+STANDIN_END = "standin_end"
+
+CATALOG = """
+roles:
+  sre-oncall: {tier: 1, members: [alice, bob]}
+services:
+  checkout:
+    responders: [alice]
+    routes:
+      - name: checkout-errors
+        matchers: ['service=~"checkout.*"', 'severity!="info"']
+        playbooks: {HighErrorRate: restart-api}
+        inputs: {host: "{labels.instance}"}
+  orders-db:
+    routes:
+      - matchers: ['service="orders-db"']
+  payments:
+    routes:
+      - matchers: ['service="Payments API"']
+        sources: [pagerduty]
+  storm:
+    routes:
+      - matchers: ['alertname="Storm"']
+        incident_key: "storm/{labels.key}"
+"""
+
+PLAYBOOK = """
+name: restart-api
+inputs:
+  host: {type: string, required: true}
+steps:
+  - id: pause
+    uses: core.wait
+    with: {seconds: 0}
+"""
+
+GRAFANA_SECRET = "grafana-hmac-secret"
+PD_SECRET = "pagerduty-signing-secret"
+TOKEN = "generic-token"
+AUTH: dict[str, dict[str, Any]] = {
+    "alertmanager": {"kind": "basic", "users": {"alertmanager": "am-password"}},
+    "grafana": {
+        "kind": "hmac",
+        "secrets": [GRAFANA_SECRET],
+        "timestamp_header": "X-Grafana-Alerting-Signature-Timestamp",
+        "window_seconds": 300,
+    },
+    "pagerduty": {"kind": "pagerduty", "secrets": ["rotated-out", PD_SECRET]},
+    "generic": {"kind": "bearer", "tokens": [TOKEN]},
+    "read": {"kind": "bearer", "tokens": [TOKEN]},
+}
+
+
+class StandInState(BaseModel):
+    key: str
+    service: str
+    playbook: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    previous_incident: str | None = None
+    alerts: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    statuses: dict[str, int] = Field(default_factory=dict)
+
+
+@workflow.defn(name=INCIDENT_WORKFLOW)
+class StandInIncident:
+    @workflow.init
+    def __init__(self, start: IncidentStart) -> None:
+        self.state = StandInState(
+            key=start.key,
+            service=start.service,
+            playbook=start.plan.name if start.plan else None,
+            inputs=start.inputs,
+            previous_incident=start.previous_incident,
+        )
+        self.seen: set[str] = set()
+        self.ended = False
+
+    @workflow.run
+    async def run(self, start: IncidentStart) -> StandInState:
+        await workflow.wait_condition(lambda: self.ended)
+        return self.state
+
+    @workflow.signal(name=SIGNAL_ALERTS)
+    def alerts(self, batch: AlertBatch) -> None:
+        self.state.batches += 1
+        for alert in batch.alerts:
+            if alert.notification_id in self.seen:
+                self.state.duplicates += 1
+                continue
+            self.seen.add(alert.notification_id)
+            self.state.alerts += 1
+            status = alert.status.value
+            self.state.statuses[status] = self.state.statuses.get(status, 0) + 1
+
+    @workflow.signal(name=STANDIN_END)
+    def end(self) -> None:
+        self.ended = True
+
+    @workflow.query(name=STANDIN_QUERY)
+    def status(self) -> StandInState:
+        return self.state
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture
+def settings(env: WorkflowEnvironment, task_queue_prefix: str, tmp_path: Path) -> Settings:
+    folder = tmp_path / "playbooks"
+    folder.mkdir()
+    (folder / "catalog.yaml").write_text(textwrap.dedent(CATALOG).lstrip())
+    (folder / "restart-api.yaml").write_text(textwrap.dedent(PLAYBOOK).lstrip())
+    return Settings(
+        temporal_address=env.client.service_client.config.target_host,
+        task_queue_prefix=task_queue_prefix,
+        playbooks_dir=folder,
+        data_dir=tmp_path / "data",
+    )
+
+
+def ingress_config(**overrides: Any) -> IngressSettings:
+    return IngressSettings(**{"auth": AUTH, "max_body_bytes": 64 * 1024, **overrides})
+
+
+@pytest.fixture
+async def standin(client: Client, settings: Settings) -> AsyncIterator[None]:
+    async with Worker(
+        client,
+        task_queue=settings.workflow_task_queue,
+        workflows=[StandInIncident],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        yield
+
+
+async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    sock = free_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        assert not task.done(), "uvicorn stopped during start-up"
+        await asyncio.sleep(0.02)
+    return server, task, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+async def api(settings: Settings, standin: None) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    app.include_router(alerts_router(settings, ingress_config()))
+    server, task, url = await serve(app)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await task
+
+
+def fixture(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return doc
+
+
+def am_headers() -> dict[str, str]:
+    token = base64.b64encode(b"alertmanager:am-password").decode()
+    return {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+
+def grafana_headers(body: bytes, stamp: int | None = None) -> dict[str, str]:
+    ts = str(int(time.time()) if stamp is None else stamp)
+    signature = hmac.new(GRAFANA_SECRET.encode(), f"{ts}:".encode() + body, hashlib.sha256)
+    return {
+        "X-Grafana-Alerting-Signature": signature.hexdigest(),
+        "X-Grafana-Alerting-Signature-Timestamp": ts,
+        "Content-Type": "application/json",
+    }
+
+
+def pd_headers(body: bytes, webhook_id: str | None = None) -> dict[str, str]:
+    signature = hmac.new(PD_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    other = hmac.new(b"some-other-secret", body, hashlib.sha256).hexdigest()
+    return {
+        "X-PagerDuty-Signature": f"v1={other},v1={signature}",
+        "X-Webhook-Id": webhook_id or uuid.uuid4().hex,
+        "X-Webhook-Subscription": "PSUB123",
+        "User-Agent": "PagerDuty-Webhook/V3.0",
+        "Content-Type": "application/json",
+    }
+
+
+def bearer() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def unique_am(doc: dict[str, Any]) -> bytes:
+    """The fixture under a fresh group key, so each test has incidents of its own."""
+    doc = dict(doc)
+    doc["groupKey"] = f"{doc['groupKey']}/{uuid.uuid4().hex[:8]}"
+    return json.dumps(doc).encode()
+
+
+async def state(client: Client, workflow_id: str) -> StandInState:
+    handle = client.get_workflow_handle(workflow_id)
+    result: StandInState = await handle.query(STANDIN_QUERY, result_type=StandInState)
+    return result
+
+
+class TestEndToEnd:
+    async def test_alertmanager(self, api: httpx.AsyncClient, client: Client) -> None:
+        """Basic auth, two alerts in one notification, routed to checkout with the playbook."""
+        body = unique_am(fixture("alertmanager_firing.json"))
+        answer = await api.post("/v1/alerts/alertmanager", content=body, headers=am_headers())
+        assert answer.status_code == 202, answer.text
+        data = answer.json()
+        assert data["alerts"] == 2
+        [incident] = data["incidents"]
+        assert incident["service"] == "checkout"
+        assert incident["playbook"] == "restart-api"
+        assert incident["workflow_id"] == incident_workflow_id(incident["key"])
+        # 202 means durable: the signal is in the workflow's history already
+        got = await state(client, incident["workflow_id"])
+        assert got.alerts == 2
+        assert got.service == "checkout"
+        assert got.playbook == "restart-api"
+        assert got.inputs == {"host": "api-7f9c:8080"}
+
+    async def test_grafana(self, api: httpx.AsyncClient, client: Client) -> None:
+        body = json.dumps(fixture("grafana_firing.json")).encode()
+        answer = await api.post("/v1/alerts/grafana", content=body, headers=grafana_headers(body))
+        assert answer.status_code == 202, answer.text
+        [incident] = answer.json()["incidents"]
+        assert incident["service"] == "orders-db"
+        got = await state(client, incident["workflow_id"])
+        assert got.alerts == 1
+        assert got.playbook is None
+
+    async def test_pagerduty_lifecycle(self, api: httpx.AsyncClient, client: Client) -> None:
+        """Triggered, acknowledged and resolved land in one incident keyed by the PD incident."""
+        incident_id = f"Q{uuid.uuid4().hex[:12].upper()}"
+        ids = set()
+        for name in ("triggered", "acknowledged", "resolved"):
+            doc = fixture(f"pagerduty_{name}.json")
+            doc["event"]["data"]["id"] = incident_id
+            doc["event"]["id"] = uuid.uuid4().hex
+            body = json.dumps(doc).encode()
+            answer = await api.post("/v1/alerts/pagerduty", content=body, headers=pd_headers(body))
+            assert answer.status_code == 202, answer.text
+            ids.add(answer.json()["incidents"][0]["workflow_id"])
+        [workflow_id] = ids
+        got = await state(client, workflow_id)
+        assert got.service == "payments"
+        assert got.statuses == {"firing": 1, "acknowledged": 1, "resolved": 1}
+
+    async def test_generic(self, api: httpx.AsyncClient, client: Client) -> None:
+        doc = fixture("generic.json")
+        doc["dedup_key"] = f"orders-db/backup/{uuid.uuid4().hex[:6]}"
+        answer = await api.post("/v1/alerts", json=doc, headers=bearer())
+        assert answer.status_code == 202, answer.text
+        [incident] = answer.json()["incidents"]
+        assert incident["service"] == "orders-db"
+        assert (await state(client, incident["workflow_id"])).alerts == 1
+
+
+class TestExactlyOnce:
+    async def test_redelivery_changes_nothing(self, api: httpx.AsyncClient, client: Client) -> None:
+        """Alertmanager retries the same notification: the incident still holds two alerts."""
+        body = unique_am(fixture("alertmanager_firing.json"))
+        first = await api.post("/v1/alerts/alertmanager", content=body, headers=am_headers())
+        again = await api.post("/v1/alerts/alertmanager", content=body, headers=am_headers())
+        assert first.status_code == again.status_code == 202
+        workflow_id = first.json()["incidents"][0]["workflow_id"]
+        assert again.json()["incidents"][0]["workflow_id"] == workflow_id
+        got = await state(client, workflow_id)
+        assert got.alerts == 2
+        assert got.duplicates == 2
+
+    async def test_pagerduty_retry_same_event(self, api: httpx.AsyncClient, client: Client) -> None:
+        doc = fixture("pagerduty_triggered.json")
+        doc["event"]["data"]["id"] = f"Q{uuid.uuid4().hex[:12].upper()}"
+        body = json.dumps(doc).encode()
+        hook = uuid.uuid4().hex
+        for _ in range(3):
+            answer = await api.post(
+                "/v1/alerts/pagerduty", content=body, headers=pd_headers(body, hook)
+            )
+            assert answer.status_code == 202
+        got = await state(client, answer.json()["incidents"][0]["workflow_id"])
+        assert got.alerts == 1
+
+    async def test_ha_double_send(self, api: httpx.AsyncClient, client: Client) -> None:
+        """Both members of an HA pair send the same notification at once: one incident, 2 alerts."""
+        body = unique_am(fixture("alertmanager_firing.json"))
+        answers = await asyncio.gather(
+            *(
+                api.post("/v1/alerts/alertmanager", content=body, headers=am_headers())
+                for _ in range(2)
+            )
+        )
+        assert [a.status_code for a in answers] == [202, 202]
+        ids = {a.json()["incidents"][0]["workflow_id"] for a in answers}
+        assert len(ids) == 1
+        got = await state(client, ids.pop())
+        assert got.alerts == 2
+        # then the resolution arrives: a new notification for the same incident
+        resolved = fixture("alertmanager_resolved.json")
+        resolved["groupKey"] = json.loads(body)["groupKey"]
+        answer = await api.post(
+            "/v1/alerts/alertmanager", content=json.dumps(resolved), headers=am_headers()
+        )
+        got = await state(client, answer.json()["incidents"][0]["workflow_id"])
+        assert got.alerts == 3
+        assert got.statuses == {"firing": 2, "resolved": 1}
+
+    async def test_ended_incident_opens_a_new_one_linked(
+        self, api: httpx.AsyncClient, client: Client
+    ) -> None:
+        doc = fixture("generic.json")
+        doc["dedup_key"] = f"k-{uuid.uuid4().hex[:6]}"
+        first = await api.post("/v1/alerts", json=doc, headers=bearer())
+        workflow_id = first.json()["incidents"][0]["workflow_id"]
+        handle = client.get_workflow_handle(workflow_id)
+        old_run = (await handle.describe()).run_id
+        await handle.signal(STANDIN_END)
+        await handle.result()
+        doc["summary"] = "it failed again"
+        second = await api.post("/v1/alerts", json=doc, headers=bearer())
+        assert second.status_code == 202
+        assert second.json()["incidents"][0]["workflow_id"] == workflow_id
+        new = await client.get_workflow_handle(workflow_id).describe()
+        assert new.run_id != old_run
+        got = await state(client, workflow_id)
+        assert got.alerts == 1
+        assert got.previous_incident == old_run
+
+    async def test_storm_exact_counts(self, api: httpx.AsyncClient, client: Client) -> None:
+        """500 notifications over 5 keys from 50 concurrent clients: 5 incidents, 500 alerts."""
+        storm = uuid.uuid4().hex[:8]
+        keys = [f"{storm}-{i}" for i in range(5)]
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(500):
+            queue.put_nowait(n)
+        answers: list[dict[str, Any]] = []
+
+        async def sender() -> None:
+            async with httpx.AsyncClient(base_url=str(api.base_url), timeout=30) as http:
+                while not queue.empty():
+                    n = queue.get_nowait()
+                    doc = {
+                        "title": "storm",
+                        "id": f"{storm}-{n}",
+                        "dedup_key": "storm",
+                        "labels": {"alertname": "Storm", "key": keys[n % 5]},
+                    }
+                    answer = await http.post("/v1/alerts", json=doc, headers=bearer())
+                    assert answer.status_code == 202, answer.text
+                    answers.append(answer.json())
+
+        await asyncio.gather(*(sender() for _ in range(50)))
+        assert len(answers) == 500
+        workflow_ids = {a["incidents"][0]["workflow_id"] for a in answers}
+        assert workflow_ids == {incident_workflow_id(f"storm/{k}") for k in keys}
+        counts = [(await state(client, w)).alerts for w in sorted(workflow_ids)]
+        assert counts == [100] * 5
+        stats = (await api.get("/v1/alerts/stats", headers=bearer())).json()["stats"]
+        assert stats["signalled_alerts"] >= 500
+        assert stats["signals"] <= 500
+
+
+class TestUnrouted:
+    async def test_stored_counted_listed(self, api: httpx.AsyncClient, settings: Settings) -> None:
+        """Nothing matches: 202, written to the unrouted log, listed by the API."""
+        doc = {"title": "mystery", "labels": {"service": "nobody-owns-this"}, "id": "u-1"}
+        answer = await api.post("/v1/alerts", json=doc, headers=bearer())
+        assert answer.status_code == 202
+        assert answer.json()["unrouted"] == 1
+        assert answer.json()["incidents"] == []
+        listing = await api.get("/v1/alerts/unrouted", headers=bearer())
+        assert listing.status_code == 200
+        body = listing.json()
+        assert body["total"] == 1
+        assert body["latest"][0]["labels"] == {"service": "nobody-owns-this"}
+        assert (settings.data_dir / "unrouted.jsonl").read_text().count("\n") == 1
+        assert (await api.get("/v1/alerts/unrouted")).status_code == 401
+
+    async def test_pagerduty_ping_is_recorded(self, api: httpx.AsyncClient) -> None:
+        body = json.dumps(
+            {"event": {"id": uuid.uuid4().hex, "event_type": "pagey.ping", "data": {}}}
+        ).encode()
+        answer = await api.post("/v1/alerts/pagerduty", content=body, headers=pd_headers(body))
+        assert answer.status_code == 202
+        assert answer.json()["unrouted"] == 1
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        ("path", "headers"),
+        [
+            ("/v1/alerts/alertmanager", {}),
+            ("/v1/alerts/alertmanager", {"Authorization": "Basic YWxlcnRtYW5hZ2VyOndyb25n"}),
+            ("/v1/alerts/grafana", {}),
+            ("/v1/alerts/grafana", {"X-Grafana-Alerting-Signature": "00"}),
+            ("/v1/alerts/pagerduty", {}),
+            ("/v1/alerts/pagerduty", {"X-PagerDuty-Signature": "v1=00"}),
+            ("/v1/alerts", {}),
+            ("/v1/alerts", {"Authorization": "Bearer wrong"}),
+        ],
+    )
+    async def test_missing_or_wrong_credentials(
+        self, api: httpx.AsyncClient, path: str, headers: dict[str, str]
+    ) -> None:
+        answer = await api.post(path, content=b'{"title": "x"}', headers=headers)
+        assert answer.status_code == 401, answer.text
+
+    async def test_grafana_replay_outside_window(self, api: httpx.AsyncClient) -> None:
+        """A correctly signed notification captured 10 minutes ago is refused."""
+        body = json.dumps(fixture("grafana_firing.json")).encode()
+        old = grafana_headers(body, stamp=int(time.time()) - 600)
+        answer = await api.post("/v1/alerts/grafana", content=body, headers=old)
+        assert answer.status_code == 401
+        assert "replay window" in answer.json()["detail"]
+
+    async def test_malformed(self, api: httpx.AsyncClient) -> None:
+        for body in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+            answer = await api.post("/v1/alerts", content=body, headers=bearer())
+            assert answer.status_code == 400, body
+
+    async def test_invalid_names_the_field(self, api: httpx.AsyncClient) -> None:
+        doc = fixture("alertmanager_firing.json")
+        doc["alerts"][1]["labels"] = "not a mapping"
+        answer = await api.post("/v1/alerts/alertmanager", json=doc, headers=am_headers())
+        assert answer.status_code == 422
+        assert answer.json()["detail"][0]["loc"] == ["alerts", 1, "labels"]
+
+    async def test_oversized(self, api: httpx.AsyncClient) -> None:
+        """Over the limit: 413, whether Content-Length says so or the chunks only show it."""
+        big = json.dumps({"title": "x", "summary": "a" * 70_000}).encode()
+        answer = await api.post("/v1/alerts", content=big, headers=bearer())
+        assert answer.status_code == 413
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(100):
+                yield b" " * 1024
+
+        answer = await api.post("/v1/alerts", content=chunks(), headers=bearer())
+        assert answer.status_code == 413
+
+    async def test_stranger_is_refused_before_the_body_is_read(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        """A wrong bearer token gets 401 even with a body over the limit (nothing is read)."""
+        big = b" " * 200_000
+        answer = await api.post("/v1/alerts", content=big, headers={"Authorization": "Bearer x"})
+        assert answer.status_code == 401
+
+
+class TestBackpressure:
+    async def test_full_queue_and_deadline_answer_503(self, settings: Settings) -> None:
+        """A stuck Temporal write: the next notification gets 503 + Retry-After, not a hang."""
+        release = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def stuck(key: str, start: IncidentStart, batch: AlertBatch) -> str:
+            entered.set()
+            await release.wait()
+            return "run"
+
+        app = FastAPI()
+        config = ingress_config(max_pending=1, deadline_seconds=0.5, retry_after_seconds=3)
+        app.include_router(alerts_router(settings, config, starter=stuck))
+        server, task, url = await serve(app)
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                doc = fixture("generic.json")
+                first = asyncio.create_task(http.post("/v1/alerts", json=doc, headers=bearer()))
+                await entered.wait()
+                doc2 = {**doc, "id": "another"}
+                full = await http.post("/v1/alerts", json=doc2, headers=bearer())
+                assert full.status_code == 503
+                assert full.headers["retry-after"] == "3"
+                late = await first  # its write never landed within the deadline
+                assert late.status_code == 503
+                assert late.headers["retry-after"] == "3"
+                release.set()
+        finally:
+            server.should_exit = True
+            await task
+
+    async def test_temporal_unreachable(self, settings: Settings, tmp_path: Path) -> None:
+        down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+        app = FastAPI()
+        app.include_router(alerts_router(down, ingress_config()))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            answer = await http.post("/v1/alerts", json=fixture("generic.json"), headers=bearer())
+        assert answer.status_code == 503
+        assert "retry-after" in answer.headers
+
+
+class TestMounted:
+    async def test_create_app_serves_the_alert_routes(
+        self, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The operator app includes the router, configured from FIRELINE_INGRESS_*."""
+        from fireline.operator.api import create_app
+
+        monkeypatch.setenv("FIRELINE_INGRESS_AUTH", json.dumps(AUTH))
+        transport = httpx.ASGITransport(app=create_app(settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            answer = await http.post("/v1/alerts", json={"title": "x"})
+        assert answer.status_code == 401
