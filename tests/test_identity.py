@@ -5,7 +5,6 @@ Pure file-system tests (no server): each uses its own temporary data folder.
 
 from __future__ import annotations
 
-import os
 import stat
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -150,11 +149,9 @@ class TestDevIdentity:
     def test_first_start_makes_key_and_credential_then_reuses_them(
         self,
         settings: Settings,
-        monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         """fireline up's hook: dev mode on, a key and a credential for the catalog's first."""
-        monkeypatch.setenv("FIRELINE_DEV_MODE", "false")  # restored afterwards
         dev = ensure_dev_identity(settings)
         assert dev.dev_mode is True
         said = capsys.readouterr().err
@@ -165,18 +162,14 @@ class TestDevIdentity:
         token = credential.read_text().strip()
         assert TokenStore.of(settings).person_of(token) == "alice"
         assert key_path(settings).exists()
-        assert os.environ["FIRELINE_DEV_MODE"] == "true"
 
         ensure_dev_identity(settings)
         assert capsys.readouterr().err == ""
         assert credential.read_text().strip() == token
         assert len(TokenStore.of(settings).records()) == 1
 
-    def test_a_revoked_dev_credential_is_replaced(
-        self, settings: Settings, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_a_revoked_dev_credential_is_replaced(self, settings: Settings) -> None:
         """If someone revoked the dev token, the next start issues a fresh one."""
-        monkeypatch.setenv("FIRELINE_DEV_MODE", "false")  # restored afterwards
         ensure_dev_identity(settings)
         store = TokenStore.of(settings)
         (record,) = store.records()

@@ -9,7 +9,6 @@ which the CLI picks up when it talks to a loopback API. Both files are mode 0600
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +51,9 @@ def _ensure_credential(settings: Settings, person: str) -> bool:
 def ensure_dev_identity(settings: Settings) -> Settings:
     """Settings in development mode, with the key and the dev credential made if missing.
 
-    Also exports ``FIRELINE_DEV_MODE=true`` so an API process started from here inherits it.
+    An API started in a process of its own needs ``dev_mode`` passed on (``DEV_MODE_ENV`` in
+    its environment); without it the API still works, it only refuses credential-less calls,
+    and the CLI sends the development credential anyway.
     """
     created: list[str] = []
     key_file = settings.decision_key_file or settings.data_dir / "identity" / "decision-key"
@@ -79,7 +80,6 @@ def ensure_dev_identity(settings: Settings) -> Settings:
             + ". The CLI uses the credential automatically; see `fireline token --help`.",
             soft_wrap=True,
         )
-    os.environ[DEV_MODE_ENV] = "true"
     identity = DevIdentity(person, credential, key.key_id, tuple(created))
     log.debug("development identity ready", person=identity.person, key_id=identity.key_id)
     return settings.model_copy(update={"dev_mode": True})

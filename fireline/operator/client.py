@@ -91,14 +91,15 @@ def write_credentials(path: Path, credentials: CredentialFile) -> None:
 
 def api_url(settings: Settings) -> str:
     """``FIRELINE_API_URL`` when set, else the URL of the last login, else the default."""
-    if "api_url" not in settings.model_fields_set:
-        try:
-            saved = read_credentials(credentials_path(settings))
-        except NotAuthorized:
-            saved = None
-        if saved is not None and saved.api_url:
-            return saved.api_url
-    return settings.api_url
+    if settings.api_url and "api_url" in settings.model_fields_set:
+        return settings.api_url
+    try:
+        saved = read_credentials(credentials_path(settings))
+    except NotAuthorized:
+        saved = None
+    if saved is not None and saved.api_url:
+        return saved.api_url
+    return settings.api_url or str(Settings.model_fields["api_url"].default)
 
 
 def resolve_credential(settings: Settings, url: str) -> Credential:
