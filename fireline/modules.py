@@ -24,9 +24,12 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio import activity
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
 
+from fireline import errors
 from fireline.plan import CheckResult, Preview, RetrySpec, Risk
 from fireline.runtime.settings import DOMAINS, Settings
 
@@ -181,6 +184,77 @@ def _models(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel]]:
     return inp, out
 
 
+_MAX_REPORTED_ERRORS = 10
+
+
+def invalid_input_error(name: str, exc: ValidationError) -> ApplicationError:
+    """A non-retryable failure naming every field that does not validate (never its value).
+
+    Retrying cannot fix an input, so the step fails at once with the reason an operator can
+    act on, instead of Temporal's retried "Failed decoding arguments".
+    """
+    errors_ = exc.errors(include_url=False, include_input=False, include_context=False)
+    fields = [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(input)", "problem": err["msg"]}
+        for err in errors_[:_MAX_REPORTED_ERRORS]
+    ]
+    listed = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
+    more = f" (and {len(errors_) - len(fields)} more)" if len(errors_) > len(fields) else ""
+    return ApplicationError(
+        f"{name}: invalid input: {listed}{more}",
+        {"fields": fields},
+        type=errors.INVALID_INPUT,
+        non_retryable=True,
+    )
+
+
+def _decode(name: str, model: type[BaseModel], arg: Any) -> BaseModel:
+    """The module's input model from what the worker received (raw payload, dict or model)."""
+    if isinstance(arg, model):
+        return arg
+    try:
+        if isinstance(arg, RawValue):
+            return model.model_validate_json(arg.payload.data)
+        return model.model_validate(arg)
+    except ValidationError as exc:
+        raise invalid_input_error(name, exc) from None
+
+
+def _validating(name: str, fn: Callable[..., Any], model: type[BaseModel]) -> Callable[..., Any]:
+    """``fn`` registered so that the worker hands it the raw payload, validated here.
+
+    Temporal decodes arguments before any interceptor runs and turns a validation error into
+    a retryable "Failed decoding arguments"; taking the payload raw (``RawValue``) and
+    validating it with the module's own model makes the field error the step's failure.
+    """
+    method = "self" in inspect.signature(fn).parameters
+    returns = inspect.get_annotations(fn, eval_str=True).get("return")
+    wrapper: Callable[..., Any]
+    if inspect.iscoroutinefunction(fn):
+        if method:
+
+            async def wrapper(self: Any, raw: Any) -> Any:
+                return await fn(self, _decode(name, model, raw))
+        else:
+
+            async def wrapper(raw: Any) -> Any:
+                return await fn(_decode(name, model, raw))
+    elif method:
+
+        def wrapper(self: Any, raw: Any) -> Any:
+            return fn(self, _decode(name, model, raw))
+    else:
+
+        def wrapper(raw: Any) -> Any:
+            return fn(_decode(name, model, raw))
+
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(wrapper, attr, getattr(fn, attr))
+    wrapper.__annotations__ = {"raw": RawValue, "return": returns}
+    wrapper.__dict__.update(fn.__dict__)
+    return wrapper
+
+
 def _register(spec_kwargs: dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = spec_kwargs["name"]
@@ -188,15 +262,16 @@ def _register(spec_kwargs: dict[str, Any]) -> Callable[[Callable[..., Any]], Cal
             raise ValueError(f"{name}: unknown domain {spec_kwargs['domain']!r}")
         inp, out = _models(fn)
         description = spec_kwargs.pop("description", None) or inspect.getdoc(fn) or ""
+        wrapper = _validating(name, fn, inp)
         spec = ModuleSpec(
-            fn=fn,
+            fn=wrapper,
             input_model=inp,
             output_model=out,
             description=description.strip().splitlines()[0] if description else "",
             **spec_kwargs,
         )
-        setattr(fn, SPEC_ATTR, spec)
-        return activity.defn(name=name)(fn)
+        setattr(wrapper, SPEC_ATTR, spec)
+        return activity.defn(name=name)(wrapper)
 
     return decorate
 
@@ -207,11 +282,13 @@ def preview(module_name: str) -> Callable[[Callable[..., Any]], Callable[..., An
     needs the same credentials) before the step's gate opens."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _, out = _models(fn)
+        inp, out = _models(fn)
         if not issubclass(out, Preview):
             raise TypeError(f"{fn.__qualname__}: a preview returns fireline.plan.Preview")
-        setattr(fn, PREVIEW_ATTR, module_name)
-        return activity.defn(name=preview_activity(module_name))(fn)
+        name = preview_activity(module_name)
+        wrapper = _validating(name, fn, inp)
+        setattr(wrapper, PREVIEW_ATTR, module_name)
+        return activity.defn(name=name)(wrapper)
 
     return decorate
 
