@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from fireline.identity.signing import SignedDecision
-from fireline.plan import GateSpec, Plan, Risk
+from fireline.plan import ActivityCall, GateSpec, Plan, Preview, Risk
 
 WORKFLOW_NAME = "PlaybookWorkflow"
 
@@ -157,6 +157,12 @@ class ApprovalRecord(BaseModel):
     decision: Literal["approved", "rejected"]
     comment: str = ""
     at: datetime
+    verified: bool | None = None
+    """True: signed by a trusted key; False: accepted unsigned where the rights allow it;
+    None: recorded before decisions were signed."""
+    inputs_digest: str = ""
+    """Digest of the step's resolved inputs this decision was about; a retry that changes
+    them makes the approval stale and reopens the gate."""
 
 
 class StepState(BaseModel):
@@ -173,6 +179,14 @@ class StepState(BaseModel):
     gate: GateSpec | None = None
     gate_deadline: datetime | None = None
     approvals: list[ApprovalRecord] = Field(default_factory=list)
+    superseded: list[ApprovalRecord] = Field(default_factory=list)
+    """Approvals given for inputs a later retry changed: kept for the audit, no longer counted."""
+    mutates: bool = False
+    domain: str | None = None
+    preview: Preview | None = None
+    """What the step would change, read by its module's preview before the gate opened."""
+    preview_error: str | None = None
+    """Why the preview could not be read (it never blocks the gate)."""
     checks: list[CheckObservation] = Field(default_factory=list)
     child_workflow_id: str | None = None
     started_at: datetime | None = None
@@ -194,6 +208,9 @@ class CompensationRecord(BaseModel):
     status: Literal["pending", "succeeded", "failed"] = "pending"
     error: str | None = None
     verified: bool | None = None
+    call: ActivityCall | None = None
+    """The whole activity call the undo runs with (timeouts, heartbeat, retry policy); None in
+    records pushed before it was kept, which run with the fields above."""
 
 
 class AuditEvent(BaseModel):
@@ -202,6 +219,8 @@ class AuditEvent(BaseModel):
     kind: str
     step: str | None = None
     message: str = ""
+    verified: bool | None = None
+    """For a person's decision: whether a trusted signature proved who acted."""
 
 
 class RunState(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -113,6 +114,8 @@ class ActivityCall(BaseModel):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     when: str | None = None
     """Dotted path (``input.health_url``): the call is skipped when it resolves to nothing."""
+    preview: str | None = None
+    """The activity that reads what this call would change (same input, returns a Preview)."""
 
 
 class CheckCall(ActivityCall):
@@ -194,6 +197,126 @@ class InputSpec(BaseModel):
     default: Any = None
 
 
+# -- decision rights, frozen from the catalog at compile time -----------------------------
+
+
+class Person(BaseModel):
+    """Who may decide, as the catalog said when the plan was compiled (contact left out)."""
+
+    name: str
+    roles: list[str] = Field(default_factory=list)
+    tier: int = 0
+
+
+class RiskRight(BaseModel):
+    """Who may approve a step of one risk level, and how many must."""
+
+    min_tier: int | None = None
+    roles: list[str] = Field(default_factory=list)
+    """Holding any of these roles qualifies as well as the tier does."""
+    min_approvals: int = 1
+
+    def admits(self, tier: int, roles: list[str]) -> bool:
+        if self.min_tier is None and not self.roles:
+            return True
+        return (self.min_tier is not None and tier >= self.min_tier) or bool(
+            set(roles) & set(self.roles)
+        )
+
+    def describe(self) -> str:
+        parts = [f"tier {self.min_tier}+"] if self.min_tier is not None else []
+        parts += [f"role {r}" for r in self.roles]
+        return " or ".join(parts) or "anyone"
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class WeeklyWindow(BaseModel):
+    """Every week on ``days``, from ``start`` to ``end`` local time (``end`` <= ``start``
+    runs past midnight into the next day)."""
+
+    days: list[str]
+    start: time
+    end: time
+
+    def contains(self, local: datetime) -> bool:
+        naive = local.replace(tzinfo=None)
+        for back in (0, 1):
+            day = (naive - timedelta(days=back)).date()
+            if WEEKDAYS[day.weekday()] not in self.days:
+                continue
+            begin = datetime.combine(day, self.start)
+            finish = datetime.combine(day, self.end)
+            if finish <= begin:
+                finish += timedelta(days=1)
+            if begin <= naive < finish:
+                return True
+        return False
+
+
+class EmbargoWindow(BaseModel):
+    """A change freeze: mutating steps it covers need Tier 3 (soft) or are refused (hard)."""
+
+    name: str
+    mode: Literal["soft", "hard"] = "soft"
+    domains: list[str] = Field(default_factory=list)
+    services: list[str] = Field(default_factory=list)
+    targets: list[str] = Field(default_factory=list)
+    timezone: str = "UTC"
+    start: datetime | None = None
+    """Local wall-clock time in ``timezone`` (naive), with ``end``: a one-off window."""
+    end: datetime | None = None
+    weekly: list[WeeklyWindow] = Field(default_factory=list)
+    reason: str = ""
+
+    def covers(self, domain: str | None, service: str | None, target: str | None) -> bool:
+        return (
+            (domain is not None and domain in self.domains)
+            or (service is not None and service in self.services)
+            or (target is not None and target in self.targets)
+        )
+
+    def active_at(self, now: datetime) -> bool:
+        from zoneinfo import ZoneInfo
+
+        local = now.astimezone(ZoneInfo(self.timezone))
+        naive = local.replace(tzinfo=None)
+        if self.start is not None and self.end is not None and self.start <= naive < self.end:
+            return True
+        return any(w.contains(local) for w in self.weekly)
+
+
+class DecisionRights(BaseModel):
+    """The catalog's roster and rules, frozen into the plan so that a catalog edit never
+    changes a run already going (and the history shows which rules applied)."""
+
+    people: dict[str, Person] = Field(default_factory=dict)
+    open_roles: dict[str, int] = Field(default_factory=dict)
+    """Roles without a member list (anyone named may act for them) and their tier."""
+    risks: dict[Risk, RiskRight] = Field(default_factory=dict)
+    separation_of_duties: list[Risk] = Field(default_factory=lambda: [Risk.high, Risk.critical])
+    """Risks whose steps the person who started the run may not approve."""
+    unsigned: list[Risk] = Field(default_factory=lambda: [Risk.low])
+    """Risks for which an unsigned decision is accepted (recorded as unverified)."""
+    owners: list[str] | None = None
+    """Who may decide for ungated steps (the plan owner's role); None: anyone in the roster."""
+    embargoes: list[EmbargoWindow] = Field(default_factory=list)
+    service_input: str = "service"
+    """The run input naming the service an embargo's ``services`` are matched against."""
+
+    def right(self, risk: Risk) -> RiskRight:
+        return self.risks.get(risk, RiskRight())
+
+    def embargo(
+        self, now: datetime, domain: str | None, service: str | None, target: str | None
+    ) -> EmbargoWindow | None:
+        """The embargo in force on this target now (a hard one before a soft one)."""
+        hits = [e for e in self.embargoes if e.covers(domain, service, target) and e.active_at(now)]
+        hits.sort(key=lambda e: e.mode != "hard")
+        return hits[0] if hits else None
+
+
 class Plan(BaseModel):
     name: str
     version: str = "1"
@@ -205,6 +328,8 @@ class Plan(BaseModel):
     outputs: dict[str, Any] = Field(default_factory=dict)
     on_failure: OnFailure = OnFailure.compensate
     source: SourceRef | None = None
+    rights: DecisionRights | None = None
+    """Who may decide, frozen from the catalog; None in plans compiled before it was."""
     hash: str = ""
 
     def content_hash(self) -> str:

@@ -36,7 +36,7 @@ CATALOG = Catalog.model_validate(
     {
         "roles": {
             "sre-oncall": {"tier": 1, "members": ["bob", "alice"]},
-            "sre-senior": {"tier": 2, "members": ["carol"]},
+            "sre-senior": {"tier": 2, "members": ["carol", "erin"]},
             "anyone": {"tier": 1},
         }
     }
@@ -402,7 +402,7 @@ class TestIncludes:
         assert (include.gate.role, include.gate.tier, include.gate.approvers) == (
             "sre-senior",
             2,
-            ["carol"],
+            ["carol", "erin"],
         )
         assert include.on_failure == OnFailure.halt
 

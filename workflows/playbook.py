@@ -1,14 +1,20 @@
-"""PlaybookWorkflow: runs a compiled Plan durably.
+"""PlaybookWorkflow: runs a compiled Plan durably (the definition and its handlers).
 
-Each step goes preconditions -> approval gate -> action -> push compensation ->
+Each step goes preconditions -> [preview, approval gate] -> action -> push compensation ->
 postconditions (polled until satisfied or their deadline). On a failed step, a failed check, a
 rejection, a gate timeout or a cancellation the pushed compensations run in reverse, each
 retried and then verified by re-running the forward step's preconditions. ``on_failure: ask``
 pauses instead and waits for a human to retry (maybe with corrected inputs), skip or compensate.
 
-Everything here is deterministic: time comes from ``workflow.now()``, waiting from timers and
-``wait_condition``, and all I/O from activities. The plan says which activity to call by name,
-so this module never imports the module registry.
+The parts live beside it: ``gate`` (the pure judge of every decision), ``compensation`` (the
+stack), ``checks`` (polling), ``journal`` (timeline, banner, search attributes), ``calls``
+(activity options). Everything here is deterministic: time comes from ``workflow.now()``,
+waiting from timers and ``wait_condition``, and all I/O from activities.
+
+Refusals: an update validator refuses what judges nobody (no such step, not waiting, a person
+the catalog does not know) so nothing is recorded; a known person without the right passes the
+validator, and the handler records the refusal in the timeline before answering with it. A
+signal has nobody to answer, so every refused signal is recorded.
 """
 
 from __future__ import annotations
@@ -19,19 +25,13 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import (
-    ActivityError,
-    ApplicationError,
-    CancelledError,
-    ChildWorkflowError,
-)
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from fireline import errors
+    from fireline.identity.signing import inputs_digest
     from fireline.messages import (
         QUERY_STATUS,
-        SA_PHASE,
         SIGNAL_APPROVE,
         SIGNAL_DECIDE,
         SIGNAL_REJECT,
@@ -41,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_NAME,
         Approval,
         ApprovalRecord,
-        AuditEvent,
         CheckObservation,
         CompensationRecord,
         Decision,
@@ -64,17 +63,31 @@ with workflow.unsafe.imports_passed_through():
         OnFailure,
         ParallelNode,
         Plan,
+        Preview,
         RetrySpec,
+        Risk,
         StepNode,
     )
     from fireline.playbook.expressions import ExpressionError, lookup, parse_path, resolve
-    from workflows.banner import render_banner
+    from workflows.calls import call_activity, cancelled, failure_text
+    from workflows.checks import observe, poll_check
+    from workflows.compensation import CompensationStack, call_of, make_record
+    from workflows.gate import (
+        Attempt,
+        Refusal,
+        RunFacts,
+        counted_approvals,
+        judge,
+        needed_approvals,
+    )
+    from workflows.journal import SA_PHASE_KEY, Journal
 
 AnyNode = StepNode | ParallelNode | IncludeNode
 
-# Compensations get more patience than forward steps: giving up half-way through a rollback is
-# the worst outcome a run can have.
-COMPENSATION_RETRY = RetrySpec(max_attempts=5, initial_interval_s=1.0, max_interval_s=30.0)
+PREVIEW_RETRY = RetrySpec(max_attempts=2, initial_interval_s=1.0, max_interval_s=5.0)
+"""A preview is advice for the approver: one retry, then the gate opens without it."""
+EMBARGO_ROLE = "embargo"
+"""The role of the gate a soft embargo puts in front of an ungated mutating step."""
 
 
 @dataclass
@@ -88,32 +101,6 @@ class StepFailed(Exception):
 
     def __str__(self) -> str:
         return f"step '{self.step}' {self.kind}: {self.message}"
-
-
-def _retry_policy(spec: RetrySpec) -> RetryPolicy:
-    return RetryPolicy(
-        initial_interval=timedelta(seconds=spec.initial_interval_s),
-        backoff_coefficient=spec.backoff,
-        maximum_interval=timedelta(seconds=spec.max_interval_s),
-        maximum_attempts=spec.max_attempts,
-        non_retryable_error_types=[*errors.NON_RETRYABLE_ACTIVITY_ERRORS, *spec.non_retryable],
-    )
-
-
-def _failure_text(err: BaseException) -> str:
-    """The innermost meaningful message of an activity or child failure."""
-    while isinstance(err, ActivityError | ChildWorkflowError) and err.cause is not None:
-        err = err.cause
-    return str(err) or type(err).__name__
-
-
-def _cancelled(err: BaseException) -> bool:
-    """True when an activity or child failed because this run is being cancelled."""
-    if isinstance(err, asyncio.CancelledError):
-        return True
-    return isinstance(err, ActivityError | ChildWorkflowError) and isinstance(
-        err.cause, CancelledError
-    )
 
 
 def _apply_defaults(plan: Plan, given: dict[str, Any]) -> dict[str, Any]:
@@ -145,19 +132,31 @@ class PlaybookWorkflow:
                     name=n.name,
                     kind=n.kind,
                     module=n.action.module if isinstance(n, StepNode) else None,
-                    risk=n.risk if isinstance(n, StepNode) else "low",
+                    risk=_risk_of(n),
                     gate=n.gate if isinstance(n, StepNode | IncludeNode) else None,
+                    mutates=n.mutates if isinstance(n, StepNode) else False,
+                    domain=n.action.domain if isinstance(n, StepNode) else None,
                 )
                 for n in self._nodes.values()
             ],
         )
         self._steps = {s.id: s for s in self._state.steps}
         self._outputs: dict[str, dict[str, Any]] = {}
-        self._stack: list[CompensationRecord] = []
+        self._stack = CompensationStack()
+        self._journal = Journal(self._state)
         self._rejections: dict[str, ApprovalRecord] = {}
         self._decisions: dict[str, Decision] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
-        self._sa_phase: str | None = None
+        rights = request.plan.rights
+        service = self._inputs.get(rights.service_input) if rights is not None else None
+        self._facts = RunFacts(
+            workflow_id=workflow.info().workflow_id,
+            plan_name=request.plan.name,
+            requested_by=request.requested_by,
+            rights=rights,
+            trusted_keys=dict(request.trusted_keys),
+            service=service if isinstance(service, str) else None,
+        )
 
     # ------------------------------------------------------------------ run
 
@@ -227,7 +226,7 @@ class PlaybookWorkflow:
             phase=self._state.phase,
             reason=self._state.reason,
             outputs=self._state.outputs,
-            compensations=[c for c in self._stack if c.status == "pending"],
+            compensations=self._stack.pending(),
         )
 
     def _policy_for(self, step_id: str) -> OnFailure:
@@ -313,8 +312,32 @@ class PlaybookWorkflow:
                     node.id, "precondition", f"{check.name} not satisfied: {obs.detail}"
                 )
 
-        if node.gate is not None:
-            await self._gate(node.id, node.gate, state)
+        gate = node.gate
+        rights = self._plan.rights
+        if rights is not None and node.mutates:
+            embargo = rights.embargo(
+                workflow.now(), node.action.domain, self._facts.service, _target_of(with_)
+            )
+            if embargo is not None and embargo.mode == "hard":
+                why = f" ({embargo.reason})" if embargo.reason else ""
+                self._event("embargo_refused", f"embargo '{embargo.name}'{why}", step=node.id)
+                raise StepFailed(
+                    node.id, "embargo", f"embargo '{embargo.name}'{why} forbids this change now"
+                )
+            if embargo is not None and gate is None:
+                # A soft embargo: the ungated change needs a Tier 3 approval first.
+                gate = GateSpec(
+                    role=EMBARGO_ROLE, tier=3, timeout_s=node.decision_timeout_s, approvers=None
+                )
+                state.gate = gate
+                self._event(
+                    "embargo_gate",
+                    f"embargo '{embargo.name}': needs a Tier 3 approval",
+                    step=node.id,
+                )
+        if gate is not None:
+            await self._preview(node, with_, state)
+            await self._gate(node.id, gate, state)
 
         state.status = StepStatus.running
         self._event("step_started", f"{node.name} ({node.action.module})", step=node.id)
@@ -322,14 +345,14 @@ class PlaybookWorkflow:
         try:
             output = await self._act(node, with_, state)
         except (ActivityError, asyncio.CancelledError) as err:
-            if _cancelled(err):
+            if cancelled(err):
                 self._push_compensation(node, with_, None, maybe_ran=True)
                 raise asyncio.CancelledError from None
-            raise StepFailed(node.id, "action", _failure_text(err)) from err
+            raise StepFailed(node.id, "action", failure_text(err)) from err
         state.outputs = output
         self._push_compensation(node, with_, output)
         if node.is_check:
-            obs = self._observe(node.action.module, "post", output, 1)
+            obs = observe(node.action.module, "post", output, 1)
             state.checks.append(obs)
             if not obs.satisfied:
                 raise StepFailed(
@@ -372,13 +395,17 @@ class PlaybookWorkflow:
         )
 
     async def _run_include(self, node: IncludeNode, state: StepState) -> None:
-        if node.gate is not None:
+        bound = self._plan.rights is not None
+        if node.gate is not None and not bound:
             await self._gate(node.id, node.gate, state)
         try:
             child_inputs = resolve(node.with_, self._context())
         except ExpressionError as err:
             raise StepFailed(node.id, "input", str(err)) from err
         state.inputs = child_inputs
+        if node.gate is not None and bound:
+            # With decision rights the approval binds to the inputs the child will get.
+            await self._gate(node.id, node.gate, state)
         state.status = StepStatus.running
         child_id = f"{workflow.info().workflow_id}.{node.id}"
         if state.attempts > 1:
@@ -394,6 +421,8 @@ class PlaybookWorkflow:
                     inputs=child_inputs,
                     requested_by=self._request.requested_by,
                     task_queue_prefix=self._request.task_queue_prefix,
+                    trusted_keys=self._request.trusted_keys,
+                    requested_by_verified=self._request.requested_by_verified,
                 ),
                 id=child_id,
                 static_summary=f"{node.plan.name} (included by {self._plan.name}/{node.id})",
@@ -405,13 +434,12 @@ class PlaybookWorkflow:
                 ),
             )
         except ChildWorkflowError as err:
-            if _cancelled(err):
+            if cancelled(err):
                 raise asyncio.CancelledError from None
-            raise StepFailed(node.id, "include", _failure_text(err)) from err
+            raise StepFailed(node.id, "include", failure_text(err)) from err
         state.outputs = result.outputs
         self._outputs[node.id] = result.outputs
-        for record in result.compensations:
-            self._stack.append(record.model_copy(update={"step": f"{node.id}/{record.step}"}))
+        self._stack.adopt(node.id, result.compensations)
 
     async def _run_parallel(self, node: ParallelNode) -> None:
         state = self._steps[node.id]
@@ -456,28 +484,10 @@ class PlaybookWorkflow:
     async def _call(
         self, call: ActivityCall, arg: dict[str, Any], activity_id: str, summary: str
     ) -> dict[str, Any]:
-        timeout = timedelta(seconds=call.start_to_close_s)
-        if call.local:
-            return await workflow.execute_local_activity(
-                call.module,
-                arg,
-                start_to_close_timeout=timeout,
-                retry_policy=_retry_policy(call.retry),
-                activity_id=activity_id,
-                summary=summary,
-                result_type=dict,
-            )
-        return await workflow.execute_activity(
-            call.module,
-            arg,
-            task_queue=f"{self._request.task_queue_prefix}-{call.domain}",
-            start_to_close_timeout=timeout,
-            heartbeat_timeout=timedelta(seconds=call.heartbeat_s) if call.heartbeat_s else None,
-            retry_policy=_retry_policy(call.retry),
-            activity_id=activity_id,
-            summary=summary,
-            result_type=dict,
+        result: dict[str, Any] = await call_activity(
+            call, arg, activity_id, summary, queue_prefix=self._request.task_queue_prefix
         )
+        return result
 
     async def _check(
         self, step_id: str, index: int, check: CheckCall, context: dict[str, Any], *, stage: str
@@ -490,32 +500,9 @@ class PlaybookWorkflow:
             params = self._resolve_with(check, context)
         except ExpressionError as err:
             raise StepFailed(step_id, f"{stage}condition", f"{check.name}: {err}") from err
-        deadline = workflow.now() + timedelta(seconds=check.deadline_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            summary = f"{stage} check {check.name} for {step_id}"
-            try:
-                raw = await self._call(
-                    check, params, f"{stage}:{step_id}:{index}:{check.name}:{attempt}", summary
-                )
-                obs = self._observe(check.name, stage, raw, attempt)
-            except ActivityError as err:
-                if _cancelled(err):
-                    raise asyncio.CancelledError from None
-                obs = CheckObservation(
-                    check=check.name,
-                    stage=stage,
-                    satisfied=False,
-                    attempts=attempt,
-                    detail=f"check could not run: {_failure_text(err)}",
-                    at=workflow.now(),
-                )
-            if obs.satisfied or stage == "pre" or workflow.now() >= deadline:
-                break
-            await workflow.sleep(
-                timedelta(seconds=check.poll_interval_s), summary=f"re-check {check.name}"
-            )
+        obs = await poll_check(
+            check, params, step_id, index, stage, queue_prefix=self._request.task_queue_prefix
+        )
         if step_id in self._steps:
             self._steps[step_id].checks.append(obs)
         self._event(
@@ -525,40 +512,57 @@ class PlaybookWorkflow:
         )
         return obs
 
-    def _observe(
-        self, name: str, stage: str, raw: dict[str, Any], attempts: int
-    ) -> CheckObservation:
-        return CheckObservation(
-            check=name,
-            stage=stage,
-            satisfied=bool(raw.get("satisfied")),
-            observed=raw.get("observed"),
-            expected=raw.get("expected"),
-            detail=str(raw.get("detail", "")),
-            attempts=attempts,
-            at=workflow.now(),
-        )
+    async def _preview(self, node: StepNode, with_: dict[str, Any], state: StepState) -> None:
+        """Read what the step would change, for the approvers; a failure never blocks the gate."""
+        state.preview, state.preview_error = None, None
+        if node.action.preview is None:
+            return
+        call = node.action.model_copy(update={"retry": PREVIEW_RETRY})
+        try:
+            raw = await call_activity(
+                call,
+                with_,
+                f"preview:{node.id}:{state.attempts}",
+                f"preview {node.name} ({node.action.module})",
+                queue_prefix=self._request.task_queue_prefix,
+                activity=node.action.preview,
+            )
+            state.preview = Preview.model_validate(raw)
+        except ActivityError as err:
+            if cancelled(err):
+                raise asyncio.CancelledError from None
+            state.preview_error = failure_text(err)
+        except ValueError as err:
+            state.preview_error = f"the preview returned something else: {err}"[:500]
+        if state.preview_error is not None:
+            self._event("preview_unavailable", state.preview_error, step=node.id)
 
     # ---------------------------------------------------------------- gates
 
     async def _gate(self, step_id: str, gate: GateSpec, state: StepState) -> None:
-        if (
-            state.approvals
-            and sum(a.decision == "approved" for a in state.approvals) >= gate.min_approvals
-        ):
-            return  # approved on an earlier attempt: a retry does not ask again
+        rights = self._plan.rights
+        needed = needed_approvals(gate, state.risk, rights)
+        if state.approvals and counted_approvals(state, rights) >= needed:
+            return  # approved on an earlier attempt for these very inputs: no need to ask again
+        reopened = ""
+        if rights is not None and state.approvals:
+            # The inputs changed since these approvals (a retry with new values): they no
+            # longer count, and the approvers see the new inputs.
+            state.superseded.extend(state.approvals)
+            state.approvals = []
+            reopened = f"; inputs changed since the last approval, now {state.inputs}"
         state.status = StepStatus.awaiting_approval
         state.gate_deadline = workflow.now() + timedelta(seconds=gate.timeout_s)
         who = f"role {gate.role}" + (f" ({', '.join(gate.approvers)})" if gate.approvers else "")
         self._event(
-            "gate_opened",
-            f"needs {gate.min_approvals} approval(s) from {who} within {gate.timeout_s:g}s",
+            "gate_reopened" if reopened else "gate_opened",
+            f"needs {needed} approval(s) from {who} within {gate.timeout_s:g}s{reopened}",
             step=step_id,
         )
         self._refresh()
         try:
             await workflow.wait_condition(
-                lambda: step_id in self._rejections or self._approved(state, gate),
+                lambda: step_id in self._rejections or counted_approvals(state, rights) >= needed,
                 timeout=timedelta(seconds=gate.timeout_s),
                 timeout_summary=f"approval deadline for {step_id}",
             )
@@ -580,39 +584,73 @@ class PlaybookWorkflow:
             )
         state.gate_deadline = None
 
-    @staticmethod
-    def _approved(state: StepState, gate: GateSpec) -> bool:
-        return sum(a.decision == "approved" for a in state.approvals) >= gate.min_approvals
+    # ------------------------------------------------------------ judging
 
-    def _judge_approval(self, approval: Approval, decision: str) -> str | None:
-        """Why this approval or rejection cannot be accepted, or None when it can."""
-        state = self._steps.get(approval.step)
-        if state is None:
-            return f"no step '{approval.step}' in {self._plan.name}"
-        if state.status is not StepStatus.awaiting_approval or state.gate is None:
-            return (
-                f"step '{approval.step}' is not waiting for approval (it is {state.status.value})"
-            )
-        gate = state.gate
-        if gate.approvers is not None and approval.approver not in gate.approvers:
-            allowed = ", ".join(gate.approvers)
-            return f"{approval.approver} may not decide for role {gate.role} ({allowed})"
-        if decision == "approved" and any(
-            a.by == approval.approver and a.decision == "approved" for a in state.approvals
-        ):
-            return f"{approval.approver} already approved '{approval.step}'; another person must"
-        return None
+    def _judge(self, attempt: Attempt) -> Refusal | None:
+        state = self._steps.get(attempt.step)
+        return judge(attempt, state, state.gate if state else None, self._facts, workflow.now())
 
-    def _record_approval(self, approval: Approval, decision: str) -> str | None:
-        refusal = self._judge_approval(approval, decision)
-        verb = "approval" if decision == "approved" else "rejection"
-        if refusal is not None:
-            self._event(f"{verb}_refused", refusal, step=approval.step, actor=approval.approver)
-            return refusal
-        record = ApprovalRecord(
-            by=approval.approver, decision=decision, comment=approval.comment, at=workflow.now()
+    def _refuse(self, kind: str, attempt: Attempt, refusal: Refusal) -> None:
+        """Audit a refusal in the timeline (the person claimed, and whether it was signed)."""
+        self._event(
+            kind,
+            refusal.reason,
+            step=attempt.step,
+            actor=attempt.person,
+            verified=self._verified(attempt),
         )
-        self._steps[approval.step].approvals.append(record)
+
+    def _verified(self, attempt: Attempt) -> bool | None:
+        if self._plan.rights is None and attempt.signed is None:
+            return None
+        return attempt.signed is not None
+
+    @staticmethod
+    def _approval_attempt(approval: Approval, decision: str) -> Attempt:
+        return Attempt(
+            action="approve" if decision == "approved" else "reject",
+            person=approval.approver,
+            step=approval.step,
+            signed=approval.signed,
+        )
+
+    @staticmethod
+    def _decision_attempt(decision: Decision) -> Attempt:
+        return Attempt(
+            action=decision.action.value,
+            person=decision.by,
+            step=decision.step,
+            signed=decision.signed,
+            inputs=decision.inputs,
+        )
+
+    def _validate(self, attempt: Attempt) -> None:
+        """Update validators: refuse what judges nobody, before anything is recorded."""
+        refusal = self._judge(attempt)
+        if refusal is not None and not refusal.audited:
+            raise ApplicationError(refusal.reason, type=errors.REFUSED, non_retryable=True)
+
+    # ---------------------------------------------------------------- approvals
+
+    def _record_approval(self, approval: Approval, decision: str, *, signal: bool) -> str | None:
+        attempt = self._approval_attempt(approval, decision)
+        verb = "approval" if decision == "approved" else "rejection"
+        refusal = self._judge(attempt)
+        if refusal is not None:
+            if signal or refusal.audited:
+                self._refuse(f"{verb}_refused", attempt, refusal)
+            return refusal.reason
+        state = self._steps[approval.step]
+        verified = self._verified(attempt)
+        record = ApprovalRecord(
+            by=approval.approver,
+            decision=decision,
+            comment=approval.comment,
+            at=workflow.now(),
+            verified=verified,
+            inputs_digest=inputs_digest(state.inputs or {}) if self._plan.rights else "",
+        )
+        state.approvals.append(record)
         if decision == "rejected":
             self._rejections[approval.step] = record
         self._event(
@@ -620,25 +658,36 @@ class PlaybookWorkflow:
             approval.comment or f"{verb} recorded",
             step=approval.step,
             actor=approval.approver,
+            verified=verified,
         )
         self._refresh()
         return None
 
     @workflow.signal(name=SIGNAL_APPROVE)
     def approve_signal(self, approval: Approval) -> None:
-        self._record_approval(approval, "approved")
+        self._record_approval(approval, "approved", signal=True)
 
     @workflow.signal(name=SIGNAL_REJECT)
     def reject_signal(self, approval: Approval) -> None:
-        self._record_approval(approval, "rejected")
+        self._record_approval(approval, "rejected", signal=True)
 
     @workflow.update(name=UPDATE_APPROVE)
     def approve_update(self, approval: Approval) -> StepState:
-        return self._answer(approval.step, self._record_approval(approval, "approved"))
+        refusal = self._record_approval(approval, "approved", signal=False)
+        return self._answer(approval.step, refusal)
+
+    @approve_update.validator
+    def _validate_approve(self, approval: Approval) -> None:
+        self._validate(self._approval_attempt(approval, "approved"))
 
     @workflow.update(name=UPDATE_REJECT)
     def reject_update(self, approval: Approval) -> StepState:
-        return self._answer(approval.step, self._record_approval(approval, "rejected"))
+        refusal = self._record_approval(approval, "rejected", signal=False)
+        return self._answer(approval.step, refusal)
+
+    @reject_update.validator
+    def _validate_reject(self, approval: Approval) -> None:
+        self._validate(self._approval_attempt(approval, "rejected"))
 
     def _answer(self, step_id: str, refusal: str | None) -> StepState:
         if refusal is not None:
@@ -672,22 +721,13 @@ class PlaybookWorkflow:
         state.status = StepStatus.failed
         return decision
 
-    def _record_decision(self, decision: Decision) -> str | None:
-        state = self._steps.get(decision.step)
-        refusal = None
-        if state is None:
-            refusal = f"no step '{decision.step}' in {self._plan.name}"
-        elif state.status is not StepStatus.awaiting_decision:
-            refusal = (
-                f"step '{decision.step}' is not waiting for a decision (it is {state.status.value})"
-            )
-        elif decision.inputs and decision.action is not DecisionAction.retry:
-            refusal = "new inputs only make sense with retry"
-        elif decision.inputs and not isinstance(self._nodes[decision.step], StepNode):
-            refusal = "new inputs apply to module steps, not to included playbooks"
+    def _record_decision(self, decision: Decision, *, signal: bool) -> str | None:
+        attempt = self._decision_attempt(decision)
+        refusal = self._judge(attempt)
         if refusal is not None:
-            self._event("decision_refused", refusal, step=decision.step, actor=decision.by)
-            return refusal
+            if signal or refusal.audited:
+                self._refuse("decision_refused", attempt, refusal)
+            return refusal.reason
         self._decisions[decision.step] = decision
         changed = f" with {sorted(decision.inputs)}" if decision.inputs else ""
         note = f": {decision.comment}" if decision.comment else ""
@@ -696,16 +736,21 @@ class PlaybookWorkflow:
             f"{decision.action.value}{changed}{note}",
             step=decision.step,
             actor=decision.by,
+            verified=self._verified(attempt),
         )
         return None
 
     @workflow.signal(name=SIGNAL_DECIDE)
     def decide_signal(self, decision: Decision) -> None:
-        self._record_decision(decision)
+        self._record_decision(decision, signal=True)
 
     @workflow.update(name=UPDATE_DECIDE)
     def decide_update(self, decision: Decision) -> StepState:
-        return self._answer(decision.step, self._record_decision(decision))
+        return self._answer(decision.step, self._record_decision(decision, signal=False))
+
+    @decide_update.validator
+    def _validate_decide(self, decision: Decision) -> None:
+        self._validate(self._decision_attempt(decision))
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> RunState:
@@ -722,7 +767,7 @@ class PlaybookWorkflow:
         maybe_ran: bool = False,
     ) -> None:
         """Record how to undo a step that ran (or may have run, when interrupted mid-action)."""
-        self._stack = [c for c in self._stack if c.step != node.id]
+        self._stack.drop(node.id)
         call = node.compensation
         if call is None:
             return
@@ -747,18 +792,7 @@ class PlaybookWorkflow:
                 )
                 return
             raise StepFailed(node.id, "compensation", f"cannot derive the undo: {err}") from err
-        self._stack.append(
-            CompensationRecord(
-                step=node.id,
-                module=call.module,
-                domain=call.domain,
-                local=call.local,
-                input=comp_input,
-                start_to_close_s=call.start_to_close_s,
-                retry_max_attempts=max(call.retry.max_attempts, COMPENSATION_RETRY.max_attempts),
-                verify=verify,
-            )
-        )
+        self._stack.push(make_record(node.id, call, comp_input, verify))
 
     async def _rollback(self, reason: str) -> bool:
         """Run the compensations in a task of their own, so a cancellation that arrives while
@@ -773,34 +807,25 @@ class PlaybookWorkflow:
 
     async def _compensate(self, reason: str) -> bool:
         """Run pushed compensations newest first; keep going past a failure, report it."""
-        pending = [c for c in self._stack if c.status == "pending"]
+        pending = self._stack.rollback_order()
         if not pending:
             return True
         self._state.phase = RunPhase.compensating
         self._event("compensation_started", f"{len(pending)} to undo because {reason}")
         self._refresh()
         all_ok = True
-        for record in reversed(pending):
+        for record in pending:
             self._state.compensations.append(record)
             owner = self._steps.get(record.step.split("/", 1)[0])
-            call = ActivityCall(
-                module=record.module,
-                domain=record.domain,
-                local=record.local,
-                start_to_close_s=record.start_to_close_s,
-                retry=COMPENSATION_RETRY.model_copy(
-                    update={"max_attempts": record.retry_max_attempts}
-                ),
-            )
             try:
                 await self._call(
-                    call,
+                    call_of(record),
                     record.input,
                     f"undo:{record.step}",
                     f"undo {record.step} ({record.module})",
                 )
             except ActivityError as err:
-                record.status, record.error = "failed", _failure_text(err)
+                record.status, record.error = "failed", failure_text(err)
                 self._event(
                     "compensation_failed", f"{record.module}: {record.error}", step=record.step
                 )
@@ -872,34 +897,34 @@ class PlaybookWorkflow:
             return True
 
     def _event(
-        self, kind: str, message: str, *, step: str | None = None, actor: str = "fireline"
+        self,
+        kind: str,
+        message: str,
+        *,
+        step: str | None = None,
+        actor: str = "fireline",
+        verified: bool | None = None,
     ) -> None:
-        self._state.events.append(
-            AuditEvent(at=workflow.now(), actor=actor, kind=kind, step=step, message=message)
-        )
-        if not workflow.unsafe.is_replaying():
-            workflow.logger.info(
-                "%s %s: %s", kind, step or "-", message, extra={"step": step, "actor": actor}
-            )
+        self._journal.event(kind, message, step=step, actor=actor, verified=verified)
 
     def _refresh(self) -> None:
-        """Keep the phase, the UI banner and the phase search attribute current."""
-        if not self._state.phase.terminal and self._state.phase is not RunPhase.compensating:
-            statuses = {s.status for s in self._state.steps}
-            if StepStatus.awaiting_decision in statuses:
-                self._state.phase = RunPhase.awaiting_decision
-            elif StepStatus.awaiting_approval in statuses:
-                self._state.phase = RunPhase.awaiting_approval
-            else:
-                self._state.phase = RunPhase.running
-        workflow.set_current_details(render_banner(self._state))
-        phase = self._state.phase.value
-        if phase != self._sa_phase and SA_PHASE_KEY in workflow.info().typed_search_attributes:
-            workflow.upsert_search_attributes([SA_PHASE_KEY.value_set(phase)])
-        self._sa_phase = phase
+        self._journal.refresh()
 
 
-SA_PHASE_KEY = SearchAttributeKey.for_keyword(SA_PHASE)
+def _risk_of(node: AnyNode) -> Risk:
+    """A step's own risk; an included playbook's is the highest of its steps."""
+    if isinstance(node, StepNode):
+        return node.risk
+    if isinstance(node, IncludeNode):
+        return node.plan.max_risk()
+    return Risk.low
+
+
+def _target_of(with_: dict[str, Any]) -> str | None:
+    value = with_.get("target")
+    return value if isinstance(value, str) else None
+
+
 _ACTIVE = frozenset(
     {
         StepStatus.checking,

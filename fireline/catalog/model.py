@@ -1,7 +1,8 @@
-"""The catalog (``playbooks/catalog.yaml``): roles and their decision rights, services.
+"""The catalog (``playbooks/catalog.yaml``): people, roles, decision rights, embargoes, services.
 
 Compilation resolves approval roles against it, so a gate names people who exist and a
-``min_approvals`` that can be met. Services are kept open (``dict[str, Any]``) until alert
+``min_approvals`` that can be met, and freezes the roster and rights into the plan
+(``fireline.compile.policy``). Services are kept open (``dict[str, Any]``) until alert
 routing gives them a shape.
 """
 
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from fireline.catalog.embargo import EmbargoSpec
+from fireline.catalog.people import PersonSpec
+from fireline.catalog.rights import RightsSpec
 from fireline.catalog.services import Service
 from fireline.errors import CompileError
 from fireline.playbook.loader import Problem, read_yaml, validate
@@ -44,12 +48,52 @@ class Role(Strict):
 
 
 class Catalog(Strict):
+    people: dict[str, PersonSpec] = Field(default_factory=dict)
     roles: dict[str, Role] = Field(default_factory=dict)
+    decision_rights: RightsSpec = Field(default_factory=RightsSpec)
+    embargoes: dict[str, EmbargoSpec] = Field(default_factory=dict)
     services: dict[str, Service] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _references(self) -> Catalog:
+        for name, person in self.people.items():
+            unknown = sorted(set(person.roles) - set(self.roles))
+            if unknown:
+                raise ValueError(f"person {name} holds unknown role(s): {', '.join(unknown)}")
+        rights = self.decision_rights
+        named = {r for rule in rights.risks.values() for r in rule.roles}
+        named |= set(rights.owners.values())
+        unknown = sorted(named - set(self.roles))
+        if unknown:
+            raise ValueError(f"decision_rights name unknown role(s): {', '.join(unknown)}")
+        return self
+
     def approvers(self, role: str) -> list[str] | None:
+        """Who may act for ``role``: its members and the people who list it; None: anyone."""
         members = self.roles[role].members
-        return sorted(members) if members is not None else None
+        holders = {name for name, p in self.people.items() if role in p.roles}
+        if members is None and not holders:
+            return None
+        return sorted(set(members or ()) | holders)
+
+    def roles_of(self, person: str) -> list[str]:
+        held = set(self.people[person].roles) if person in self.people else set()
+        held |= {name for name, r in self.roles.items() if r.members and person in r.members}
+        return sorted(held)
+
+    def tier_of(self, person: str) -> int:
+        """The person's own tier, else the highest tier among their roles."""
+        spec = self.people.get(person)
+        if spec is not None and spec.tier is not None:
+            return spec.tier
+        return max((self.roles[r].tier for r in self.roles_of(person)), default=0)
+
+    def roster(self) -> list[str]:
+        """Everyone the catalog knows: listed people and role members."""
+        names = set(self.people)
+        for role in self.roles.values():
+            names |= set(role.members or ())
+        return sorted(names)
 
 
 def parse_catalog(path: Path) -> tuple[Catalog | None, list[Problem]]:

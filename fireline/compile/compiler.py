@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from fireline.catalog.model import CATALOG_FILE, Catalog
 from fireline.compile.facts import fact_problems
 from fireline.compile.inputs import apply_input_defaults, coerce_input
+from fireline.compile.policy import apply_policy, freeze_rights
 from fireline.compile.references import (
     Place,
     ReferenceCheck,
@@ -195,6 +196,10 @@ class _Unit:
         self._index(self.spec.steps, ("steps",), ())
         nodes = self._sequence(self.spec.steps, ("steps",), set())
         self._outputs()
+        catalog = self.lib.files.catalog
+        rights = freeze_rights(catalog, self.spec.owner) if catalog is not None else None
+        if rights is not None:
+            self.problems += apply_policy(nodes, rights, self.file)
         if self.problems:
             return None
         return Plan(
@@ -208,6 +213,7 @@ class _Unit:
             outputs=dict(self.spec.outputs),
             on_failure=self.spec.on_failure,
             source=SourceRef(file=self.file),
+            rights=rights,
         ).sealed()
 
     # -- inputs and outputs ---------------------------------------------------------------
@@ -458,6 +464,7 @@ class _Unit:
                     spec, timeout=entry.timeout, heartbeat=entry.heartbeat, retry=retry
                 ),
                 with_=with_,
+                preview=spec.preview,
             ),
             risk=spec.risk,
             mutates=spec.mutates,

@@ -1,0 +1,256 @@
+"""The gate judge: may this person make this decision on this step, now?
+
+A plain function over plain data (no Temporal import), so every rule has a fast table-driven
+test. The workflow calls it from its update validators, its update handlers and its signal
+handlers alike, so there is one place where the rules live.
+
+A :class:`Refusal` says whether it is *audited*. Refusals that judge nobody (no such step,
+not waiting, a person the catalog does not know, a request that contradicts itself) are not:
+an update validator answers them and nothing enters the history. Refusals of a known person
+without the right (wrong role or tier, unsigned where a signature is required, a bad or
+expired signature, their own run, an embargo, twice the same approver) are audited: the
+update handler records them in the timeline, then answers with the refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from fireline.identity.signing import SignedDecision, inputs_digest, verify_decision
+from fireline.messages import StepState, StepStatus
+from fireline.plan import DecisionRights, GateSpec, Risk
+
+Action = Literal["approve", "reject", "retry", "skip", "compensate"]
+EMBARGO_TIER = 3
+"""Who may approve a change during a soft embargo."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One decision someone sends: an approval, a rejection, or a retry/skip/compensate."""
+
+    action: Action
+    person: str
+    step: str
+    signed: SignedDecision | None = None
+    inputs: Mapping[str, Any] | None = None
+    """For ``retry``: the new ``with:`` values."""
+
+    def digest(self, step: StepState) -> str:
+        """What a signed claim must carry: the digest of the step's inputs as the decider saw
+        them, with a retry's new values applied (so the signature covers those too)."""
+        return inputs_digest({**(step.inputs or {}), **(self.inputs or {})})
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the judge needs to know about the run as a whole."""
+
+    workflow_id: str
+    plan_name: str
+    requested_by: str
+    rights: DecisionRights | None
+    trusted_keys: Mapping[str, str] = field(default_factory=dict)
+    service: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    audited: bool
+
+
+def judge(
+    attempt: Attempt,
+    step: StepState | None,
+    gate: GateSpec | None,
+    run: RunFacts,
+    now: datetime,
+) -> Refusal | None:
+    """None when the decision may be recorded; else why not, and whether to audit it."""
+    if step is None:
+        return Refusal(f"no step '{attempt.step}' in {run.plan_name}", audited=False)
+    gating = attempt.action in ("approve", "reject")
+    if gating and (step.status is not StepStatus.awaiting_approval or gate is None):
+        return Refusal(
+            f"step '{step.id}' is not waiting for approval (it is {step.status.value})",
+            audited=False,
+        )
+    if not gating:
+        if step.status is not StepStatus.awaiting_decision:
+            return Refusal(
+                f"step '{step.id}' is not waiting for a decision (it is {step.status.value})",
+                audited=False,
+            )
+        if attempt.inputs and attempt.action != "retry":
+            return Refusal("new inputs only make sense with retry", audited=False)
+        if attempt.inputs and step.kind != "step":
+            return Refusal(
+                "new inputs apply to module steps, not to included playbooks", audited=False
+            )
+    if run.rights is None:
+        return _legacy(attempt, step, gate)
+    return _judge(attempt, step, gate, run, run.rights, now)
+
+
+def _legacy(attempt: Attempt, step: StepState, gate: GateSpec | None) -> Refusal | None:
+    """Plans compiled before decision rights were frozen into them keep their old rules."""
+    if gate is None or attempt.action not in ("approve", "reject"):
+        return None
+    if gate.approvers is not None and attempt.person not in gate.approvers:
+        allowed = ", ".join(gate.approvers)
+        return Refusal(
+            f"{attempt.person} may not decide for role {gate.role} ({allowed})", audited=True
+        )
+    if attempt.action == "approve" and _approved_by(step, attempt.person):
+        return Refusal(
+            f"{attempt.person} already approved '{step.id}'; another person must", audited=True
+        )
+    return None
+
+
+def _judge(
+    attempt: Attempt,
+    step: StepState,
+    gate: GateSpec | None,
+    run: RunFacts,
+    rights: DecisionRights,
+    now: datetime,
+) -> Refusal | None:
+    person = attempt.person
+    known = rights.people.get(person)
+    role = gate.role if gate is not None else None
+    admitted_by_open_role = (
+        gate is not None and gate.approvers is None and role in rights.open_roles
+    ) or (gate is None and rights.owners is None and not rights.people)
+    if known is None and not admitted_by_open_role:
+        return Refusal(f"{person} is not in the catalog", audited=False)
+    if attempt.signed is not None:
+        mismatch = _claim_mismatch(attempt, step, run)
+        if mismatch is not None:
+            return Refusal(mismatch, audited=known is not None)
+    # From here on the person is known (or admitted by an open role): refusals are audited.
+    refusal = _identity(attempt, step, run, rights, now)
+    if refusal is not None:
+        return Refusal(refusal, audited=True)
+    refusal = _rights(attempt, step, gate, run, rights, now)
+    return Refusal(refusal, audited=True) if refusal is not None else None
+
+
+def _claim_mismatch(attempt: Attempt, step: StepState, run: RunFacts) -> str | None:
+    assert attempt.signed is not None
+    claim = attempt.signed.claim
+    expected = {
+        "workflow_id": run.workflow_id,
+        "step": step.id,
+        "action": attempt.action,
+        "person": attempt.person,
+    }
+    for name, value in expected.items():
+        if getattr(claim, name) != value:
+            return f"the signed decision is for {name} {getattr(claim, name)!r}, not {value!r}"
+    return None
+
+
+def _identity(
+    attempt: Attempt, step: StepState, run: RunFacts, rights: DecisionRights, now: datetime
+) -> str | None:
+    """The person is proven by a trusted signature, or the rights let this risk go unsigned."""
+    signed = attempt.signed
+    if signed is None:
+        if step.risk in rights.unsigned or not run.trusted_keys:
+            return None
+        return (
+            f"unsigned decision claiming {attempt.person} refused: {step.risk.value} steps need "
+            "a decision signed by the Fireline API (use `fireline` or the API, not Temporal "
+            "directly)"
+        )
+    reason = verify_decision(signed, run.trusted_keys, now)
+    if reason is not None:
+        return f"decision by {attempt.person} refused: {reason}"
+    digest = attempt.digest(step)
+    if signed.claim.inputs_digest != digest:
+        return (
+            f"{attempt.person} decided on other inputs than the step now has "
+            f"(signed {signed.claim.inputs_digest[:12] or 'none'}, now {digest[:12] or 'none'}): "
+            "look at the step again and decide anew"
+        )
+    return None
+
+
+def _rights(
+    attempt: Attempt,
+    step: StepState,
+    gate: GateSpec | None,
+    run: RunFacts,
+    rights: DecisionRights,
+    now: datetime,
+) -> str | None:
+    person = attempt.person
+    known = rights.people.get(person)
+    tier = known.tier if known is not None else 0
+    roles = list(known.roles) if known is not None else []
+    if known is None and gate is not None and gate.role in rights.open_roles:
+        tier, roles = rights.open_roles[gate.role], [gate.role]
+    if gate is not None:
+        if gate.approvers is not None and person not in gate.approvers:
+            return f"{person} may not decide for role {gate.role} ({', '.join(gate.approvers)})"
+    elif rights.owners is not None and person not in rights.owners:
+        return (
+            f"{person} may not decide for '{step.id}': ungated steps are decided by the "
+            f"run's owners ({', '.join(rights.owners)})"
+        )
+    if attempt.action != "approve":
+        return None
+    right = rights.right(step.risk)
+    if not right.admits(tier, roles):
+        return (
+            f"{person} (tier {tier}) may not approve a {step.risk.value} step: it needs "
+            f"{right.describe()}"
+        )
+    if _approved_by(step, person):
+        return f"{person} already approved '{step.id}'; another person must"
+    if step.risk in rights.separation_of_duties and person == run.requested_by:
+        return (
+            f"{person} started this run and may not approve its {step.risk.value} steps "
+            "(separation of duties): another person must"
+        )
+    embargo = rights.embargo(now, step.domain, run.service, _target(step)) if step.mutates else None
+    if embargo is not None:
+        why = f" ({embargo.reason})" if embargo.reason else ""
+        if embargo.mode == "hard":
+            return f"embargo '{embargo.name}'{why} is in force: changes to this target are refused"
+        if tier < EMBARGO_TIER:
+            return (
+                f"embargo '{embargo.name}'{why} is in force: approvals need a Tier "
+                f"{EMBARGO_TIER} person; {person} is tier {tier}"
+            )
+    return None
+
+
+def _approved_by(step: StepState, person: str) -> bool:
+    return any(a.by == person and a.decision == "approved" for a in step.approvals)
+
+
+def _target(step: StepState) -> str | None:
+    value = (step.inputs or {}).get("target")
+    return value if isinstance(value, str) else None
+
+
+def needed_approvals(gate: GateSpec, risk: Risk, rights: DecisionRights | None) -> int:
+    """The gate's own count, never fewer than the rights ask for the step's risk."""
+    if rights is None:
+        return gate.min_approvals
+    return max(gate.min_approvals, rights.right(risk).min_approvals)
+
+
+def counted_approvals(step: StepState, rights: DecisionRights | None) -> int:
+    """Approvals that still count: for plans with rights, only those for the current inputs."""
+    approved = [a for a in step.approvals if a.decision == "approved"]
+    if rights is None:
+        return len(approved)
+    digest = inputs_digest(step.inputs or {})
+    return sum(a.inputs_digest == digest for a in approved)
