@@ -562,3 +562,56 @@ class TestMounted:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             answer = await http.post("/v1/alerts", json={"title": "x"})
         assert answer.status_code == 401
+
+
+class TestCli:
+    async def test_fireline_alerts_unrouted(
+        self, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """``fireline alerts --unrouted`` lists what the API stored; plain ``alerts`` counts."""
+        from typer.testing import CliRunner
+
+        from fireline.operator.cli import app
+
+        doc = {"title": "orphan", "labels": {"team": "ghosts"}, "id": "cli-1"}
+        assert (await api.post("/v1/alerts", json=doc, headers=bearer())).status_code == 202
+        monkeypatch.setenv("FIRELINE_API_URL", str(api.base_url))
+        monkeypatch.setenv("FIRELINE_TOKEN", TOKEN)
+        monkeypatch.setenv("FIRELINE_CREDENTIALS_FILE", str(tmp_path / "none.json"))
+        runner = CliRunner()
+        listed = await asyncio.to_thread(
+            runner.invoke, app, ["alerts", "--unrouted", "--json"], catch_exceptions=False
+        )
+        assert listed.exit_code == 0, listed.output
+        data = json.loads(listed.output)
+        assert data["total"] == 1
+        assert data["latest"][0]["name"] == "orphan"
+        table = await asyncio.to_thread(runner.invoke, app, ["alerts", "--unrouted"])
+        assert "team=ghosts" in table.output
+        counts = await asyncio.to_thread(runner.invoke, app, ["alerts"])
+        assert counts.exit_code == 0, counts.output
+        assert "notifications from generic" in counts.output
+        monkeypatch.setenv("FIRELINE_TOKEN", "wrong")
+        refused = await asyncio.to_thread(runner.invoke, app, ["alerts"])
+        assert refused.exit_code == 1
+        assert "401" in refused.output
+
+
+class TestDevMode:
+    async def test_unconfigured_source_open_only_in_dev_mode(
+        self, settings: Settings, standin: None
+    ) -> None:
+        """No ingress credentials: closed by default, open in dev mode on loopback."""
+        for dev, expected in ((False, 401), (True, 202)):
+            app = FastAPI()
+            local = settings.model_copy(update={"dev_mode": dev})
+            app.include_router(alerts_router(local, IngressSettings()))
+            server, task, url = await serve(app)
+            try:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    doc = {**fixture("generic.json"), "dedup_key": uuid.uuid4().hex}
+                    answer = await http.post("/v1/alerts", json=doc)
+                    assert answer.status_code == expected, answer.text
+            finally:
+                server.should_exit = True
+                await task

@@ -10,7 +10,8 @@ unrouted log); when the queue is full or the deadline (below PagerDuty's 5 s) pa
 ``Retry-After``, so the sender retries instead of timing out.
 
 ``GET /v1/alerts/stats`` and ``GET /v1/alerts/unrouted`` are what ``fireline alerts`` shows;
-they take the ``read`` credentials of the ingress settings.
+they take the operator API's credentials (or, when configured, the ingress ``read`` scheme).
+Sources without configured credentials refuse everything, except in dev mode on loopback.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class _Refusal(Exception):
         self.headers = headers or {}
 
 
-def auth_table(settings: Settings, config: IngressSettings) -> AuthTable:
-    """Sources without an entry are open only in dev mode (loopback, ``fireline up``)."""
-    return parse_auth(config.auth, open_by_default=bool(getattr(settings, "dev_mode", False)))
+def auth_table(config: IngressSettings) -> AuthTable:
+    """Sources without an entry are closed (the door opens them only in dev mode on loopback)."""
+    return parse_auth(config.auth, open_by_default=False)
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -112,7 +113,7 @@ class AlertsDoor:
     ) -> None:
         self.settings = settings
         self.config = config
-        self.auth = auth_table(settings, config)
+        self.auth = auth_table(config)
         self._starter = starter
         self._ingress: Ingress | None = None
         self._own_client: Any = None
@@ -137,12 +138,26 @@ class AlertsDoor:
                 self._own_client = await make_client(self.settings)
             return self._own_client
 
+    def _development(self, source: str, request: Request) -> bool:
+        """No credentials configured for ``source``, dev mode, both ends on loopback: open."""
+        from fireline.operator.auth import bound_to_loopback
+
+        return (
+            source not in self.auth.schemes
+            and self.settings.dev_mode
+            and bound_to_loopback(request)
+        )
+
     def check_headers(self, source: str, request: Request) -> None:
+        if self._development(source, request):
+            return
         scheme = self.auth.scheme(source)
         if isinstance(scheme, HEADER_SCHEMES):
             self.auth.check(source, request.headers, b"")
 
     def check_signature(self, source: str, request: Request, body: bytes) -> None:
+        if self._development(source, request):
+            return
         scheme = self.auth.scheme(source)
         if not isinstance(scheme, HEADER_SCHEMES):
             self.auth.check(source, request.headers, body)
@@ -188,9 +203,14 @@ class AlertsDoor:
             )
         return _answer(202, accepted.model_dump(mode="json"))
 
-    def check_read(self, request: Request) -> JSONResponse | None:
+    async def check_read(self, request: Request) -> JSONResponse | None:
+        """Operator credentials when mounted in the operator app, else the ``read`` scheme."""
+        authenticate = getattr(request.app.state, "authenticate", None)
+        if authenticate is not None and READ not in self.auth.schemes:
+            await authenticate(request)  # raises HTTPException 401/403 itself
+            return None
         try:
-            self.auth.check(READ, request.headers, b"")
+            self.check_headers(READ, request)
         except Unauthorized as exc:
             challenge = {"WWW-Authenticate": exc.challenge} if exc.challenge else {}
             return _answer(401, {"detail": str(exc)}, challenge)
@@ -252,7 +272,7 @@ def alerts_router(
     @router.get("/stats", response_model=StatsAnswer)
     async def stats(request: Request) -> Any:
         """Counters of this API process since it started, and the unrouted total on disk."""
-        refused = door.check_read(request)
+        refused = await door.check_read(request)
         if refused is not None:
             return refused
         ingress = door.ingress(request)
@@ -264,7 +284,7 @@ def alerts_router(
         request: Request, limit: Annotated[int, Query(ge=0, le=1000)] = _CHUNK_LOG
     ) -> Any:
         """Alerts no route claimed: counts, and the newest ``limit`` of them."""
-        refused = door.check_read(request)
+        refused = await door.check_read(request)
         if refused is not None:
             return refused
         ingress = door.ingress(request)

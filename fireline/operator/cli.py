@@ -489,6 +489,60 @@ def runs(
         _out().print(render.runs_table(found))
 
 
+@app.command()
+def alerts(
+    unrouted: Annotated[
+        bool, typer.Option("--unrouted", help="list the alerts no route claimed")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="unrouted alerts to list")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Alert ingress of the API: counters, or (--unrouted) the alerts no route claimed."""
+    import httpx
+    from rich.table import Table
+
+    from fireline.operator.client import api_url, resolve_credential
+
+    settings = _settings()
+    base = api_url(settings)
+    token = resolve_credential(settings, base).token
+    path = f"/v1/alerts/unrouted?limit={limit}" if unrouted else "/v1/alerts/stats"
+    try:
+        answer = httpx.get(
+            base.rstrip("/") + path,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=settings.http_timeout_seconds,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the API at {base}: {exc}")
+    if answer.status_code != 200:
+        _fail(f"the API answered {answer.status_code}: {answer.text[:500]}")
+    data = answer.json()
+    if as_json:
+        _echo_json(data)
+        return
+    if unrouted:
+        table = Table(title=f"unrouted alerts: {data['total']} in all, {data['kept']} kept")
+        for column in ("stored", "source", "name", "labels"):
+            table.add_column(column, overflow="fold")
+        for item in data["latest"]:
+            labels = " ".join(f"{k}={v}" for k, v in sorted(item["labels"].items()))
+            table.add_row(item["stored_at"][:19], item["source"], item["name"], labels)
+    else:
+        stats = data["stats"]
+        table = Table(title="alert ingress (this API process)")
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        for source, count in sorted(stats["notifications"].items()):
+            table.add_row(f"notifications from {source}", str(count))
+        for label in ("routed", "unrouted", "signals", "signalled_alerts", "largest_batch"):
+            table.add_row(label.replace("_", " "), str(stats[label]))
+        table.add_row("unrouted on disk", str(data["unrouted_total"]))
+        for code, count in sorted(stats["refused"].items()):
+            table.add_row(f"refused {code}", str(count))
+    _out().print(table)
+
+
 # --- credentials ------------------------------------------------------------------------------
 
 token_app = typer.Typer(
