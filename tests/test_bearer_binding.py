@@ -7,19 +7,31 @@ observed on the wire, not inferred from a return value.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.core.http import HttpModules, HttpProbeInput, HttpRequestInput
 from activities.core.runtime import credential_problem
 from fireline import errors
+from fireline.messages import (
+    QUERY_STATUS,
+    UPDATE_DECIDE,
+    Decision,
+    DecisionAction,
+    RunState,
+    StepStatus,
+)
 from fireline.runtime.settings import Settings
 from tests.support.target import Reply, Target, start_target
+from tests.support.workers import compile_playbooks, fireline_workers, start_run
 
 TOKEN = "bound-s3cret"
 
@@ -167,3 +179,66 @@ class TestMatching:
         """FIRELINE_HTTP_BEARER_HOSTS is a JSON list."""
         monkeypatch.setenv("FIRELINE_HTTP_BEARER_HOSTS", '["api.example.com", "127.0.0.1:9"]')
         assert Settings().http_bearer_hosts == ["api.example.com", "127.0.0.1:9"]
+
+
+ASK_PLAYBOOK = """
+name: call-admin
+inputs: {url: {type: string, required: true}}
+steps:
+  - id: call
+    uses: core.http_request
+    with:
+      url: "${{ inputs.url }}"
+      use_bearer_token: true
+      compensation: {url: "${{ inputs.url }}"}
+    on_failure: ask
+"""
+
+
+async def status_when(handle: Any, step: str, wanted: StepStatus, attempts: int) -> RunState:
+    for _ in range(300):
+        state: RunState = await handle.query(QUERY_STATUS, result_type=RunState)
+        if state.step(step).status is wanted and state.step(step).attempts >= attempts:
+            return state
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{step} never reached {wanted} (attempt {attempts})")
+
+
+class TestThroughARun:
+    async def test_decide_retry_with_a_new_url_does_not_carry_the_token(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        tmp_path: Path,
+        target: Target,
+        other: Target,
+    ) -> None:
+        """Finding 3: a retry pointed at another host fails naming it; that host receives
+        nothing, while the listed host got the token on the first attempt."""
+        target.route("POST", "/admin", Reply(404, {"error": "wrong path"}))
+        other.route("POST", "/steal", Reply(200))
+        settings = Settings(http_bearer_token=TOKEN, http_bearer_hosts=[host_of(target)])
+        plan = compile_playbooks(tmp_path, {"c.yaml": ASK_PLAYBOOK}, "call-admin")
+        async with fireline_workers(client, task_queue_prefix, settings=settings):
+            handle = await start_run(client, task_queue_prefix, plan, {"url": target.url("/admin")})
+            await status_when(handle, "call", StepStatus.awaiting_decision, 1)
+            await handle.execute_update(
+                UPDATE_DECIDE,
+                Decision(
+                    step="call",
+                    action=DecisionAction.retry,
+                    by="alice",
+                    inputs={"url": other.url("/steal")},
+                ),
+            )
+            state = await status_when(handle, "call", StepStatus.awaiting_decision, 2)
+            await handle.execute_update(
+                UPDATE_DECIDE, Decision(step="call", action=DecisionAction.compensate, by="alice")
+            )
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+
+        assert other.hits() == []
+        assert f"not allowed for host {host_of(other)}" in (state.step("call").error or "")
+        [first] = target.hits("POST", "/admin")
+        assert first.headers["authorization"] == f"Bearer {TOKEN}"

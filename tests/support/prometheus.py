@@ -70,8 +70,8 @@ class MetricsApp:
     @property
     def address(self) -> str:
         assert self.server is not None
-        host, port = self.server.server_address[:2]
-        return f"{host}:{port}"
+        port = self.server.server_address[1]
+        return f"127.0.0.1:{port}"
 
     def start(self) -> None:
         app = self
