@@ -634,3 +634,24 @@ class TestPromQL:
         finally:
             await modules.aclose()
         assert (error.type, error.non_retryable) == (errors.TARGET_UNAVAILABLE, False)
+
+    async def test_a_huge_answer_is_refused_unread(self, target: Any) -> None:
+        """An answer over the limit stops being read and is refused, asking to aggregate."""
+        from tests.support.target import Reply
+
+        target.route(
+            "GET",
+            "/api/v1/query",
+            Reply(200, {"status": "success", "data": {}, "pad": "x" * 5_000_000}),
+        )
+        modules = PrometheusModules(
+            Settings(targets={"prometheus": {"main": {"url": target.base_url}}})
+        )
+        try:
+            error = await refusal(
+                modules.promql, PromQLInput(target="main", query="up", threshold=1)
+            )
+        finally:
+            await modules.aclose()
+        assert (error.type, error.non_retryable) == (errors.INVALID_INPUT, True)
+        assert "aggregate it" in error.message

@@ -9,6 +9,7 @@ status shows what was asked and what was seen. A query that returns nothing is a
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Callable
@@ -107,23 +108,32 @@ class PrometheusModules(HttpClientSet):
         url = target.url.rstrip("/") + "/api/v1/query"
         headers, auth = self._auth(name, target, url)
         try:
-            response = await self.http.get(
-                url, params={"query": query}, headers=headers, auth=auth, timeout=target.timeout_s
-            )
+            async with self.http.stream(
+                "GET",
+                url,
+                params={"query": query},
+                headers=headers,
+                auth=auth,
+                timeout=target.timeout_s,
+            ) as response:
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) > ANSWER_LIMIT_BYTES:
+                        raise invalid_input(
+                            f"the answer to {query!r} is over {ANSWER_LIMIT_BYTES} bytes; "
+                            "aggregate it (sum, max, topk) so the check compares a few series",
+                            query=query,
+                        )
         except httpx.RequestError as exc:
             raise transport_error("GET", url, exc, target.timeout_s) from exc
-        if len(response.content) > ANSWER_LIMIT_BYTES:
-            raise invalid_input(
-                f"the answer to {query!r} is over {ANSWER_LIMIT_BYTES} bytes; aggregate it "
-                "(sum, max, topk) so the check compares a few series",
-                query=query,
-            )
         try:
-            body = response.json()
+            body = json.loads(content)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise status_error("GET", url, response.status_code, response.text, "a JSON answer")
+            text = content[:500].decode("utf-8", "replace")
+            raise status_error("GET", url, response.status_code, text, "a JSON answer")
         if body.get("status") != "success":
             kind, error = body.get("errorType"), body.get("error")
             message = f"prometheus {name!r} refused {query!r}: {kind}: {error}"
