@@ -8,5 +8,6 @@ to compile a playbook opens nothing and imports no Kubernetes client.
 from __future__ import annotations
 
 from activities.platform.haproxy import HaproxyModules
+from activities.platform.kubernetes import KubernetesModules
 
-MODULES: list[object] = [HaproxyModules]
+MODULES: list[object] = [HaproxyModules, KubernetesModules]
