@@ -19,6 +19,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
+from activities.application.redis_client import JOURNAL_PREFIX
 from fireline import errors
 from fireline.compile.compiler import PlaybookLibrary
 from fireline.messages import QUERY_STATUS, UPDATE_APPROVE, Approval, RunState, StepStatus
@@ -27,7 +28,7 @@ from fireline.runtime.settings import Settings
 from tests.support.prometheus import Prometheus, prometheus  # noqa: F401
 from tests.support.redis import RedisServer, redis_db, redis_server  # noqa: F401
 from tests.support.target import Reply, Target
-from tests.support.workers import fireline_workers, start_run
+from tests.support.workers import compile_playbooks, fireline_workers, start_run
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 DOMAINS = ("core", "application")
@@ -172,3 +173,83 @@ class TestDegradedApi:
             "succeeded",
         )
         assert undo.input["value"] == "off"
+
+
+GUARDED = """
+name: guarded-flag
+inputs:
+  expect: {type: string, required: true}
+  health_url: {type: string, required: true}
+steps:
+  - id: shed
+    uses: application.set_flag
+    with: {target: cache, flag: shed, value: "on", expect_current: "${{ inputs.expect }}"}
+  - id: verify
+    uses: core.http_probe
+    with: {url: "${{ inputs.health_url }}"}
+"""
+
+
+class TestFlagPreconditionsInARun:
+    async def test_a_precondition_that_does_not_hold_refuses_the_step(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        tmp_path: Path,
+        target: Target,
+        redis_db: RedisServer,
+        prometheus: Prometheus,
+    ) -> None:
+        """expect_current 'off' while the flag is 'on': the step never runs, the run says what
+        it saw, the flag is untouched."""
+        db = redis_db.client()
+        db.set("flag:shed", "on")
+        plan = compile_playbooks(tmp_path, {"g.yaml": GUARDED}, "guarded-flag")
+        async with fireline_workers(
+            client, task_queue_prefix, domains=DOMAINS, settings=settings_for(redis_db, prometheus)
+        ):
+            handle = await start_run(
+                client, task_queue_prefix, plan, {"expect": "off", "health_url": target.url("/h")}
+            )
+            with pytest.raises(WorkflowFailureError) as caught:
+                await handle.result()
+            state = await status(handle)
+
+        assert "precondition" in str(caught.value.cause)
+        assert "flag shed on redis target cache is 'on'; expected 'off'" in (
+            state.step("shed").error or ""
+        )
+        assert db.get("flag:shed") == "on"
+        assert db.keys(f"{JOURNAL_PREFIX}*") == []  # the action never ran
+
+    async def test_the_rollback_is_verified_by_the_precondition(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        tmp_path: Path,
+        target: Target,
+        redis_db: RedisServer,
+        prometheus: Prometheus,
+    ) -> None:
+        """After the undo the step's precondition (flag is 'off') holds again: verified."""
+        db = redis_db.client()
+        db.set("flag:shed", "off")
+        target.route("GET", "/h", Reply(503))
+        plan = compile_playbooks(tmp_path, {"g.yaml": GUARDED}, "guarded-flag")
+        async with fireline_workers(
+            client, task_queue_prefix, domains=DOMAINS, settings=settings_for(redis_db, prometheus)
+        ):
+            handle = await start_run(
+                client, task_queue_prefix, plan, {"expect": "off", "health_url": target.url("/h")}
+            )
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            state = await status(handle)
+
+        assert db.get("flag:shed") == "off"
+        [undo] = state.compensations
+        assert (undo.module, undo.status, undo.verified) == (
+            "application.restore_flag",
+            "succeeded",
+            True,
+        )
