@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     api_url: str = Field(
         default="http://127.0.0.1:8080", description="the operator API the CLI talks to"
     )
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="largest request body the API reads; larger ones get 413 before being read",
+    )
     token: SecretStr | None = Field(
         default=None, description="the CLI's credential (FIRELINE_TOKEN); else `fireline login`"
     )
