@@ -304,8 +304,19 @@ class TestRuns:
         body = {"playbook": "gated", "inputs": {"base": target.base_url, "ticket": 7}}
         wid = (await api("carol").post("/runs", json=body)).json()["workflow_id"]
         shown = await until(client, wid, step_is("poke", StepStatus.awaiting_approval))
-        approved = await api("alice").post(f"/runs/{wid}/steps/poke/approve", json={})
+        stale = await api("alice").post(
+            f"/runs/{wid}/steps/poke/approve", json={"seen_digest": signing.inputs_digest({})}
+        )
+        assert stale.status_code == 409
+        assert "changed since you looked" in stale.json()["detail"]
+        seen = signing.inputs_digest(shown.step("poke").inputs or {})
+        approved = await api("alice").post(
+            f"/runs/{wid}/steps/poke/approve", json={"seen_digest": seen}
+        )
         assert approved.status_code == 200, approved.text
+        (record,) = StepState.model_validate(approved.json()).approvals
+        assert (record.by, record.verified) == ("alice", True)
+        assert record.inputs_digest == seen
         await until(client, wid, finished)
 
         history = await client.get_workflow_handle(wid).fetch_history()

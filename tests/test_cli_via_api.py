@@ -155,7 +155,7 @@ class TestDevelopmentFlow:
         """After the embedded default's set-up, run and approve work with nothing configured.
 
         The credential is verified (a token), so the approval is signed; --as still works in
-        development mode and is shown as unverified.
+        development mode, unverified: it may start a run, but not pass a medium-risk gate.
         """
         target.route("POST", "/poke", Reply(200, {}))
         dev = ensure_dev_identity(workers)
@@ -170,8 +170,18 @@ class TestDevelopmentFlow:
             assert found
             wid = found.group(1)
             await until(client, wid, step_is("poke", StepStatus.awaiting_approval))
-            approved = await cli(env, "approve", wid, "poke")
+            approved = await cli(env, "approve", wid, "poke", "--json")
             assert approved.exit_code == 0, approved.output
+            (record,) = json_out(approved)["approvals"]
+            assert (record["by"], record["verified"]) == ("alice", True)
+
+            second = await cli(env, "run", "gated", "-i", f"base={target.base_url}", "--json")
+            other = json_out(second)["workflow_id"]
+            await until(client, other, step_is("poke", StepStatus.awaiting_approval))
+            unsigned = await cli(env, "approve", other, "poke", "--as", "alice")
+            assert unsigned.exit_code == 1
+            assert "refused: unsigned decision claiming alice refused" in unsigned.stderr
+            assert (await cli(env, "cancel", other)).exit_code == 0
 
             unverified = await cli(env, "run", "quick", "--as", "dave", "--json")
             assert unverified.exit_code == 0, unverified.output

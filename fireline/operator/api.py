@@ -28,7 +28,7 @@ from fireline.errors import CompileError
 from fireline.identity import signing
 from fireline.identity.keys import load_decision_key
 from fireline.messages import DecisionAction, RunState, StepState
-from fireline.operator import alerts_api, operations
+from fireline.operator import alerts_api, incidents_api, limits, operations
 from fireline.operator.auth import Authenticator, Principal
 from fireline.plan import InputSpec
 from fireline.runtime.client import make_client
@@ -57,10 +57,21 @@ class StartRunBody(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, max_length=_INPUTS)
 
 
+_DIGEST = Field(
+    default=None,
+    pattern=r"^[0-9a-f]{64}$",
+    description=(
+        "optional: the inputs digest of the step as the decider saw it; when the run now shows "
+        "other inputs the decision is refused (409) instead of signed"
+    ),
+)
+
+
 class GateBody(BaseModel):
     model_config = _Forbid
 
     comment: str = Field(default="", max_length=_COMMENT)
+    seen_digest: str | None = _DIGEST
 
 
 class DecideBody(BaseModel):
@@ -69,6 +80,7 @@ class DecideBody(BaseModel):
     action: DecisionAction
     comment: str = Field(default="", max_length=_COMMENT)
     inputs: dict[str, Any] | None = Field(default=None, max_length=_INPUTS)
+    seen_digest: str | None = _DIGEST
 
 
 class CancelBody(BaseModel):
@@ -242,7 +254,7 @@ class Signer:
         workflow_id: str,
         step: str,
         action: signing.DecisionAction,
-        inputs: dict[str, Any] | None,
+        inputs: dict[str, Any],
     ) -> signing.SignedDecision | None:
         if not who.verified:
             return None
@@ -251,22 +263,31 @@ class Signer:
             step=step,
             action=action,
             person=who.person,
-            inputs_digest=signing.inputs_digest(inputs) if inputs is not None else "",
+            inputs_digest=signing.inputs_digest(inputs),
             expires_at=datetime.now(UTC) + timedelta(seconds=self.settings.decision_ttl_seconds),
         )
         return signing.sign_decision(claim, self.key.private, self.key.key_id)
 
 
-async def _step_inputs(c: Client, workflow_id: str, step: str) -> dict[str, Any] | None:
-    """The step's resolved inputs as the run reports them; {} for a step it does not know.
+async def _step_inputs(
+    c: Client, workflow_id: str, step: str, seen_digest: str | None = None
+) -> dict[str, Any]:
+    """The step's resolved inputs as the run reports them ({} when none or for a step it does
+    not know: the workflow refuses an unknown step with its own reason).
 
-    An unknown step is left for the workflow to refuse with its own reason.
+    With ``seen_digest``, refuses when they are no longer the inputs the decider looked at.
     """
     state = await operations.status(c, workflow_id)
     try:
-        return state.step(step).inputs or {}
+        inputs = state.step(step).inputs or {}
     except KeyError:
-        return {}
+        inputs = {}
+    if seen_digest is not None and seen_digest != signing.inputs_digest(inputs):
+        raise operations.OperationRefused(
+            f"the inputs of step {step!r} changed since you looked "
+            f"(now {signing.inputs_digest(inputs)[:12]}); look again and decide anew"
+        )
+    return inputs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -293,6 +314,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.temporal = temporal
     app.state.authenticate = authenticate
     _install_error_handlers(app)
+    limits.install(app, settings)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> JSONResponse:
@@ -359,7 +381,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def approve(
         workflow_id: RunId, step: StepId, body: GateBody, who: Who, c: Temporal
     ) -> StepState:
-        inputs = await _step_inputs(c, workflow_id, step)
+        inputs = await _step_inputs(c, workflow_id, step, body.seen_digest)
         signed = signer.sign(who, workflow_id, step, "approve", inputs)
         return await operations.approve(c, workflow_id, step, who.person, body.comment, signed)
 
@@ -367,7 +389,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def reject(
         workflow_id: RunId, step: StepId, body: GateBody, who: Who, c: Temporal
     ) -> StepState:
-        inputs = await _step_inputs(c, workflow_id, step)
+        inputs = await _step_inputs(c, workflow_id, step, body.seen_digest)
         signed = signer.sign(who, workflow_id, step, "reject", inputs)
         return await operations.reject(c, workflow_id, step, who.person, body.comment, signed)
 
@@ -375,7 +397,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def decide(
         workflow_id: RunId, step: StepId, body: DecideBody, who: Who, c: Temporal
     ) -> StepState:
-        inputs = await _step_inputs(c, workflow_id, step)
+        shown = await _step_inputs(c, workflow_id, step, body.seen_digest)
+        # A retry's new values are part of what is decided: the signature covers them too.
+        inputs = {**shown, **(body.inputs or {})}
         signed = signer.sign(who, workflow_id, step, body.action.value, inputs)
         return await operations.decide(
             c, workflow_id, step, body.action, who.person, body.comment, body.inputs, signed
@@ -396,4 +420,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(ops)
     app.include_router(alerts_api.alerts_router(settings))
+    app.include_router(incidents_api.router)
     return app
