@@ -556,7 +556,7 @@ class HaproxyModules(ModuleSet):
     ) -> ChangeOutput:
         admin = self.admin(request.target)
         previous, changed = await self._apply(admin, request, wanted)
-        current = await _read(admin, request.backend)
+        current = await _read(admin, request.backend, sessions=False)
         log.info("servers changed", changed=changed)
         return ChangeOutput(
             target=request.target,
@@ -574,7 +574,7 @@ class HaproxyModules(ModuleSet):
     ) -> tuple[list[ServerState], list[str]]:
         """Record what was found (once per key), then send only the commands that change
         something: weight first, so a server coming back into rotation comes back weighed."""
-        states = await _read(admin, request.backend)
+        states = await _read(admin, request.backend, sessions=False)
         by_name = _select(states, list(wanted), request)
         previous = self.journal.recall(ServerState)
         if previous is None or {p.server for p in previous} != set(wanted):
