@@ -1,12 +1,9 @@
 """The alert webhooks end to end: real uvicorn on 127.0.0.1, real Temporal dev server.
 
-Until the incident workflow lands, incidents are opened in ``StandInIncident``: a minimal
-workflow registered under the real workflow type name (``fireline.incident.INCIDENT_WORKFLOW``)
-that takes the real :class:`IncidentStart` and :class:`AlertBatch`, dedupes by
-``notification_id`` as the contract says the real one does, and answers a query with its
-counts. It runs unsandboxed (it is test code, deterministic by construction). Everything on
-the ingress side is the production path: parsing, credentials, routing from a catalog file,
-the group commit and signal-with-start.
+Incidents open in the real ``IncidentWorkflow`` (with the real workflow and core workers), so
+the counts asserted are the incident's own: parsing, credentials, routing from a catalog file,
+the group commit, signal-with-start and the workflow's dedupe by ``notification_id`` are all
+the production path. Services page nowhere (``paging: []``), so no page leaves the machine.
 """
 
 from __future__ import annotations
@@ -28,46 +25,52 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
-from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from fireline.incident import (
-    INCIDENT_WORKFLOW,
-    SIGNAL_ALERTS,
+    QUERY_STATUS,
+    UPDATE_RESOLVE,
     AlertBatch,
     IncidentStart,
+    IncidentState,
+    Resolve,
     incident_workflow_id,
 )
 from fireline.ingress.config import IngressSettings
 from fireline.operator.alerts_api import alerts_router
 from fireline.runtime.settings import Settings
+from tests.support.workers import fireline_workers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alerts"
-STANDIN_QUERY = "standin_state"
-STANDIN_END = "standin_end"
 
 CATALOG = """
 roles:
   sre-oncall: {tier: 1, members: [alice, bob]}
 services:
+  checkout-quiet:
+    paging: []
+    routes:
+      - matchers: ['service=~"checkout.*"', 'lane="no-run"']
   checkout:
     responders: [alice]
+    paging: []
     routes:
       - name: checkout-errors
         matchers: ['service=~"checkout.*"', 'severity!="info"']
         playbooks: {HighErrorRate: restart-api}
         inputs: {host: "{labels.instance}"}
   orders-db:
+    paging: []
     routes:
       - matchers: ['service="orders-db"']
   payments:
+    paging: []
     routes:
       - matchers: ['service="Payments API"']
         sources: [pagerduty]
   storm:
+    paging: []
     routes:
       - matchers: ['alertname="Storm"']
         incident_key: "storm/{labels.key}"
@@ -100,58 +103,6 @@ AUTH: dict[str, dict[str, Any]] = {
 }
 
 
-class StandInState(BaseModel):
-    key: str
-    service: str
-    playbook: str | None = None
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    previous_incident: str | None = None
-    alerts: int = 0
-    duplicates: int = 0
-    batches: int = 0
-    statuses: dict[str, int] = Field(default_factory=dict)
-
-
-@workflow.defn(name=INCIDENT_WORKFLOW)
-class StandInIncident:
-    @workflow.init
-    def __init__(self, start: IncidentStart) -> None:
-        self.state = StandInState(
-            key=start.key,
-            service=start.service,
-            playbook=start.plan.name if start.plan else None,
-            inputs=start.inputs,
-            previous_incident=start.previous_incident,
-        )
-        self.seen: set[str] = set()
-        self.ended = False
-
-    @workflow.run
-    async def run(self, start: IncidentStart) -> StandInState:
-        await workflow.wait_condition(lambda: self.ended)
-        return self.state
-
-    @workflow.signal(name=SIGNAL_ALERTS)
-    def alerts(self, batch: AlertBatch) -> None:
-        self.state.batches += 1
-        for alert in batch.alerts:
-            if alert.notification_id in self.seen:
-                self.state.duplicates += 1
-                continue
-            self.seen.add(alert.notification_id)
-            self.state.alerts += 1
-            status = alert.status.value
-            self.state.statuses[status] = self.state.statuses.get(status, 0) + 1
-
-    @workflow.signal(name=STANDIN_END)
-    def end(self) -> None:
-        self.ended = True
-
-    @workflow.query(name=STANDIN_QUERY)
-    def status(self) -> StandInState:
-        return self.state
-
-
 def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -177,13 +128,9 @@ def ingress_config(**overrides: Any) -> IngressSettings:
 
 
 @pytest.fixture
-async def standin(client: Client, settings: Settings) -> AsyncIterator[None]:
-    async with Worker(
-        client,
-        task_queue=settings.workflow_task_queue,
-        workflows=[StandInIncident],
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    ):
+async def workers(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """The real workflow worker (IncidentWorkflow, PlaybookWorkflow, GuardWorkflow) and core."""
+    async with fireline_workers(client, settings.task_queue_prefix):
         yield
 
 
@@ -198,7 +145,7 @@ async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
 
 
 @pytest.fixture
-async def api(settings: Settings, standin: None) -> AsyncIterator[httpx.AsyncClient]:
+async def api(settings: Settings, workers: None) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     app.include_router(alerts_router(settings, ingress_config()))
     server, task, url = await serve(app)
@@ -246,23 +193,38 @@ def bearer() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
-def unique_am(doc: dict[str, Any]) -> bytes:
-    """The fixture under a fresh group key, so each test has incidents of its own."""
-    doc = dict(doc)
+def unique_am(doc: dict[str, Any], lane: str = "no-run") -> bytes:
+    """The fixture under a fresh group key, so each test has incidents of its own.
+
+    ``lane="no-run"`` routes it to a service without a playbook, so the incident stays open
+    for the dedupe tests instead of closing when its run succeeds.
+    """
+    doc = json.loads(json.dumps(doc))
     doc["groupKey"] = f"{doc['groupKey']}/{uuid.uuid4().hex[:8]}"
+    if lane:
+        doc["commonLabels"]["lane"] = lane
     return json.dumps(doc).encode()
 
 
-async def state(client: Client, workflow_id: str) -> StandInState:
+async def state(client: Client, workflow_id: str) -> IncidentState:
     handle = client.get_workflow_handle(workflow_id)
-    result: StandInState = await handle.query(STANDIN_QUERY, result_type=StandInState)
+    result: IncidentState = await handle.query(QUERY_STATUS, result_type=IncidentState)
     return result
+
+
+async def start_input(client: Client, workflow_id: str) -> IncidentStart:
+    """What the incident was started with (the first event of its current run)."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    [decoded] = await client.data_converter.decode(started.input.payloads, [IncidentStart])
+    assert isinstance(decoded, IncidentStart)
+    return decoded
 
 
 class TestEndToEnd:
     async def test_alertmanager(self, api: httpx.AsyncClient, client: Client) -> None:
         """Basic auth, two alerts in one notification, routed to checkout with the playbook."""
-        body = unique_am(fixture("alertmanager_firing.json"))
+        body = unique_am(fixture("alertmanager_firing.json"), lane="")
         answer = await api.post("/v1/alerts/alertmanager", content=body, headers=am_headers())
         assert answer.status_code == 202, answer.text
         data = answer.json()
@@ -273,10 +235,14 @@ class TestEndToEnd:
         assert incident["workflow_id"] == incident_workflow_id(incident["key"])
         # 202 means durable: the signal is in the workflow's history already
         got = await state(client, incident["workflow_id"])
-        assert got.alerts == 2
+        assert got.alerts.total == 2
         assert got.service == "checkout"
-        assert got.playbook == "restart-api"
-        assert got.inputs == {"host": "api-7f9c:8080"}
+        assert got.run.playbook == "restart-api"
+        start = await start_input(client, incident["workflow_id"])
+        assert start.plan is not None
+        assert start.plan.name == "restart-api"
+        assert start.inputs == {"host": "api-7f9c:8080"}
+        assert start.severity == "critical"
 
     async def test_grafana(self, api: httpx.AsyncClient, client: Client) -> None:
         body = json.dumps(fixture("grafana_firing.json")).encode()
@@ -285,8 +251,9 @@ class TestEndToEnd:
         [incident] = answer.json()["incidents"]
         assert incident["service"] == "orders-db"
         got = await state(client, incident["workflow_id"])
-        assert got.alerts == 1
-        assert got.playbook is None
+        assert got.alerts.total == 1
+        assert got.run.playbook is None
+        assert got.service == "orders-db"
 
     async def test_pagerduty_lifecycle(self, api: httpx.AsyncClient, client: Client) -> None:
         """Triggered, acknowledged and resolved land in one incident keyed by the PD incident."""
@@ -303,7 +270,13 @@ class TestEndToEnd:
         [workflow_id] = ids
         got = await state(client, workflow_id)
         assert got.service == "payments"
-        assert got.statuses == {"firing": 1, "acknowledged": 1, "resolved": 1}
+        assert got.alerts.total == 3
+        assert (got.alerts.firing, got.alerts.resolved) == (1, 1)
+        assert [a.source for a in got.acks] == ["pd"]
+        # every alert resolved and no run: the incident closes itself (a workflow task later)
+        handle = client.get_workflow_handle(workflow_id, result_type=IncidentState)
+        final = await asyncio.wait_for(handle.result(), timeout=20)
+        assert final.phase.value == "resolved"
 
     async def test_generic(self, api: httpx.AsyncClient, client: Client) -> None:
         doc = fixture("generic.json")
@@ -312,7 +285,7 @@ class TestEndToEnd:
         assert answer.status_code == 202, answer.text
         [incident] = answer.json()["incidents"]
         assert incident["service"] == "orders-db"
-        assert (await state(client, incident["workflow_id"])).alerts == 1
+        assert (await state(client, incident["workflow_id"])).alerts.total == 1
 
 
 class TestExactlyOnce:
@@ -325,8 +298,8 @@ class TestExactlyOnce:
         workflow_id = first.json()["incidents"][0]["workflow_id"]
         assert again.json()["incidents"][0]["workflow_id"] == workflow_id
         got = await state(client, workflow_id)
-        assert got.alerts == 2
-        assert got.duplicates == 2
+        assert got.alerts.total == 2
+        assert got.alerts.duplicates == 2
 
     async def test_pagerduty_retry_same_event(self, api: httpx.AsyncClient, client: Client) -> None:
         doc = fixture("pagerduty_triggered.json")
@@ -339,7 +312,7 @@ class TestExactlyOnce:
             )
             assert answer.status_code == 202
         got = await state(client, answer.json()["incidents"][0]["workflow_id"])
-        assert got.alerts == 1
+        assert got.alerts.total == 1
 
     async def test_ha_double_send(self, api: httpx.AsyncClient, client: Client) -> None:
         """Both members of an HA pair send the same notification at once: one incident, 2 alerts."""
@@ -354,16 +327,18 @@ class TestExactlyOnce:
         ids = {a.json()["incidents"][0]["workflow_id"] for a in answers}
         assert len(ids) == 1
         got = await state(client, ids.pop())
-        assert got.alerts == 2
+        assert got.alerts.total == 2
         # then the resolution arrives: a new notification for the same incident
         resolved = fixture("alertmanager_resolved.json")
         resolved["groupKey"] = json.loads(body)["groupKey"]
+        resolved["commonLabels"]["lane"] = "no-run"
         answer = await api.post(
             "/v1/alerts/alertmanager", content=json.dumps(resolved), headers=am_headers()
         )
         got = await state(client, answer.json()["incidents"][0]["workflow_id"])
-        assert got.alerts == 3
-        assert got.statuses == {"firing": 2, "resolved": 1}
+        assert got.alerts.total == 3
+        assert (got.alerts.firing, got.alerts.resolved) == (2, 1)
+        assert got.phase.value != "resolved"  # one of the two still fires
 
     async def test_ended_incident_opens_a_new_one_linked(
         self, api: httpx.AsyncClient, client: Client
@@ -374,7 +349,7 @@ class TestExactlyOnce:
         workflow_id = first.json()["incidents"][0]["workflow_id"]
         handle = client.get_workflow_handle(workflow_id)
         old_run = (await handle.describe()).run_id
-        await handle.signal(STANDIN_END)
+        await handle.execute_update(UPDATE_RESOLVE, Resolve(by="alice", comment="fixed"))
         await handle.result()
         doc["summary"] = "it failed again"
         second = await api.post("/v1/alerts", json=doc, headers=bearer())
@@ -383,7 +358,7 @@ class TestExactlyOnce:
         new = await client.get_workflow_handle(workflow_id).describe()
         assert new.run_id != old_run
         got = await state(client, workflow_id)
-        assert got.alerts == 1
+        assert got.alerts.total == 1
         assert got.previous_incident == old_run
 
     async def test_storm_exact_counts(self, api: httpx.AsyncClient, client: Client) -> None:
@@ -413,7 +388,7 @@ class TestExactlyOnce:
         assert len(answers) == 500
         workflow_ids = {a["incidents"][0]["workflow_id"] for a in answers}
         assert workflow_ids == {incident_workflow_id(f"storm/{k}") for k in keys}
-        counts = [(await state(client, w)).alerts for w in sorted(workflow_ids)]
+        counts = [(await state(client, w)).alerts.total for w in sorted(workflow_ids)]
         assert counts == [100] * 5
         stats = (await api.get("/v1/alerts/stats", headers=bearer())).json()["stats"]
         assert stats["signalled_alerts"] >= 500
@@ -599,7 +574,7 @@ class TestCli:
 
 class TestDevMode:
     async def test_unconfigured_source_open_only_in_dev_mode(
-        self, settings: Settings, standin: None
+        self, settings: Settings, workers: None
     ) -> None:
         """No ingress credentials: closed by default, open in dev mode on loopback."""
         for dev, expected in ((False, 401), (True, 202)):

@@ -107,6 +107,8 @@ class TestPagerDuty:
         assert alert.labels["service"] == "Payments API"
         assert alert.labels["priority"] == "P1"
         assert alert.notification_id == f"pagerduty:{payload.event.id}"
+        # what fires and resolves is the PagerDuty incident: one identity across event types
+        assert alert.fingerprint == "Q1T6BXOJQX0G2F"
 
     def test_reopened_fires_and_others_are_recorded(self) -> None:
         doc = load("pagerduty_triggered.json")
@@ -141,6 +143,7 @@ class TestGeneric:
         assert alert.name == "BackupFailed"
         assert alert.severity == "error"
         assert alert.notification_id == "generic:abc"
+        assert alert.fingerprint == "orders-db/backup"
 
     def test_title_required(self) -> None:
         with pytest.raises(ValidationError) as info:

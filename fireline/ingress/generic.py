@@ -49,6 +49,7 @@ def normalise(payload: GenericPayload, received_at: datetime, body_digest: str) 
             severity=payload.severity or payload.labels.get("severity"),
             labels=payload.labels,
             annotations=payload.annotations,
+            fingerprint=(payload.dedup_key or payload.title)[:256],  # what fires and resolves
             starts_at=payload.starts_at,
             ends_at=payload.ends_at,
             generator_url=payload.url,

@@ -91,6 +91,7 @@ def normalise(
             severity=data.urgency,
             labels=labels,
             annotations=annotations,
+            fingerprint=(data.id or identity)[:256],  # the PD incident: what fires and resolves
             starts_at=data.created_at,
             generator_url=data.html_url,
             event_type=event.event_type,
