@@ -21,6 +21,7 @@ from typer.testing import CliRunner, Result
 
 from fireline.messages import (
     ApprovalRecord,
+    AuditEvent,
     CheckObservation,
     CompensationRecord,
     RunPhase,
@@ -263,6 +264,32 @@ class TestRender:
         assert "✓ alice (go)" in text
         assert "reason: poke failed" in text
         assert "compensations" in text
+
+
+class TestIdentityMarks:
+    def test_timeline_and_approvals_say_who_was_proven(self) -> None:
+        """Signed decisions read [verified], unsigned ones [unverified]; old records neither."""
+        step = StepState(
+            id="poke",
+            name="poke",
+            approvals=[
+                ApprovalRecord(by="alice", decision="approved", at=AT, verified=True),
+                ApprovalRecord(by="dave", decision="approved", at=AT, verified=False),
+            ],
+        )
+        state = _state(RunPhase.succeeded, step)
+        state.events = [
+            AuditEvent(at=AT, actor="alice", kind="approved", step="poke", verified=True),
+            AuditEvent(at=AT, actor="dave", kind="approved", step="poke", verified=False),
+            AuditEvent(at=AT, actor="fireline", kind="run_started"),
+        ]
+        console = Console(record=True, width=250)
+        console.print(render.run_view(state))
+        text = console.export_text()
+        assert "✓ alice, ✓ dave [unverified]" in text
+        assert "alice [verified]" in text
+        assert "dave [unverified]" in text
+        assert "fireline [" not in text
 
 
 class TestSchema:

@@ -70,7 +70,7 @@ def ensure_dev_identity(settings: Settings) -> Settings:
         if _ensure_credential(settings, person):
             created.append(f"a development credential for {person} in {credential}")
     for what in created:
-        log.info(f"development mode: created {what}")
+        log.debug(f"development mode: created {what}")
     if created:
         from rich.console import Console
 

@@ -82,10 +82,17 @@ def check_line(obs: CheckObservation) -> str:
     return " ".join(parts)
 
 
+def identity_mark(verified: bool | None) -> str:
+    """How a person's name is shown: proven by a signature, taken at their word, or unknown
+    (recorded before decisions were signed)."""
+    return {True: " [verified]", False: " [unverified]", None: ""}[verified]
+
+
 def approvals_text(step: StepState) -> str:
     return ", ".join(
         f"{'✓' if a.decision == 'approved' else '✗'} {a.by}"
         + (f" ({_short(a.comment, 30)})" if a.comment else "")
+        + (" [unverified]" if a.verified is False else "")
         for a in step.approvals
     )
 
@@ -163,7 +170,7 @@ def timeline_table(state: RunState) -> Table:
         _row(
             table,
             _time(event.at),
-            event.actor,
+            event.actor + identity_mark(event.verified),
             event.kind,
             event.step or "",
             _short(event.message, 80),
