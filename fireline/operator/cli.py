@@ -24,7 +24,7 @@ from fireline.errors import CompileError
 from fireline.identity.people import People
 from fireline.identity.tokens import TokenStore, dump_records, tokens_path
 from fireline.messages import DecisionAction, RunPhase, RunState, StepState, StepStatus
-from fireline.operator import operations, render
+from fireline.operator import incident_cli, operations, render
 from fireline.operator.auth import Principal
 from fireline.operator.client import (
     ApiClient,
@@ -550,6 +550,7 @@ token_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(token_app, name="token")
+incident_cli.register(app)
 
 
 def _token_store(settings: Settings) -> TokenStore:

@@ -1,0 +1,249 @@
+"""The incident API and CLI against the real dev server, real workers and a real uvicorn.
+
+An incident is opened the way ingress opens one (signal-with-start with its search
+attributes); the operator acts through the API with a bearer token, and the person recorded is
+always the one the token proves. The CLI runs in a worker thread (its HTTP client is
+synchronous) against the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
+
+from fireline.catalog.model import Catalog
+from fireline.identity.tokens import TokenStore
+from fireline.incident import (
+    INCIDENT_WORKFLOW,
+    QUERY_STATUS,
+    SIGNAL_ALERTS,
+    AlertBatch,
+    IncidentState,
+    incident_start,
+    incident_workflow_id,
+    search_attributes,
+)
+from fireline.ingress.alert import Alert, AlertSource, AlertStatus
+from fireline.operator.api import create_app
+from fireline.operator.cli import app as cli_app
+from fireline.runtime.settings import Settings
+from tests.support.target import Reply, Target
+from tests.support.workers import fireline_workers
+
+CATALOG = """
+roles:
+  sre-oncall: {tier: 1, members: [alice, bob]}
+  lead: {tier: 3, members: [dana]}
+services:
+  checkout:
+    escalation:
+      levels:
+        - {tier: 1, delay: 5m, targets: [{role: sre-oncall}]}
+        - {tier: 3, delay: 10m, targets: [{role: lead}]}
+"""
+
+
+@pytest.fixture
+def settings(
+    env: WorkflowEnvironment,
+    task_queue_prefix: str,
+    tmp_path: Path,
+    target: Target,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    folder = tmp_path / "playbooks"
+    folder.mkdir()
+    (folder / "catalog.yaml").write_text(textwrap.dedent(CATALOG))
+    target.route("POST", "/page", Reply(200))
+    monkeypatch.setenv(
+        "FIRELINE_TARGETS", json.dumps({"webhook": {"default": {"url": target.url("/page")}}})
+    )
+    return Settings(
+        temporal_address=env.client.service_client.config.target_host,
+        task_queue_prefix=task_queue_prefix,
+        playbooks_dir=folder,
+        data_dir=tmp_path / "data",
+    )
+
+
+@pytest.fixture
+def tokens(settings: Settings) -> dict[str, str]:
+    store = TokenStore.of(settings)
+    return {p: store.issue(p)[0] for p in ("alice", "bob", "dana")}
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[str]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), "uvicorn stopped during start-up"
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def open_incident(client: Client, settings: Settings, service: str = "checkout") -> str:
+    catalog = Catalog.model_validate(yaml.safe_load(CATALOG))
+    key = f"am/{service}/{uuid.uuid4().hex[:8]}"
+    start = incident_start(
+        catalog, service, key, severity="critical", task_queue_prefix=settings.task_queue_prefix
+    )
+    alert = Alert(
+        source=AlertSource.alertmanager,
+        notification_id=uuid.uuid4().hex,
+        group_key=key,
+        status=AlertStatus.firing,
+        name="CheckoutErrors",
+        received_at=datetime.now(UTC),
+    )
+    handle = await client.start_workflow(
+        INCIDENT_WORKFLOW,
+        start,
+        id=incident_workflow_id(key),
+        task_queue=settings.task_queue_prefix,
+        start_signal=SIGNAL_ALERTS,
+        start_signal_args=[AlertBatch(batch_id=uuid.uuid4().hex, alerts=[alert])],
+        search_attributes=search_attributes(start),
+    )
+    for _ in range(200):
+        state = await handle.query(QUERY_STATUS, result_type=IncidentState)
+        if len(state.pages) == 2:
+            break
+        await asyncio.sleep(0.05)
+    return handle.id
+
+
+def invoke(*args: str, env: dict[str, str]) -> Any:
+    return CliRunner().invoke(cli_app, list(args), env={"COLUMNS": "80", **env})
+
+
+class TestIncidentApi:
+    async def test_list_show_act_and_read(
+        self, env: WorkflowEnvironment, settings: Settings, tokens: dict[str, str]
+    ) -> None:
+        """List by service, ack as the token's person (not the body's), command, timeline."""
+        client = env.client
+        async with fireline_workers(client, settings.task_queue_prefix):
+            incident = await open_incident(client, settings)
+            async with serving(settings) as url:
+                alice = httpx.AsyncClient(
+                    base_url=url, headers={"Authorization": f"Bearer {tokens['alice']}"}
+                )
+                anonymous = httpx.AsyncClient(base_url=url)
+                try:
+                    assert (await anonymous.get("/v1/incidents")).status_code == 401
+                    assert (
+                        await anonymous.post(f"/v1/incidents/{incident}/ack")
+                    ).status_code == 401
+                    rows: list[dict[str, Any]] = []
+                    for _ in range(100):  # visibility is eventually consistent
+                        rows = (
+                            await alice.get("/v1/incidents", params={"service": "checkout"})
+                        ).json()
+                        if any(r["incident_id"] == incident for r in rows):
+                            break
+                        await asyncio.sleep(0.1)
+                    row = next(r for r in rows if r["incident_id"] == incident)
+                    assert (row["service"], row["severity"], row["open"]) == (
+                        "checkout",
+                        "critical",
+                        True,
+                    )
+                    hostile = await alice.get(
+                        "/v1/incidents", params={"service": "x' OR WorkflowType != '"}
+                    )
+                    assert hostile.status_code == 422
+                    acked = await alice.post(
+                        f"/v1/incidents/{incident}/ack", json={"comment": "on it", "by": "mallory"}
+                    )
+                    assert acked.status_code == 200, acked.text
+                    assert acked.json()["acknowledged_by"] == "alice"
+                    took = await alice.post(f"/v1/incidents/{incident}/command", json={})
+                    assert took.json()["commander"] == "alice"
+                    refused = await alice.post(
+                        f"/v1/incidents/{incident}/command", json={"action": "handover"}
+                    )
+                    assert refused.status_code == 409
+                    shown = (await alice.get(f"/v1/incidents/{incident}")).json()
+                    assert shown["commander"] == "alice"
+                    events = (await alice.get(f"/v1/incidents/{incident}/timeline")).json()
+                    assert [
+                        e["kind"] for e in events if e["kind"] in ("page", "ack", "command")
+                    ] == [
+                        "page",
+                        "page",
+                        "ack",
+                        "command",
+                    ]
+                    markdown = await alice.get(
+                        f"/v1/incidents/{incident}/timeline", params={"format": "markdown"}
+                    )
+                    assert markdown.headers["content-type"].startswith("text/markdown")
+                    assert "| ack | alice |" in markdown.text
+                    assert (await alice.get("/v1/incidents/no-such")).status_code == 404
+
+                    cli_env = {"FIRELINE_API_URL": url, "FIRELINE_TOKEN": tokens["bob"]}
+                    listed = await asyncio.to_thread(
+                        invoke, "incidents", "--service", "checkout", env=cli_env
+                    )
+                    assert listed.exit_code == 0, listed.output
+                    assert all(len(line) <= 80 for line in listed.output.splitlines())
+                    assert "checkout" in listed.output
+                    handover = await asyncio.to_thread(
+                        invoke, "command", incident, "--handover", "dana", env=cli_env
+                    )
+                    assert handover.exit_code == 1, "only the commander can hand over"
+                    assert "only the commander (alice)" in handover.output
+                    shown_cli = await asyncio.to_thread(invoke, "incident", incident, env=cli_env)
+                    assert shown_cli.exit_code == 0, shown_cli.output
+                    assert all(len(line) <= 80 for line in shown_cli.output.splitlines())
+                    timeline_cli = await asyncio.to_thread(
+                        invoke, "timeline", incident, "--json", env=cli_env
+                    )
+                    assert json.loads(timeline_cli.output)[0]["kind"] in ("alert", "opened")
+                    resolved = await asyncio.to_thread(
+                        invoke, "resolve", incident, "-m", "fixed upstream", env=cli_env
+                    )
+                    assert resolved.exit_code == 0, resolved.output
+                    handle = client.get_workflow_handle(incident, result_type=IncidentState)
+                    final = await handle.result()
+                    assert final.resolved_by == "bob"
+                    postmortem = await asyncio.to_thread(
+                        invoke, "postmortem", incident, env=cli_env
+                    )
+                    assert "## Decisions" in postmortem.output
+                    assert "alice" in postmortem.output
+                    report = await asyncio.to_thread(
+                        invoke, "report", "--service", "checkout", "--json", env=cli_env
+                    )
+                    assert report.exit_code == 0, report.output
+                    figures = json.loads(report.output)
+                    assert figures["incidents"] >= 1
+                    assert figures["time_to_acknowledge"]["count"] >= 1
+                finally:
+                    await alice.aclose()
+                    await anonymous.aclose()
