@@ -186,6 +186,16 @@ class TestAuth:
             assert alone.status_code == 401
             assert "development-mode API on loopback" in alone.json()["detail"]
 
+    async def test_a_catalog_that_does_not_load_is_503(
+        self, fl_settings: Settings, tokens: dict[str, str]
+    ) -> None:
+        """Nobody can be recognised without a catalog: 503 with the fix, never a 500."""
+        (fl_settings.playbooks_dir / "catalog.yaml").write_text("roles: [not: a mapping\n")
+        async with in_process(fl_settings) as http:
+            answer = await http.get("/whoami", headers=bearer(tokens["alice"]))
+        assert answer.status_code == 503
+        assert "the catalog does not load" in answer.json()["detail"]
+
     async def test_development_mode_applies_only_on_loopback(self, fl_settings: Settings) -> None:
         """FIRELINE_DEV_MODE on an API reached at a non-loopback address still needs a token."""
         dev = fl_settings.model_copy(update={"dev_mode": True})

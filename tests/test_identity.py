@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fireline.errors import CompileError
 from fireline.identity import signing
 from fireline.identity.dev import dev_credential_path, ensure_dev_identity
 from fireline.identity.keys import DecisionKeyError, key_path, load_decision_key, read_key
@@ -94,6 +95,28 @@ class TestPeople:
         catalog = settings.playbooks_dir / "catalog.yaml"
         catalog.write_text(catalog.read_text() + "  lead: {tier: 3, members: [dana]}\n")
         assert "dana" in people
+
+    def test_people_listed_with_their_roles(self, settings: Settings) -> None:
+        """A person under `people:` is known; one who lists a role can be the dev person."""
+        catalog = settings.playbooks_dir / "catalog.yaml"
+        catalog.write_text(
+            "people:\n  zoe: {roles: [first-line]}\n"
+            "roles:\n  first-line: {tier: 0}\n  sre-oncall: {tier: 1, members: [alice]}\n"
+        )
+        people = People.of(settings)
+        assert people.names() == {"zoe", "alice"}
+        assert people.first() == "zoe"
+
+    def test_a_broken_catalog_keeps_the_last_good_roster(self, settings: Settings) -> None:
+        """Mid-edit garbage does not lock everyone out; a catalog broken from the start is an
+        error the caller reports."""
+        people = People.of(settings)
+        assert "bob" in people
+        catalog = settings.playbooks_dir / "catalog.yaml"
+        catalog.write_text("roles: [this is: not a mapping\n")
+        assert "bob" in people
+        with pytest.raises(CompileError):
+            People.of(settings).names()
 
 
 class TestDecisionKey:

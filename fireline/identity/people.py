@@ -1,15 +1,14 @@
 """Who the catalog knows: a credential may prove only a person listed there.
 
-People come from the catalog's ``people`` (once it has them) and from the members of its
-roles, so a token or an OIDC login for someone the catalog has never heard of is refused (403)
-even when the credential itself is genuine.
+People are the catalog's roster (its ``people`` and the members of its roles), so a token or
+an OIDC login for someone the catalog has never heard of is refused (403) even when the
+credential itself is genuine. The catalog is re-read when its file changes, so adding or
+removing a person needs no restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from fireline.catalog.model import CATALOG_FILE, Catalog, load_catalog
 from fireline.errors import CompileError
@@ -17,16 +16,17 @@ from fireline.runtime.settings import Settings
 
 
 def known_people(catalog: Catalog) -> set[str]:
-    """Every person the catalog names, as a person or as a role member."""
-    names: set[str] = set()
-    people: Any = getattr(catalog, "people", None)
-    if isinstance(people, Mapping):
-        names |= {str(name) for name in people}
-    elif isinstance(people, Iterable) and not isinstance(people, str):
-        names |= {str(getattr(p, "name", p)) for p in people}
-    for role in catalog.roles.values():
-        names |= set(role.members or ())
-    return names
+    return set(catalog.roster())
+
+
+def first_person(catalog: Catalog) -> str | None:
+    """The first approver of the lowest-tier role that names any (the development person)."""
+    for name, role in sorted(catalog.roles.items(), key=lambda item: (item[1].tier, item[0])):
+        approvers = catalog.approvers(name)
+        if approvers:
+            listed = role.members or approvers
+            return listed[0]
+    return None
 
 
 def catalog_path(settings: Settings) -> Path:
@@ -34,39 +34,43 @@ def catalog_path(settings: Settings) -> Path:
 
 
 class People:
-    """The catalog's people, re-read when the catalog file changes (no restart to add someone)."""
+    """The catalog's people, re-read when the catalog file changes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._stamp: tuple[int, int] | None = None
-        self._names: set[str] = set()
+        self._catalog: Catalog | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> People:
         return cls(catalog_path(settings))
 
-    def names(self) -> set[str]:
+    def catalog(self) -> Catalog | None:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            return set()
+            self._stamp, self._catalog = None, None
+            return None
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp != self._stamp:
             try:
-                self._names = known_people(load_catalog(self.path))
+                self._catalog = load_catalog(self.path)
             except CompileError:
-                # A catalog being edited keeps the last good roster rather than locking out.
-                return set(self._names)
+                # A catalog being edited keeps the last good roster rather than locking out;
+                # the first read of a broken catalog is an error the caller reports.
+                if self._catalog is None:
+                    raise
+                return self._catalog
             self._stamp = stamp
-        return set(self._names)
+        return self._catalog
+
+    def names(self) -> set[str]:
+        catalog = self.catalog()
+        return known_people(catalog) if catalog is not None else set()
 
     def first(self) -> str | None:
-        """The first member of the lowest-tier role that lists members (the dev person)."""
-        if not self.path.exists():
-            return None
-        catalog = load_catalog(self.path)
-        roles = sorted((r for r in catalog.roles.values() if r.members), key=lambda r: r.tier)
-        return roles[0].members[0] if roles and roles[0].members else None
+        catalog = self.catalog()
+        return first_person(catalog) if catalog is not None else None
 
     def __contains__(self, person: object) -> bool:
         return isinstance(person, str) and person in self.names()

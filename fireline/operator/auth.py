@@ -17,6 +17,7 @@ import structlog
 from fastapi import HTTPException, Request, status
 from pydantic import BaseModel
 
+from fireline.errors import CompileError
 from fireline.identity.oidc import OidcError, OidcVerifier
 from fireline.identity.people import People
 from fireline.identity.tokens import MAX_TOKEN_LENGTH, TokenStore, looks_like_token
@@ -73,8 +74,20 @@ class Authenticator:
         self.oidc = OidcVerifier.from_settings(settings)
         self.people = People.of(settings)
 
+    def _roster(self) -> set[str]:
+        try:
+            return self.people.names()
+        except CompileError:
+            log.error(
+                "the catalog does not load: nobody can be recognised", path=str(self.people.path)
+            )
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "the catalog does not load, so no person can be recognised; run fireline validate",
+            ) from None
+
     def _known(self, person: str, method: str) -> None:
-        if person not in self.people:
+        if person not in self._roster():
             log.warning("credential for a person the catalog does not list", method=method)
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -103,6 +116,7 @@ class Authenticator:
         claimed = request.headers.get(UNVERIFIED_HEADER, "").strip()
         if len(claimed) > 200:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{UNVERIFIED_HEADER} too long")
+        self._roster()
         person = claimed or self.settings.dev_person or self.people.first()
         if not person:
             raise _unauthorized("no credential, and no development person in the catalog")
