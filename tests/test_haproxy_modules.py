@@ -48,6 +48,7 @@ from tests.support.haproxy import (
     running_haproxy,
     wait_for_sessions,
 )
+from tests.support.target import Reply, start_target
 from tests.support.workers import fireline_workers, start_run
 
 REGISTRY = load_registry(["platform"])
@@ -703,3 +704,37 @@ class TestConfigurationDriftPlaybook:
         assert "step 'serves' check" in str(failure)
         assert [(c.step, c.status) for c in state.compensations] == [("revert", "succeeded")]
         assert await snapshot(haproxy) == drifted
+
+
+class TestDrainNodePlaybook:
+    async def test_drains_the_node_tells_the_channel_and_verifies(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        haproxy: Haproxy,
+        library: PlaybookLibrary,
+    ) -> None:
+        """drain-node on the real HAProxy: the server is drained (and stays so), the rest
+        verified, the channel told through the webhook."""
+        hook = start_target()
+        hook.route("POST", "/hook", Reply(200))
+        plan = library.compile("drain-node")
+        settings = haproxy.settings(notify_webhook_url=hook.url("/hook"))
+        try:
+            async with fireline_workers(
+                client, task_queue_prefix, domains=DOMAINS, settings=settings
+            ):
+                handle = await start_run(
+                    client,
+                    task_queue_prefix,
+                    plan,
+                    {"backend": "web", "node": "s2", "base_url": haproxy.url(""), "min_healthy": 2},
+                )
+                result = await handle.result()
+            [message] = hook.hits("POST", "/hook")
+        finally:
+            hook.close()
+        assert result.phase is RunPhase.succeeded
+        assert result.outputs == {"drained": True, "sessions_left": 0, "verified": True}
+        assert "draining s2 of web" in message.json["text"]
+        assert await snapshot(haproxy) == {**INITIAL, "s2": ("drain", 8, 20)}

@@ -66,4 +66,5 @@ class TestPlaybooksDirectory:
         assert isinstance(drain, StepNode)
         assert drain.mutates
         assert drain.compensation is not None
-        assert drain.compensation.with_ == {"$from": "${{ input.compensation }}"}
+        assert drain.compensation.module == "platform.haproxy_restore"
+        assert drain.compensation.with_["servers"] == "${{ output.previous }}"
