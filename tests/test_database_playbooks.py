@@ -239,6 +239,13 @@ class TestPrimaryFailurePlaybook:
             assert not state.phase.terminal, state.reason
             assert auto_conf(pg.primary) == "on"
             assert fresh.scalar("SELECT pg_is_in_recovery()") is True
+            gate = {s.id: s for s in state.steps}["promote"]
+            assert gate.preview is not None, gate.preview_error
+            assert gate.preview.warnings == []
+            assert [(c.attribute, c.before, c.after) for c in gate.preview.changes] == [
+                ("role", "standby", "primary")
+            ]
+            assert "read-only for new sessions" in gate.preview.summary
             await approve(handle, "promote", "alice", "bob")
             result = await finished(handle)
 
@@ -287,6 +294,38 @@ class TestPrimaryFailurePlaybook:
         assert await asyncio.to_thread(app_can_write, pg.primary)
         assert fresh.scalar("SELECT pg_is_in_recovery()") is True
         assert proxy.admin() == {"old": 0, "new": 1}
+
+    async def test_a_failure_after_the_promotion_halts_and_keeps_the_fence(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        pg: PgCluster,
+        failover: tuple[PgServer, PgProxy],
+        library: PlaybookLibrary,
+    ) -> None:
+        """Writes cannot be verified after the promotion: nothing is rolled back (unfreezing
+        the old primary now would make two writable primaries); the run halts for a human."""
+        fresh, proxy = failover
+        settings = failover_settings(pg, fresh, proxy)
+        nowhere = {**pg.primary.target(), "port": free_port(), "connect_timeout_s": 1}
+        settings.targets["postgres"]["nowhere"] = nowhere
+        plan = library.compile("database-primary-failure")
+        async with fireline_workers(client, task_queue_prefix, domains=DOMAINS, settings=settings):
+            handle = await start_run(
+                client, task_queue_prefix, plan, {**failover_inputs(fresh), "service": "nowhere"}
+            )
+            await until_awaiting(handle, "promote")
+            await approve(handle, "promote", "alice", "bob")
+            state = await finished(handle)
+
+        assert state.phase is RunPhase.failed, explain(state)
+        steps = {s.id: s for s in state.steps}
+        assert steps["writes"].status is StepStatus.failed
+        assert "refuses writes" in (steps["writes"].error or "")
+        assert state.compensations == []
+        assert fresh.scalar("SELECT pg_is_in_recovery()") is False
+        assert auto_conf(pg.primary) == "on"
+        assert proxy.admin() == {"old": 1, "new": 0}
 
 
 @pytest.fixture
@@ -362,6 +401,12 @@ class TestDataInconsistencyPlaybook:
             state = await until_awaiting(handle, "restore")
             assert not state.phase.terminal, state.reason
             assert not await asyncio.to_thread(app_can_write, pg.primary, name)
+            gate = {s.id: s for s in state.steps}["restore"]
+            assert gate.preview is not None, gate.preview_error
+            assert [(c.attribute, c.before, c.after) for c in gate.preview.changes] == [
+                ("public.accounts", "190 rows", "200 rows (snapshot good)")
+            ]
+            assert gate.preview.rollback == "restore snapshot 'before-restore' (taken before)"
             await approve(handle, "restore", "alice", "bob")
             result = await finished(handle)
 
