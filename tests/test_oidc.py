@@ -21,10 +21,21 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from temporalio.client import Client
 
 from fireline.identity.oidc import OidcConfigError, OidcError, OidcVerifier
+from fireline.messages import RunPhase, StepStatus
 from fireline.operator.api import create_app
 from fireline.runtime.settings import Settings
+from tests import test_operations as shared
+from tests.test_api import serving
+from tests.test_operations import Reply, Target, finished, step_is, until
+
+# Fixtures shared with the operations tests (a real dev server, workers and HTTP target).
+playbooks_dir = shared.playbooks_dir
+fl_settings = shared.fl_settings
+workers = shared.workers
+target = shared.target
 
 ISSUER = "https://idp.example.test/realms/ops"
 AUDIENCE = "fireline"
@@ -255,3 +266,30 @@ class TestApiWithOidc:
 
             huge = await whoami("x" * 10_000)
             assert huge.status_code == 401
+
+
+class TestApprovalWithOidc:
+    async def test_an_oidc_login_approves_as_its_person(
+        self, issuer: Issuer, workers: Settings, target: Target, client: Client
+    ) -> None:
+        """A run started and approved with OIDC tokens: requester and approver are the people
+        the tokens name, and the approval is signed (recorded verified)."""
+        target.route("POST", "/poke", Reply(200, {}))
+        settings = workers.model_copy(
+            update={"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks_url": issuer.url}
+        )
+        async with serving(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            carol = {"Authorization": f"Bearer {issuer.mint('carol')}"}
+            alice = {"Authorization": f"Bearer {issuer.mint('alice')}"}
+            body = {"playbook": "gated", "inputs": {"base": target.base_url}}
+            created = await http.post("/runs", json=body, headers=carol)
+            assert created.status_code == 201, created.text
+            wid = created.json()["workflow_id"]
+            await until(client, wid, step_is("poke", StepStatus.awaiting_approval))
+            approved = await http.post(f"/runs/{wid}/steps/poke/approve", json={}, headers=alice)
+            assert approved.status_code == 200, approved.text
+            (record,) = approved.json()["approvals"]
+            assert (record["by"], record["verified"]) == ("alice", True)
+            state = await until(client, wid, finished)
+        assert state.requested_by == "carol"
+        assert state.phase == RunPhase.succeeded
