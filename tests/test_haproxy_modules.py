@@ -564,6 +564,11 @@ class TestNetworkFailurePlaybook:
                 "s2": ("ready", 0, 50),
                 "s3": ("ready", 0, 50),
             }
+            gate = {s.id: s for s in state.steps}["pool_back"]
+            assert gate.preview is not None, gate.preview_error
+            assert [(c.target, c.attribute, c.before, c.after) for c in gate.preview.changes] == [
+                ("edge:web/s1", "admin_state", "drain", "ready")
+            ], "the approver sees exactly what putting the pool back changes"
             served = {n: list(b.served) for n, b in haproxy.backends.items()}
             assert served["s1"] == ["/s1/slow"], "no probe reached the drained server"
             assert len(served["s2"]) + len(served["s3"]) == 5
@@ -662,8 +667,15 @@ class TestConfigurationDriftPlaybook:
         ):
             handle = await start_run(client, task_queue_prefix, plan, drift_inputs(haproxy))
             state = await until_awaiting(handle, "revert")
-            assert {s.id: s.status for s in state.steps}["revert"] is StepStatus.awaiting_approval
+            gate = {s.id: s for s in state.steps}["revert"]
+            assert gate.status is StepStatus.awaiting_approval
             assert (await snapshot(haproxy))["s2"][0] == "maint", "nothing reverted before yes"
+            assert gate.preview is not None, gate.preview_error
+            assert {(c.target, c.attribute, c.before, c.after) for c in gate.preview.changes} == {
+                ("edge:web/s2", "admin_state", "maint", "ready"),
+                ("edge:web/s3", "weight", 1, 30),
+            }
+            assert gate.preview.blast_radius["servers"] == 2
             await handle.execute_update(UPDATE_APPROVE, Approval(step="revert", approver="bob"))
             result = await handle.result()
 
