@@ -52,13 +52,16 @@ TOKEN = "admin-s3cret"
 
 
 def activity_env(
-    activity_id: str | None = None, heartbeat_details: tuple[Any, ...] = ()
+    activity_id: str | None = None,
+    heartbeat_details: tuple[Any, ...] = (),
+    workflow_run_id: str = "run-1",
 ) -> ActivityEnvironment:
     """A fresh step identity per call unless a test repeats one on purpose."""
     environment = ActivityEnvironment()
     environment.info = dataclasses.replace(
         ActivityEnvironment.default_info(),
         workflow_id="wf-app",
+        workflow_run_id=workflow_run_id,
         activity_id=activity_id or f"step-{uuid.uuid4().hex[:8]}",
         heartbeat_details=list(heartbeat_details),
     )
@@ -249,7 +252,8 @@ class TestFlags:
         self, flags: FlagModules, redis_db: RedisServer
     ) -> None:
         """A retry of the step replays its record: the flag keeps what happened since, and the
-        recorded prior value stays the one the first attempt found."""
+        recorded prior value stays the one the first attempt found. A later run reusing the
+        workflow id acts again."""
         db = redis_db.client()
         db.set("flag:shed", "off")
         request = SetFlagInput(target="cache", flag="shed", value="on")
@@ -259,7 +263,13 @@ class TestFlags:
         assert db.get("flag:shed") == "someone-else"
         assert (first.previous, first.replayed) == ("off", False)
         assert (second.previous, second.replayed, second.changed) == ("off", True, False)
-        assert db.ttl(f"{JOURNAL_PREFIX}wf-app/shed-load") > 0
+        [record] = db.keys(f"{JOURNAL_PREFIX}wf-app/shed-load@*")
+        assert db.ttl(record) > 0
+        again = await run(
+            flags.set_flag, request, activity_id="shed-load", workflow_run_id="a-later-run"
+        )
+        assert (again.previous, again.replayed, again.changed) == ("someone-else", False, True)
+        assert db.get("flag:shed") == "on"
 
     async def test_precondition_that_does_not_hold_says_what_it_saw(
         self, flags: FlagModules, redis_db: RedisServer

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from temporalio import activity
+
 from activities.application.targets import RedisTarget, resolve_target
 from activities.core.runtime import idempotency_key, refused, unavailable
 from fireline.modules import ModuleSet
@@ -36,8 +38,14 @@ def is_journal(key: bytes | str) -> bool:
     return text(key).startswith(JOURNAL_PREFIX)
 
 
-def journal_key(key: str | None = None) -> str:
-    return JOURNAL_PREFIX + (key or idempotency_key())
+def journal_key() -> str:
+    """The step's record: its idempotency key plus the run id, because a workflow id can be
+    reused by a later run (an incident's playbook, a re-run), whose steps must act again."""
+    info = activity.info()
+    key = idempotency_key()
+    if info.workflow_run_id:
+        key = f"{key}@{info.workflow_run_id}"
+    return JOURNAL_PREFIX + key
 
 
 class RedisSet(ModuleSet):
