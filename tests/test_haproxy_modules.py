@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,8 @@ from activities.platform.haproxy_api import (
     HaproxyAdmin,
     HaproxyTarget,
     Refused,
+    parse_servers_state,
+    parse_stat,
 )
 from fireline import errors
 from fireline.compile.compiler import PlaybookLibrary
@@ -225,6 +228,14 @@ class TestRegistry:
             assert spec.postconditions
             assert spec.idempotent
 
+    def test_every_platform_module_describes_itself_as_json(self) -> None:
+        """describe() (what ``fireline modules`` shows) is JSON with an input schema."""
+        for spec in REGISTRY.values():
+            described = json.loads(json.dumps(spec.describe()))
+            assert described["description"], spec.name
+            assert described["input_schema"]["properties"], spec.name
+            assert (described["preview"] is not None) == spec.mutates, spec.name
+
     def test_checks_run_where_the_socket_is(self) -> None:
         """HAProxy checks need the target settings, so they run on the platform queue."""
         for name in ("platform.haproxy_healthy", "platform.haproxy_servers_match"):
@@ -238,6 +249,76 @@ class TestRegistry:
                 DrainInput(target="edge", backend="web", servers=[bad])
             with pytest.raises(ValidationError):
                 DrainInput(target="edge", backend=bad, servers=["s1"])
+
+
+class TestParsing:
+    """The runtime API's answers are read by column name, and anything else is refused."""
+
+    HEADER = (
+        "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+        "srv_iweight srv_time_since_last_change"
+    )
+
+    def test_rows_by_column_name_with_blank_lines_and_extra_columns(self) -> None:
+        text = (
+            f"1\n{self.HEADER} srv_future_column\n\n"
+            "3 web 1 s1 127.0.0.1 2 8 10 10 5 x\n"
+            "3 web 2 s2 127.0.0.1 0 1 0 20 5 y\n\n"
+        )
+        [s1, s2] = parse_servers_state(text)
+        assert (s1.server, s1.admin_state, s1.operational, s1.weight) == (
+            "s1",
+            "drain",
+            "running",
+            10,
+        )
+        assert (s2.admin_state, s2.operational, s2.weight, s2.initial_weight) == (
+            "maint",
+            "stopped",
+            0,
+            20,
+        )
+        assert not s2.healthy
+
+    @pytest.mark.parametrize(
+        ("text", "problem"),
+        [
+            ("", "answered nothing"),
+            ("2\n# be_name srv_name\n", "unsupported format"),
+            ("1\n3 web 1 s1\n", "no column header"),
+            (
+                "1\n# be_name srv_name srv_op_state\n",
+                "columns missing: srv_admin_state, srv_uweight",
+            ),
+            (f"1\n{HEADER}\n3 web 1 s1 127.0.0.1 2\n", "short row"),
+            (f"1\n{HEADER}\n3 web 1 s1 127.0.0.1 two 0 1 1 0\n", "not a number"),
+            ("Permission denied.\n", "unsupported format"),
+        ],
+    )
+    def test_anything_else_is_refused(self, text: str, problem: str) -> None:
+        with pytest.raises(Refused, match=problem):
+            parse_servers_state(text)
+
+    def test_stat_csv(self) -> None:
+        rows = parse_stat(
+            "# pxname,svname,scur,status,weight\nweb,s1,3,UP,10\nweb,BACKEND,3,UP,10\n"
+        )
+        assert rows[("web", "s1")]["scur"] == "3"
+        with pytest.raises(Refused, match="not CSV"):
+            parse_stat("Unknown command.\n")
+        with pytest.raises(Refused, match="column missing"):
+            parse_stat("# pxname,svname\nweb,s1\n")
+
+    def test_a_target_names_exactly_one_socket(self) -> None:
+        for bad in ({}, {"socket": "/run/a.sock", "address": "127.0.0.1:9"}, {"address": "nohost"}):
+            with pytest.raises(ValidationError):
+                HaproxyTarget.model_validate(bad)
+
+    async def test_misconfigured_target_is_invalid_input(self) -> None:
+        settings = Settings(targets={"haproxy": {"edge": {"socket": "/a", "address": "h:1"}}})
+        err = await raises(act(HaproxyModules(settings), "platform.haproxy_servers", EDGE, None))
+        assert err.type == errors.INVALID_INPUT
+        assert "haproxy target 'edge' is misconfigured" in err.message
 
 
 class TestEveryChange:
