@@ -527,6 +527,44 @@ class TestPromotion:
             await mods.aclose()
             fresh.stop()
 
+    async def test_lag_beyond_the_bound_refuses_with_the_bytes(self, pg: PgCluster) -> None:
+        """Replay paused on a standby while the primary writes: both sides report the lag."""
+        fresh = pg.make_standby(f"lagging{free_port()}")
+        mods = PostgresModules(Settings(targets=targets(pg, fresh=fresh)))
+        try:
+            fresh.execute("SELECT pg_wal_replay_pause()")
+            pg.primary.execute(
+                "CREATE TABLE IF NOT EXISTS lag_filler AS SELECT g FROM generate_series(1, 20000) g"
+            )
+            pg.primary.execute("DROP TABLE lag_filler")
+
+            async def standby_lags() -> CheckResult | None:
+                result = await run(
+                    mods.replication_status,
+                    ReplicationInput(target="fresh", expect_role="standby", max_lag_bytes=0),
+                )
+                return None if result.satisfied else result
+
+            seen = await eventually(standby_lags)
+            assert seen is not None, "replay never fell behind"
+            assert seen.observed["lag_bytes"] > 0
+            assert f"{seen.observed['lag_bytes']} bytes received but not replayed" in seen.detail
+            spec = REGISTRY["database.promote_standby"]
+            inp = PromoteInput(target="fresh", old_primary="down", max_lag_bytes=0)
+            lag, fence = await conditions(mods, spec, "pre", inp)
+            assert not lag.satisfied
+            assert "more than 0" in lag.detail
+            assert fence.satisfied, "an unreachable old primary counts as fenced"
+            on_primary = await run(
+                mods.replication_status,
+                ReplicationInput(target="primary", standby=fresh.name, max_lag_bytes=0),
+            )
+            assert not on_primary.satisfied
+            assert f"standby '{fresh.name}' replay is" in on_primary.detail
+        finally:
+            await mods.aclose()
+            fresh.stop()
+
 
 class TestConnectionLimit:
     @pytest.fixture

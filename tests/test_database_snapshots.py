@@ -6,6 +6,7 @@ assertions read the tables and the files on disk.
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from activities.database.snapshot import (
 from fireline.compile.compiler import PlaybookLibrary
 from fireline.runtime.settings import Settings
 from tests.support.postgres import (  # noqa: F401  (fixtures)
+    PASSWORD,
     PgCluster,
     pg_cluster_fixture,
     pg_fixture,
@@ -149,6 +151,24 @@ class TestSnapshot:
         """The schema version table is an identifier, never SQL."""
         with pytest.raises(ValidationError, match="not a plain"):
             SnapshotInput(target="app", snapshot="x", version_table="t; DROP TABLE accounts")
+
+    async def test_password_travels_in_the_environment_only(
+        self, db: Db, snaps: SnapshotModules, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """pg_dump gets PGPASSWORD; no argument carries the password (``ps`` would show it)."""
+        seen: list[tuple[tuple[str, ...], dict[str, str]]] = []
+        real = asyncio.create_subprocess_exec
+
+        async def recording(*argv: str, **kwargs: Any) -> Any:
+            seen.append((argv, dict(kwargs.get("env") or {})))
+            return await real(*argv, **kwargs)
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
+        await take(snaps)
+        [(argv, environment)] = [s for s in seen if s[0][0].endswith("pg_dump")]
+        assert environment["PGPASSWORD"] == PASSWORD
+        assert not any(PASSWORD in arg for arg in argv)
+        assert any(arg.startswith("--snapshot=") for arg in argv)
 
     async def test_tampered_dump_is_not_intact(self, db: Db, snaps: SnapshotModules) -> None:
         """One flipped byte: the check reports the sha256 mismatch; a missing manifest too."""
