@@ -78,9 +78,13 @@ async def until(
         await asyncio.sleep(0.1)
 
 
-async def approve_flush(handle: WorkflowHandle[Any, Any]) -> None:
-    await until(handle, lambda s: s.step("flush_cache").status is StepStatus.awaiting_approval)
+async def approve_flush(handle: WorkflowHandle[Any, Any]) -> RunState:
+    """Approve the flush once its gate is open; the state at the gate (with its preview)."""
+    state = await until(
+        handle, lambda s: s.step("flush_cache").status is StepStatus.awaiting_approval
+    )
     await handle.execute_update(UPDATE_APPROVE, Approval(step="flush_cache", approver="carol"))
+    return state
 
 
 def seed(db: Any) -> None:
@@ -114,7 +118,7 @@ class TestDegradedApi:
             client, task_queue_prefix, domains=DOMAINS, settings=settings_for(redis_db, prometheus)
         ):
             handle = await start_run(client, task_queue_prefix, plan, inputs_for(target))
-            await approve_flush(handle)
+            at_gate = await approve_flush(handle)
             result = await handle.result()
             state = await status(handle)
 
@@ -124,6 +128,10 @@ class TestDegradedApi:
         assert state.step("shed_load").outputs["value"] == "on"
         assert result.outputs["flag_before"] is None
         assert result.outputs["keys_flushed"] == 300
+        preview = at_gate.step("flush_cache").preview
+        assert preview is not None  # what the approver saw is what the step then did
+        assert preview.blast_radius == {"keys": result.outputs["keys_flushed"]}
+        assert "irreversible" in preview.rollback
         assert result.outputs["error_rate"] == 0.0
         assert len(target.hits("GET", "/health")) == 5
         checks = {c.check: c for c in state.step("flush_cache").checks}
