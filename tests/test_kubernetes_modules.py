@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -33,6 +34,7 @@ from fireline.plan import Preview
 from fireline.playbook.expressions import resolve
 from fireline.runtime.settings import Settings
 from tests.support.target import Reply, Target, start_target
+from tests.support.workers import compile_playbooks, fireline_workers, start_run
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings" / "kubernetes"
 REGISTRY = load_registry(["platform"])
@@ -559,6 +561,16 @@ class TestErrors:
         assert (err.type, err.non_retryable) == (errors.TARGET_REFUSED, True)
         assert 'deployments.apps "web" not found' in err.message
 
+    async def test_an_error_without_a_status_object_still_says_what_happened(
+        self, api: Target, modules: KubernetesModules
+    ) -> None:
+        """A proxy's plain 404 (no route here) is still named with its HTTP status."""
+        err = await raises(
+            act(modules, "platform.k8s_cordon", {"target": "prod", "node": "node-9"})
+        )
+        assert (err.type, err.non_retryable) == (errors.TARGET_REFUSED, True)
+        assert "get node node-9: 404" in err.message
+
     async def test_forbidden_is_final(self, api: Target, modules: KubernetesModules) -> None:
         api.route("GET", DEP, Reply(200, deployment()))
         api.route("PATCH", DEP, Reply(403, recording("status-403")))
@@ -617,3 +629,52 @@ def test_recordings_are_kubernetes_objects() -> None:
         found = recording(name)
         assert (found["apiVersion"], found["kind"]) == (version, kind)
     assert copy.deepcopy(recording("deployment")) == recording("deployment")
+
+
+class TestThroughTemporal:
+    async def test_a_late_failure_uncordons_the_node_it_cordoned(
+        self, client: Client, task_queue_prefix: str, api: Target, tmp_path: Path
+    ) -> None:
+        """Cordon, then a rollout check that fails: the run uncordons the node through its
+        compensation, on a real platform worker of the dev server (recorded API, real HTTP)."""
+        plan = compile_playbooks(
+            tmp_path,
+            {
+                "k.yaml": """
+                name: cordon-then-check
+                steps:
+                  - id: cordon
+                    uses: platform.k8s_cordon
+                    with: {target: prod, node: node-1}
+                  - id: rollout
+                    uses: platform.k8s_rollout_complete
+                    with: {target: prod, deployment: web}
+                """
+            },
+            "cordon-then-check",
+        )
+        api.route("GET", NODE, Reply(200, node()), Reply(200, node(unschedulable=True)))
+        api.route("PATCH", NODE, Reply(200, node(unschedulable=True)))
+        api.route("GET", DEP, Reply(200, deployment(updatedReplicas=1, replicas=4)))
+        settings = Settings(
+            targets={
+                "kubernetes": {
+                    "prod": {"server": api.base_url, "token": TOKEN, "namespace": "shop"}
+                }
+            }
+        )
+        async with fireline_workers(
+            client, task_queue_prefix, domains=("core", "platform"), settings=settings
+        ):
+            handle = await start_run(client, task_queue_prefix, plan)
+            with pytest.raises(WorkflowFailureError) as caught:
+                await handle.result()
+        assert isinstance(caught.value.cause, ApplicationError)
+        assert caught.value.cause.type == errors.PLAYBOOK_COMPENSATED
+        assert "web: 1 of 3 updated" in str(caught.value.cause)
+        assert [p["spec"] for p in patches(api, NODE)] == [
+            {"unschedulable": True},
+            {"unschedulable": False},
+        ]
+        history = await handle.fetch_history()
+        assert TOKEN not in history.to_json(), "the credential never enters workflow history"

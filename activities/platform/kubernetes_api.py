@@ -118,8 +118,13 @@ class Kube:
         try:
             result = await call
         except ApiError as exc:
-            status = exc.status.code if exc.status is not None else None
-            reason = (exc.status.message if exc.status is not None else None) or str(exc)
+            # A proxy in front of the API may answer without a Status object: fall back on HTTP.
+            status = (exc.status.code if exc.status is not None else None) or (
+                exc.response.status_code if exc.response is not None else None
+            )
+            reason = (exc.status.message if exc.status is not None else None) or (
+                exc.response.text if exc.response is not None else str(exc)
+            )
             raise KubeError(f"{what}: {status} {_short(reason)}", status) from None
         except self._httpx.HTTPError as exc:
             raise KubeError(f"{what}: {type(exc).__name__}: {_short(str(exc))}") from None
