@@ -215,6 +215,8 @@ class TestDevelopmentMode:
             as_bob = await http.get("/whoami", headers={"X-Fireline-Unverified-As": "bob"})
             assert as_bob.json()["person"] == "bob"
             assert as_bob.json()["verified"] is False
+            proxied = await http.get("/whoami", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert proxied.status_code == 401
             with_token = await http.get("/whoami", headers=bearer(tokens["carol"]))
             assert with_token.json() == {"person": "carol", "verified": True, "method": "token"}
 

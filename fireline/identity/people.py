@@ -20,8 +20,8 @@ def known_people(catalog: Catalog) -> set[str]:
 
 
 def first_person(catalog: Catalog) -> str | None:
-    """The first approver of the lowest-tier role that names any (the development person)."""
-    for name, role in sorted(catalog.roles.items(), key=lambda item: (item[1].tier, item[0])):
+    """The first approver of the lowest-tier role naming any, in catalog order (the dev person)."""
+    for name, role in sorted(catalog.roles.items(), key=lambda item: item[1].tier):
         approvers = catalog.approvers(name)
         if approvers:
             listed = role.members or approvers

@@ -37,6 +37,9 @@ class Principal(BaseModel):
     method: Literal["token", "oidc", "development"]
 
 
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
 def _unauthorized(reason: str) -> HTTPException:
     return HTTPException(
         status.HTTP_401_UNAUTHORIZED, reason, headers={"WWW-Authenticate": "Bearer"}
@@ -58,10 +61,13 @@ def bound_to_loopback(request: Request) -> bool:
     """True when the socket that took this request listens on loopback, and the peer is local.
 
     Read from the ASGI scope (the server's own address), so it holds however the API was
-    started: ``fireline up``, ``fireline api --host``, or another ASGI server.
+    started: ``fireline up``, ``fireline api --host``, or another ASGI server. A request that
+    came through a proxy (forwarding headers) never counts as local.
     """
     server = request.scope.get("server")
     client = request.scope.get("client")
+    if any(h in request.headers for h in _PROXY_HEADERS):
+        return False  # a local reverse proxy may be forwarding someone from elsewhere
     return bool(server and client and is_loopback(server[0]) and is_loopback(client[0]))
 
 
