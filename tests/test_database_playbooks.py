@@ -180,7 +180,6 @@ def failover_inputs(fresh: PgServer) -> dict[str, Any]:
         "service": "service",
         "old_server": "old",
         "new_server": "new",
-        "max_lag_bytes": 1 << 20,
     }
 
 
