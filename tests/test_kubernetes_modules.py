@@ -302,6 +302,27 @@ class TestRolloutRestart:
         assert (err.type, err.non_retryable) == (errors.TARGET_REFUSED, True)
         assert "has timed out progressing" in err.message
 
+    async def test_a_rollout_still_going_at_wait_s_is_retried_without_restarting_again(
+        self, api: Target, modules: KubernetesModules
+    ) -> None:
+        """Past wait_s the step fails retryably; the retry (same key) only waits again."""
+        going = deployment(generation=8, observedGeneration=8, updatedReplicas=1, replicas=4)
+        api.route("GET", DEP, Reply(200, deployment()), Reply(200, going))
+        api.route("PATCH", DEP, Reply(200, going))
+        err = await raises(act(modules, "platform.k8s_rollout_restart", {**WEB, "wait_s": 0}))
+        assert (err.type, err.non_retryable) == (errors.TARGET_UNAVAILABLE, False)
+        assert "rollout not complete after 0 s: web: 1 of 3 updated" in err.message
+        [patch] = patches(api, DEP)
+        marked = deployment(
+            generation=8,
+            observedGeneration=8,
+            annotations={LAST_CHANGE: patch["metadata"]["annotations"][LAST_CHANGE]},
+        )
+        api.route("GET", DEP, Reply(200, marked))
+        output = await act(modules, "platform.k8s_rollout_restart", WEB)
+        assert len(patches(api, DEP)) == 1, "the retry did not restart the pods a second time"
+        assert output["restarted"] is False
+
     async def test_preview(self, api: Target, modules: KubernetesModules) -> None:
         api.route("GET", DEP, Reply(200, deployment()))
         preview = await preview_of(modules, "platform.k8s_rollout_restart", WEB)
