@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -44,7 +44,7 @@ from fireline.plan import Risk
 from fireline.runtime.settings import Settings
 from tests.support.admin import AdminApp, admin  # noqa: F401
 from tests.support.prometheus import Prometheus, prometheus  # noqa: F401
-from tests.support.redis import RedisServer, redis_db, redis_server  # noqa: F401
+from tests.support.redis import RedisServer, redis_db, redis_server, start_redis  # noqa: F401
 from tests.support.workers import CATALOG
 
 REGISTRY = load_registry(["core", "application"])
@@ -189,6 +189,59 @@ class TestRegistry:
             library.compile("f")
         assert "irreversible" in str(caught.value)
         assert "approval" in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis that demands a password, as a production one does."""
+    server = start_redis(tmp_path_factory.mktemp("locked-redis"), password="redis-pa55")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class TestCredentials:
+    async def test_the_target_password_from_settings_is_used(
+        self, locked_redis: RedisServer
+    ) -> None:
+        """The password comes from settings (a SecretStr), the step only names the target."""
+        modules = FlagModules(settings_for(locked_redis))
+        try:
+            await run(modules.set_flag, SetFlagInput(target="cache", flag="auth", value="on"))
+        finally:
+            await modules.aclose()
+        assert locked_redis.client().get("flag:auth") == "on"
+
+    async def test_a_wrong_password_is_refused_without_echoing_it(
+        self, locked_redis: RedisServer
+    ) -> None:
+        """Wrong credentials: TargetRefused (a retry cannot fix them), the secret not quoted."""
+        target = {"host": "127.0.0.1", "port": locked_redis.port, "password": "not-the-pa55"}
+        modules = FlagModules(Settings(targets={"redis": {"cache": target}}))
+        try:
+            error = await refusal(
+                modules.set_flag, SetFlagInput(target="cache", flag="auth", value="on")
+            )
+        finally:
+            await modules.aclose()
+        assert (error.type, error.non_retryable) == (errors.TARGET_REFUSED, True)
+        assert "credentials" in error.message
+        assert "not-the-pa55" not in str(error) + repr(error.details)
+
+    async def test_a_bad_target_setting_names_the_field_not_the_value(self) -> None:
+        """An invalid setting is reported by field name only: it may be a credential."""
+        bad = {"host": "127.0.0.1", "port": "secret-port-value", "password": "pw"}
+        modules = FlagModules(Settings(targets={"redis": {"cache": bad}}))
+        try:
+            error = await refusal(
+                modules.set_flag, SetFlagInput(target="cache", flag="x", value="1")
+            )
+        finally:
+            await modules.aclose()
+        assert error.type == errors.INVALID_INPUT
+        assert "targets.redis.cache are invalid (port)" in error.message
+        assert "secret-port-value" not in error.message
 
 
 class TestFlags:

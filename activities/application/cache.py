@@ -191,7 +191,13 @@ class CacheModules(RedisSet):
             )
             return result
 
-    @check("application.cache_keys", domain="application", local=False)
+    # SCAN visits the whole keyspace when few keys match: minutes on a very large one.
+    @check(
+        "application.cache_keys",
+        domain="application",
+        local=False,
+        timeout=timedelta(minutes=2),
+    )
     async def cache_keys(self, probe: CacheKeysInput) -> CheckResult:
         """How many keys match a pattern, against a bound (counted with SCAN, stops early)."""
         async with running("application.cache_keys"):

@@ -87,6 +87,12 @@ class RedisSet(ModuleSet):
         client = self.client(name)
         try:
             yield client
+        except (rerr.AuthenticationError, rerr.AuthorizationError) as exc:
+            # Wrong credentials stay wrong on a retry; the message never carries them.
+            raise refused(
+                f"redis target {name!r} refused the credentials in settings: {type(exc).__name__}",
+                target=name,
+            ) from None
         except (rerr.ConnectionError, rerr.TimeoutError) as exc:
             raise unavailable(
                 f"redis target {name!r} did not answer: {type(exc).__name__}: {exc}", target=name

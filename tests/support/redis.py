@@ -34,6 +34,7 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     workdir: Path
+    password: str | None = None
 
     @property
     def url(self) -> str:
@@ -41,11 +42,14 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client for the test's own reads and writes."""
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True
+        )
 
     def target(self, **extra: object) -> dict[str, object]:
         """The ``settings.targets["redis"][NAME]`` entry pointing at this server."""
-        return {"host": "127.0.0.1", "port": self.port, **extra}
+        auth = {"password": self.password} if self.password else {}
+        return {"host": "127.0.0.1", "port": self.port, **auth, **extra}
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -57,8 +61,11 @@ class RedisServer:
                 self.process.wait(timeout=10)
 
 
-def start_redis(workdir: Path, attempts: int = 3) -> RedisServer:
-    """Start redis-server on a free port; retry if another process took the port first."""
+def start_redis(workdir: Path, attempts: int = 3, password: str | None = None) -> RedisServer:
+    """Start redis-server on a free port; retry if another process took the port first.
+
+    With ``password`` the server demands it (``--requirepass``) from every client.
+    """
     last_error = ""
     for _ in range(attempts):
         port = free_port()
@@ -71,11 +78,12 @@ def start_redis(workdir: Path, attempts: int = 3) -> RedisServer:
                 "--appendonly", "no",
                 "--dir", str(workdir),
                 "--logfile", str(workdir / f"redis-{port}.log"),
+                *(["--requirepass", password] if password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        server = RedisServer(port, process, workdir)
+        server = RedisServer(port, process, workdir, password)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
             try:
