@@ -224,7 +224,9 @@ class TestTokenCommands:
         assert unknown.exit_code == 2
         assert "'zed' is not a person" in unknown.stderr
 
-        issued = await cli(env, "token", "issue", "erin", "--label", "laptop")
+        bad_lifetime = await cli(env, "token", "issue", "erin", "--valid-for", "soon")
+        assert bad_lifetime.exit_code == 2
+        issued = await cli(env, "token", "issue", "erin", "--label", "laptop", "--valid-for", "1h")
         assert issued.exit_code == 0, issued.output
         (token,) = [line for line in issued.stdout.splitlines() if line.startswith("fl_")]
         stored = file_facts(tokens_path(workers))
@@ -236,6 +238,7 @@ class TestTokenCommands:
         listed = json_out(await cli(env, "token", "list", "--json"))
         (record,) = [r for r in listed if r["label"] == "laptop"]
         assert record["person"] == "erin"
+        assert record["expires_at"] is not None
         assert "sha256" not in record
         assert token not in json.dumps(listed)
 

@@ -78,6 +78,15 @@ class TestTokenStore:
         assert cli_side.revoke(record.id) is None
         assert [r.person for r in api_side.records()] == ["alice"]
 
+    def test_a_token_with_a_lifetime_expires(self, settings: Settings) -> None:
+        """--valid-for: the token proves its person until then, nobody after."""
+        store = TokenStore.of(settings)
+        token, record = store.issue("carol", valid_for=timedelta(hours=1))
+        assert record.expires_at is not None
+        assert store.person_of(token) == "carol"
+        assert store.person_of(token, now=record.expires_at - timedelta(seconds=1)) == "carol"
+        assert store.person_of(token, now=record.expires_at) is None
+
 
 class TestPeople:
     def test_members_of_roles_are_people(self, settings: Settings) -> None:

@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -40,6 +40,8 @@ class TokenRecord(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     label: str = Field(default="", max_length=200)
     created_at: datetime
+    expires_at: datetime | None = None
+    """None: valid until revoked."""
 
 
 class TokenFile(BaseModel):
@@ -105,7 +107,9 @@ class TokenStore:
     def records(self) -> list[TokenRecord]:
         return list(self._load().tokens)
 
-    def issue(self, person: str, label: str = "") -> tuple[str, TokenRecord]:
+    def issue(
+        self, person: str, label: str = "", *, valid_for: timedelta | None = None
+    ) -> tuple[str, TokenRecord]:
         """A new token for ``person``: the clear text (shown once) and what is stored."""
         data = self._load().model_copy(deep=True)
         taken = {r.id for r in data.tokens}
@@ -113,12 +117,14 @@ class TokenStore:
         while token_id in taken:
             token_id = secrets.token_hex(4)
         token = f"{PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+        now = datetime.now(UTC)
         record = TokenRecord(
             id=token_id,
             person=person,
             sha256=digest(token),
             label=label,
-            created_at=datetime.now(UTC),
+            created_at=now,
+            expires_at=now + valid_for if valid_for is not None else None,
         )
         data.tokens.append(record)
         self._save(data)
@@ -133,19 +139,21 @@ class TokenStore:
             self._save(data)
         return found
 
-    def person_of(self, token: str) -> str | None:
-        """The person a presented token proves, or None for an unknown or malformed one."""
+    def person_of(self, token: str, now: datetime | None = None) -> str | None:
+        """The person a presented token proves; None for an unknown, expired or malformed one."""
         if len(token) > MAX_TOKEN_LENGTH:
             return None
         match = _TOKEN.match(token)
         if match is None:
             return None
         wanted = digest(token)
+        now = now or datetime.now(UTC)
         person: str | None = None
         for record in self._load().tokens:
             # Every record with the id is compared, in constant time per comparison.
             if record.id == match.group(1) and hmac.compare_digest(record.sha256, wanted):
-                person = record.person
+                expired = record.expires_at is not None and now >= record.expires_at
+                person = None if expired else record.person
         return person
 
 

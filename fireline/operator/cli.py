@@ -11,6 +11,7 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -561,9 +562,23 @@ def _token_store(settings: Settings) -> TokenStore:
 def token_issue(
     person: Annotated[str, typer.Argument(help="a person of the catalog")],
     label: Annotated[str, typer.Option(help="what the token is for")] = "",
+    valid_for: Annotated[
+        str | None,
+        typer.Option("--valid-for", help="e.g. 90d, 12h (default: until revoked)"),
+    ] = None,
 ) -> None:
     """Make a token for PERSON and print it once; only its hash is kept."""
     settings = _settings()
+    lifetime: timedelta | None = None
+    if valid_for is not None:
+        from fireline.playbook.durations import parse_duration
+
+        try:
+            lifetime = timedelta(seconds=parse_duration(valid_for))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--valid-for") from None
+        if lifetime <= timedelta(0):
+            raise typer.BadParameter("must be positive", param_hint="--valid-for")
     people = People.of(settings)
     try:
         known = people.names()
@@ -573,7 +588,7 @@ def token_issue(
     if person not in known:
         shown = ", ".join(sorted(known)) or "none"
         _fail(f"{person!r} is not a person in {people.path}; known: {shown}", EXIT_USAGE)
-    token, record = _token_store(settings).issue(person, label)
+    token, record = _token_store(settings).issue(person, label, valid_for=lifetime)
     err = _err()
     err.print(
         f"token {record.id} for {person} (stored hashed in {tokens_path(settings)}); "

@@ -369,7 +369,7 @@ def runs_table(runs: Iterable[Any]) -> Table:
 def tokens_table(records: Iterable[Any]) -> Table:
     """``fireline token list``: who holds which token id; never a token or its hash."""
     table = Table(title="tokens", title_justify="left")
-    for col in ("id", "person", "label", "created"):
+    for col in ("id", "person", "label", "created", "expires"):
         table.add_column(col, overflow="fold")
     for record in records:
         _row(
@@ -378,5 +378,6 @@ def tokens_table(records: Iterable[Any]) -> Table:
             record.person,
             record.label,
             record.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            record.expires_at.strftime("%Y-%m-%d %H:%M:%S") if record.expires_at else "never",
         )
     return table
