@@ -13,6 +13,7 @@ import json
 from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -278,8 +279,6 @@ class EmbargoWindow(BaseModel):
         )
 
     def active_at(self, now: datetime) -> bool:
-        from zoneinfo import ZoneInfo
-
         local = now.astimezone(ZoneInfo(self.timezone))
         naive = local.replace(tzinfo=None)
         if self.start is not None and self.end is not None and self.start <= naive < self.end:

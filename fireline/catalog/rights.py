@@ -20,7 +20,8 @@ class RiskRule(Strict):
     min_tier: int | None = Field(default=None, ge=0, le=3)
     roles: list[str] = Field(default_factory=list)
     """Holding one of these roles qualifies too (e.g. a DBA for database steps)."""
-    min_approvals: int = Field(default=1, ge=1, le=10)
+    min_approvals: int | None = Field(default=None, ge=1, le=10)
+    """Omitted: one, or the policy floor (two for critical)."""
 
 
 class RightsSpec(Strict):
@@ -34,7 +35,7 @@ class RightsSpec(Strict):
     def _floor(self) -> RightsSpec:
         for risk, floor in MIN_APPROVALS.items():
             rule = self.risks.get(risk)
-            if rule is not None and rule.min_approvals < floor:
+            if rule is not None and rule.min_approvals is not None and rule.min_approvals < floor:
                 raise ValueError(
                     f"{risk.value} steps need at least {floor} approvers; "
                     f"min_approvals {rule.min_approvals} would lower the floor"
@@ -51,6 +52,4 @@ class RightsSpec(Strict):
     def rule(self, risk: Risk) -> RiskRule:
         rule = self.risks.get(risk, RiskRule())
         floor = MIN_APPROVALS.get(risk, 1)
-        if rule.min_approvals < floor:
-            rule = rule.model_copy(update={"min_approvals": floor})
-        return rule
+        return rule.model_copy(update={"min_approvals": max(rule.min_approvals or 1, floor)})

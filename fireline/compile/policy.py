@@ -52,7 +52,9 @@ def freeze_rights(catalog: Catalog, owner: str) -> DecisionRights:
         open_roles={n: r.tier for n, r in catalog.roles.items() if catalog.approvers(n) is None},
         risks={
             risk: RiskRight(
-                min_tier=rule.min_tier, roles=list(rule.roles), min_approvals=rule.min_approvals
+                min_tier=rule.min_tier,
+                roles=list(rule.roles),
+                min_approvals=rule.min_approvals or 1,
             )
             for risk in Risk
             for rule in [spec.rule(risk)]
