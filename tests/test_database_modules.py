@@ -14,16 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from pydantic import BaseModel, ValidationError
-from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
+from pydantic import ValidationError
 
-from activities.database.connection import PostgresClientSet
 from activities.database.postgres import (
     ConnectionLimitInput,
     PostgresModules,
@@ -35,36 +31,24 @@ from activities.database.postgres import (
     TerminateInput,
 )
 from fireline import errors
-from fireline.modules import IRREVERSIBLE, CheckResult, ModuleSpec, load_registry
+from fireline.modules import IRREVERSIBLE, CheckResult
 from fireline.plan import Risk
-from fireline.playbook.expressions import resolve
 from fireline.runtime.settings import Settings
 from tests.support.postgres import (  # noqa: F401  (fixtures)
     PASSWORD,
+    REGISTRY,
     PgCluster,
     PgServer,
+    app_can_write,
+    auto_conf,
+    conditions,
+    eventually,
     free_port,
     pg_cluster_fixture,
     pg_fixture,
+    raises,
+    run,
 )
-
-REGISTRY = load_registry(["core", "database"])
-
-
-def activity_env(key: str = "wf-1/step-a") -> ActivityEnvironment:
-    workflow_id, activity_id = key.split("/", 1)
-    environment = ActivityEnvironment()
-    environment.info = dataclasses.replace(
-        ActivityEnvironment.default_info(),
-        workflow_id=workflow_id,
-        activity_id=activity_id,
-        heartbeat_timeout=timedelta(seconds=30),
-    )
-    return environment
-
-
-async def run(fn: Callable[..., Any], arg: BaseModel, key: str = "wf-1/step-a") -> Any:
-    return await activity_env(key).run(fn, arg)
 
 
 def targets(cluster: PgCluster, **extra: PgServer) -> dict[str, Any]:
@@ -81,66 +65,6 @@ async def modules(pg: PgCluster) -> AsyncIterator[PostgresModules]:
         yield mods
     finally:
         await mods.aclose()
-
-
-async def conditions(
-    mods: PostgresClientSet | list[PostgresClientSet],
-    spec: ModuleSpec,
-    stage: str,
-    inp: BaseModel,
-    out: BaseModel | None = None,
-) -> list[CheckResult]:
-    """The module's declared pre- or postconditions, resolved as the workflow resolves them,
-    each run on whichever of ``mods`` serves that check."""
-    refs = spec.preconditions if stage == "pre" else spec.postconditions
-    context: dict[str, Any] = {"input": inp.model_dump(mode="json")}
-    if out is not None:
-        context["output"] = out.model_dump(mode="json")
-    sets = mods if isinstance(mods, list) else [mods]
-    results = []
-    for ref in refs:
-        check = REGISTRY[ref.check]
-        params = check.input_model.model_validate(resolve(ref.with_, context))
-        [owner] = [m for m in sets if check.owner is not None and isinstance(m, check.owner)]
-        results.append(await run(getattr(owner, check.fn.__name__), params))
-    return results
-
-
-async def eventually(probe: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    """Poll ``probe`` until it returns something truthy (configuration reloads are async)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
-
-
-def auto_conf(server: PgServer, name: str = "default_transaction_read_only") -> str | None:
-    return server.scalar(
-        "SELECT setting FROM pg_file_settings WHERE name = %s "
-        "AND sourcefile LIKE '%%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1",
-        params=(name,),
-    )
-
-
-def app_can_write(server: PgServer, dbname: str = "postgres") -> bool:
-    """As an application sees it: a new session, nothing overridden."""
-    try:
-        with (
-            psycopg.connect(server.dsn(dbname), autocommit=True, connect_timeout=3) as conn,
-            conn.transaction(force_rollback=True),
-        ):
-            conn.execute("CREATE TEMPORARY TABLE probe (x int)")
-        return True
-    except psycopg.Error:
-        return False
-
-
-async def raises(awaitable: Any) -> ApplicationError:
-    with pytest.raises(ApplicationError) as caught:
-        await awaitable
-    return caught.value
 
 
 class TestRegistry:

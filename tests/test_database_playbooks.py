@@ -36,16 +36,17 @@ from fireline.messages import (
 from fireline.modules import load_registry
 from fireline.runtime.settings import Settings
 from tests.support.postgres import (  # noqa: F401  (fixtures)
+    SCHEMA,
     PgCluster,
     PgServer,
+    app_can_write,
+    auto_conf,
     free_port,
     pg_cluster_fixture,
     pg_fixture,
 )
 from tests.support.target import Reply, Target
 from tests.support.workers import fireline_workers, start_run
-from tests.test_database_modules import app_can_write, auto_conf
-from tests.test_database_snapshots import SCHEMA
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 DOMAINS = ("core", "database", "platform")
@@ -340,7 +341,7 @@ def damaged(pg: PgCluster, tmp_path: Path) -> tuple[str, Path]:
 async def good_snapshot(damaged: tuple[str, Path], pg: PgCluster) -> None:
     """Snapshot 'good' of the intact data, then the damage a bad job would do."""
     from activities.database.snapshot import SnapshotInput, SnapshotModules
-    from tests.test_database_modules import run
+    from tests.support.postgres import run
 
     name, folder = damaged
     mods = SnapshotModules(inconsistency_settings(pg, name, folder))

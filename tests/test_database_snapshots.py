@@ -28,22 +28,16 @@ from fireline.compile.compiler import PlaybookLibrary
 from fireline.runtime.settings import Settings
 from tests.support.postgres import (  # noqa: F401  (fixtures)
     PASSWORD,
+    REGISTRY,
+    SCHEMA,
     PgCluster,
+    conditions,
     pg_cluster_fixture,
     pg_fixture,
+    raises,
+    run,
 )
 from tests.support.workers import CATALOG
-from tests.test_database_modules import REGISTRY, conditions, raises, run
-
-SCHEMA = """
-CREATE TABLE schema_migrations (version text PRIMARY KEY);
-INSERT INTO schema_migrations VALUES ('2'), ('3');
-CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric);
-INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 200) g;
-CREATE SCHEMA billing;
-CREATE TABLE billing."Invoices" (id int, amount numeric);
-INSERT INTO billing."Invoices" VALUES (1, 9.5), (2, 12);
-"""
 
 
 class Db:

@@ -13,7 +13,9 @@ wrote, never by name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import os
 import pwd
 import shutil
@@ -22,12 +24,21 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from pydantic import BaseModel
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.database.connection import PostgresClientSet
+from fireline.modules import CheckResult, ModuleSpec, load_registry
+from fireline.playbook.expressions import resolve
 
 BIN_DIR = Path(os.environ.get("FIRELINE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "postgres"
@@ -157,8 +168,6 @@ class PgServer:
 
     def execute(self, query: str, dbname: str = "postgres", params: Any = None) -> list[Any]:
         """Run one statement as the superuser (autocommit); rows when it returns any."""
-        import psycopg
-
         with psycopg.connect(self.dsn(dbname), autocommit=True, connect_timeout=5) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description is not None else []
@@ -306,3 +315,96 @@ def pg_fixture(pg_cluster: PgCluster) -> Iterator[PgCluster]:
         yield pg_cluster
     finally:
         pg_cluster.reset_primary()
+
+
+# -- helpers for the database module tests ----------------------------------------------------
+
+REGISTRY = load_registry(["core", "database"])
+
+SCHEMA = """
+
+CREATE TABLE schema_migrations (version text PRIMARY KEY);
+INSERT INTO schema_migrations VALUES ('2'), ('3');
+CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric);
+INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 200) g;
+CREATE SCHEMA billing;
+CREATE TABLE billing."Invoices" (id int, amount numeric);
+INSERT INTO billing."Invoices" VALUES (1, 9.5), (2, 12);
+"""
+
+
+def activity_env(key: str = "wf-1/step-a") -> ActivityEnvironment:
+
+    workflow_id, activity_id = key.split("/", 1)
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(
+        ActivityEnvironment.default_info(),
+        workflow_id=workflow_id,
+        activity_id=activity_id,
+        heartbeat_timeout=timedelta(seconds=30),
+    )
+    return environment
+
+
+async def run(fn: Callable[..., Any], arg: BaseModel, key: str = "wf-1/step-a") -> Any:
+    return await activity_env(key).run(fn, arg)
+
+
+async def conditions(
+    mods: PostgresClientSet | list[PostgresClientSet],
+    spec: ModuleSpec,
+    stage: str,
+    inp: BaseModel,
+    out: BaseModel | None = None,
+) -> list[CheckResult]:
+    """The module's declared pre- or postconditions, resolved as the workflow resolves them,
+    each run on whichever of ``mods`` serves that check."""
+    refs = spec.preconditions if stage == "pre" else spec.postconditions
+    context: dict[str, Any] = {"input": inp.model_dump(mode="json")}
+    if out is not None:
+        context["output"] = out.model_dump(mode="json")
+    sets = mods if isinstance(mods, list) else [mods]
+    results = []
+    for ref in refs:
+        check = REGISTRY[ref.check]
+        params = check.input_model.model_validate(resolve(ref.with_, context))
+        [owner] = [m for m in sets if check.owner is not None and isinstance(m, check.owner)]
+        results.append(await run(getattr(owner, check.fn.__name__), params))
+    return results
+
+
+async def eventually(probe: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """Poll ``probe`` until it returns something truthy (configuration reloads are async)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await probe()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+def auto_conf(server: PgServer, name: str = "default_transaction_read_only") -> str | None:
+    return server.scalar(
+        "SELECT setting FROM pg_file_settings WHERE name = %s "
+        "AND sourcefile LIKE '%%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1",
+        params=(name,),
+    )
+
+
+def app_can_write(server: PgServer, dbname: str = "postgres") -> bool:
+    """As an application sees it: a new session, nothing overridden."""
+    try:
+        with (
+            psycopg.connect(server.dsn(dbname), autocommit=True, connect_timeout=3) as conn,
+            conn.transaction(force_rollback=True),
+        ):
+            conn.execute("CREATE TEMPORARY TABLE probe (x int)")
+        return True
+    except psycopg.Error:
+        return False
+
+
+async def raises(awaitable: Any) -> ApplicationError:
+    with pytest.raises(ApplicationError) as caught:
+        await awaitable
+    return caught.value
