@@ -7,9 +7,14 @@ of them touches 7233/8233 or the session ``env`` server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -362,3 +367,266 @@ async def wait_for_poller(
             return True
         await asyncio.sleep(0.2)
     return False
+
+
+# --- fireline up as a real process ----------------------------------------------------------
+
+UP_COMMAND = (sys.executable, "-m", "fireline.runtime.stack", "--embedded")
+UP_CATALOG = "roles:\n  sre-oncall: {tier: 1, members: [alice, bob]}\n"
+UP_PLAYBOOK = """\
+name: quick
+steps:
+  - id: pause
+    uses: core.wait
+    with: {seconds: 0}
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (read from /proc, as ``ps --ppid`` would)."""
+    found: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def gone_within(pids: list[int], seconds: float) -> list[int]:
+    """The PIDs still running after up to ``seconds`` (empty when all ended)."""
+    for _ in range(int(seconds * 10)):
+        if not any(alive(p) for p in pids):
+            return []
+        await asyncio.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+class Up:
+    """A ``fireline up`` process this test started, and what it serves."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port_with_ui()
+        (self.api_port,) = free_ports(1)
+        self.data_dir = tmp_path / "data"
+        self.playbooks = tmp_path / "playbooks"
+        self.playbooks.mkdir()
+        (self.playbooks / "catalog.yaml").write_text(UP_CATALOG)
+        (self.playbooks / "quick.yaml").write_text(UP_PLAYBOOK)
+        self.settings = make_settings(
+            self.data_dir,
+            temporal_address=f"127.0.0.1:{self.port}",
+            task_queue_prefix=f"fl-{uuid.uuid4().hex[:8]}",
+            playbooks_dir=self.playbooks,
+        )
+        self.log = tmp_path / "up.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.seen: set[int] = set()
+        """Every child PID looked up, so cleanup can end them even once orphaned."""
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "FIRELINE_TEMPORAL_ADDRESS": self.settings.temporal_address,
+            "FIRELINE_DATA_DIR": str(self.data_dir),
+            "FIRELINE_PLAYBOOKS_DIR": str(self.playbooks),
+            "FIRELINE_TASK_QUEUE_PREFIX": self.settings.task_queue_prefix,
+        }
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*UP_COMMAND, "--api-port", str(self.api_port)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def ready(self, within: float = 90) -> None:
+        assert self.process is not None
+        async with httpx.AsyncClient(timeout=5) as http:
+            for _ in range(int(within * 5)):
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                try:
+                    if (await http.get(f"{self.api}/healthz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"fireline up never became healthy:\n{self.log.read_text()[-3000:]}")
+
+    def server_pid(self) -> int:
+        pid = int(json.loads((self.data_dir / "temporal.pid").read_text())["pid"])
+        self.seen.add(pid)
+        return pid
+
+    def api_pid(self) -> int:
+        assert self.process is not None
+        (pid,) = [p for p in children_of(self.process.pid) if p != self.server_pid()]
+        self.seen.add(pid)
+        return pid
+
+    def stop(self) -> None:
+        """Kill whatever of ours still runs, by the PIDs we know."""
+        pids = [self.process.pid] if self.process else []
+        with contextlib.suppress(Exception):
+            pids += [self.server_pid()]
+        if self.process is not None:
+            pids += children_of(self.process.pid)
+        for pid in [*pids, *self.seen]:
+            if not alive(pid):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    stack = Up(tmp_path)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def slow_request(url: str, seconds: float) -> None:
+    """A client that sends its request headers one byte at a time (a slowloris)."""
+    parts = httpx.URL(url)
+    with contextlib.suppress(OSError):
+        _reader, writer = await asyncio.open_connection(parts.host, parts.port)
+        request = b"POST /runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        for i in range(len(request)):
+            writer.write(request[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(seconds / len(request))
+        writer.close()
+
+
+async def huge_body(url: str) -> int:
+    """A 20 MB run request; the status the API answered with."""
+    body = b'{"playbook": "quick", "inputs": {"x": "' + b"x" * (20 * 1024 * 1024) + b'"}}'
+    async with httpx.AsyncClient(timeout=30) as http:
+        try:
+            return (await http.post(f"{url}/runs", content=body)).status_code
+        except httpx.HTTPError:
+            return 413  # the API may close the connection while the client still sends
+
+
+class TestFirelineUp:
+    async def test_api_abuse_never_delays_a_run_and_sigkill_leaves_nothing_behind(
+        self, up: Up
+    ) -> None:
+        """Huge bodies and slow clients hit the API while a run completes; /healthz keeps
+        answering; the API is a process of its own (frozen, runs still complete; killed, it
+        is restarted); SIGKILL of fireline up ends the dev server and the API with it."""
+        up.start()
+        await up.ready()
+        server_pid, api_pid = up.server_pid(), up.api_pid()
+        assert up.process is not None
+        assert api_pid != up.process.pid
+        client = await make_client(up.settings)
+        token = (up.data_dir / "identity" / "dev-credential").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=up.api, timeout=30, headers=headers) as http:
+            abuse = [asyncio.create_task(slow_request(up.api, 8)) for _ in range(20)]
+            abuse += [asyncio.create_task(huge_body(up.api)) for _ in range(4)]
+            started = await http.post("/runs", json={"playbook": "quick"})
+            assert started.status_code == 201, started.text
+            handle = client.get_workflow_handle(started.json()["workflow_id"])
+            for _ in range(5):
+                assert (await http.get("/healthz")).status_code == 200
+                await asyncio.sleep(0.2)
+            await asyncio.wait_for(handle.result(), timeout=60)
+            statuses = await asyncio.gather(*abuse)
+            assert [s for s in statuses if s is not None] == [413] * 4
+
+            # A frozen API costs the workers nothing: a run started past it completes.
+            os.kill(api_pid, signal.SIGSTOP)
+            try:
+                from fireline.operator import operations
+
+                run = await operations.start_run(client, up.settings, "quick", {}, "tester")
+                await asyncio.wait_for(
+                    client.get_workflow_handle(run.workflow_id).result(), timeout=60
+                )
+            finally:
+                os.kill(api_pid, signal.SIGCONT)
+
+            # A dead API is restarted by the supervisor.
+            os.kill(api_pid, signal.SIGKILL)
+            await up.ready(within=30)
+            assert up.api_pid() != api_pid
+            api_pid = up.api_pid()
+
+        up.process.kill()
+        up.process.wait(timeout=10)
+        assert await gone_within([server_pid, api_pid], 10) == []
+
+    async def test_next_start_stops_an_orphaned_server_knowingly(self, tmp_path: Path) -> None:
+        """A server a crashed run left (recorded in temporal.pid) is stopped, then replaced."""
+        port, ui_port = free_ports(2)
+        settings = make_settings(tmp_path / "data")
+        first = DevServer(settings, port=port, ui_port=ui_port)
+        # Start the binary as an orphan would be: not our child once we forget it.
+        first.data_dir.mkdir(parents=True)
+        orphan = subprocess.Popen(  # noqa: ASYNC220  (returns at once)
+            first.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            first.pid_file.write_text(
+                json.dumps({"pid": orphan.pid, "db": str(first.db_file), "port": port})
+            )
+            for _ in range(300):
+                if port_in_use("127.0.0.1", port):
+                    break
+                await asyncio.sleep(0.1)
+            async with DevServer(settings, port=port, ui_port=ui_port) as again:
+                assert orphan.wait(timeout=1) is not None
+                assert again.pid != orphan.pid
+                assert json.loads(again.pid_file.read_text())["pid"] == again.pid
+            assert not again.pid_file.exists()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                orphan.kill()
+            orphan.wait(timeout=10)
+
+    async def test_pidfile_of_another_process_is_left_alone(self, tmp_path: Path) -> None:
+        """A recorded PID that is not our server (reused by something else) is never signalled."""
+        settings = make_settings(tmp_path)
+        server = DevServer(settings, port=free_ports(1)[0])
+        server.data_dir.mkdir(parents=True, exist_ok=True)
+        bystander = subprocess.Popen(  # noqa: ASYNC220  (returns at once)
+            [sys.executable, "-c", "import time; time.sleep(60)"]
+        )
+        try:
+            server.pid_file.write_text(
+                json.dumps({"pid": bystander.pid, "db": str(server.db_file)})
+            )
+            assert server.orphan_pid() is None
+            await server._stop_orphan()
+            assert bystander.poll() is None
+            assert not server.pid_file.exists()
+        finally:
+            bystander.kill()
+            bystander.wait()

