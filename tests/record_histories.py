@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,17 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from fireline.identity.signing import (
+    DecisionClaim,
+    SignedDecision,
+    generate_key,
+    inputs_digest,
+    sign_decision,
+)
 from fireline.messages import (
     QUERY_STATUS,
     SEARCH_ATTRIBUTES,
+    SIGNAL_APPROVE,
     UPDATE_APPROVE,
     UPDATE_DECIDE,
     Approval,
@@ -75,6 +84,8 @@ class Scenario:
     files: dict[str, str]
     routes: dict[str, Reply] = field(default_factory=dict)
     act: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]] | None = None
+    trusted_keys: dict[str, str] | None = None
+    """Given at start as the API gives its public key; decisions are then signed."""
 
 
 async def approve_twice(handle: WorkflowHandle[Any, Any]) -> None:
@@ -97,6 +108,50 @@ async def retry_with_fix(handle: WorkflowHandle[Any, Any]) -> None:
 async def cancel_at_gate(handle: WorkflowHandle[Any, Any]) -> None:
     await wait_status(handle, "b", StepStatus.awaiting_approval)
     await handle.cancel()
+
+
+SIGNING_PRIVATE, SIGNING_PUBLIC = generate_key()
+SIGNING_KEYS = {"recorder": SIGNING_PUBLIC}
+
+
+async def signed_for(
+    handle: WorkflowHandle[Any, Any],
+    step: str,
+    person: str,
+    action: str,
+    new: dict[str, Any] | None = None,
+) -> SignedDecision:
+    state = await handle.query(QUERY_STATUS, result_type=RunState)
+    claim = DecisionClaim(
+        workflow_id=handle.id,
+        step=step,
+        action=action,  # type: ignore[arg-type]
+        person=person,
+        inputs_digest=inputs_digest({**(state.step(step).inputs or {}), **(new or {})}),
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+    )
+    return sign_decision(claim, SIGNING_PRIVATE, "recorder")
+
+
+async def rights_reopened(handle: WorkflowHandle[Any, Any]) -> None:
+    """A forged unsigned signal (refused, audited), a signed approval, a failure, a signed
+    retry with a new url that reopens the gate, and a second signed approval."""
+    await wait_status(handle, "b", StepStatus.awaiting_approval)
+    await handle.signal(SIGNAL_APPROVE, Approval(step="b", approver="carol"))
+    signed = await signed_for(handle, "b", "carol", "approve")
+    await handle.execute_update(UPDATE_APPROVE, Approval(step="b", approver="carol", signed=signed))
+    await wait_status(handle, "b", StepStatus.awaiting_decision)
+    url = (await handle.query(QUERY_STATUS, result_type=RunState)).inputs["base"] + "/fixed"
+    retry = await signed_for(handle, "b", "erin", "retry", {"url": url})
+    await handle.execute_update(
+        UPDATE_DECIDE,
+        Decision(
+            step="b", action=DecisionAction.retry, by="erin", inputs={"url": url}, signed=retry
+        ),
+    )
+    await wait_status(handle, "b", StepStatus.awaiting_approval)
+    signed = await signed_for(handle, "b", "erin", "approve")
+    await handle.execute_update(UPDATE_APPROVE, Approval(step="b", approver="erin", signed=signed))
 
 
 GATE = "\n    approval: {role: sre-senior, min_approvals: 2, timeout: 1h}"
@@ -156,6 +211,20 @@ SCENARIOS = [
         {"POST /a": Reply(200), "POST /undo/a": Reply(200)},
         cancel_at_gate,
     ),
+    Scenario(
+        "rights_reopened",
+        {
+            "p.yaml": playbook(
+                "rights",
+                STEP.format(id="a")
+                + STEP.format(id="b")
+                + "\n    approval: {role: sre-senior, timeout: 1h}\n    on_failure: ask",
+            )
+        },
+        {"POST /a": Reply(200), "POST /b": Reply(404), "POST /fixed": Reply(200)},
+        rights_reopened,
+        trusted_keys=SIGNING_KEYS,
+    ),
 ]
 
 
@@ -173,7 +242,12 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
         plan = compile_playbooks(Path(tmp), scenario.files, name)
     async with fireline_workers(client, prefix):
         handle = await start_run(
-            client, prefix, plan, {"base": target.base_url}, workflow_id=history_id(scenario.name)
+            client,
+            prefix,
+            plan,
+            {"base": target.base_url},
+            workflow_id=history_id(scenario.name),
+            trusted_keys=scenario.trusted_keys,
         )
         if scenario.act:
             await scenario.act(handle)

@@ -575,3 +575,56 @@ class TestEmbargo:
 
         assert [e.actor for e in state.events if e.kind == "approval_refused"] == ["dana"]
         assert ran(handle, "rights.db") == []
+
+    async def test_soft_embargo_puts_a_tier_3_gate_before_an_ungated_change(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, tmp_path: Path
+    ) -> None:
+        """An ungated change reached inside a soft window waits for a Tier 3 approval; a
+        signed signal (fire-and-forget) from dana passes it."""
+        env = time_skipping_env
+        now = await env.get_current_time()
+        catalog = _embargo_catalog("soft", now + timedelta(hours=1), now + timedelta(hours=5))
+        plan = compile_plan(
+            tmp_path,
+            """
+            name: p
+            owner: team
+            steps:
+              - id: settle
+                uses: core.wait
+                with: {seconds: 7200}
+              - id: inside
+                uses: rights.db
+                with: {name: late}
+            """,
+            catalog,
+        )
+        async with fireline_workers(
+            env.client, task_queue_prefix, domains=DOMAINS, registry=REGISTRY
+        ):
+            handle = await start(env.client, task_queue_prefix, plan)
+            await until_status(handle, "settle", StepStatus.running)
+            await env.sleep(timedelta(hours=2, minutes=5))
+            state = await until_status(handle, "inside", StepStatus.awaiting_approval)
+            gate = state.step("inside").gate
+            assert gate is not None
+            assert (gate.role, gate.tier) == ("embargo", 3)
+            inside = await env.get_current_time()
+            with pytest.raises(WorkflowUpdateFailedError) as senior:
+                await approve(handle, "inside", "carol", now=inside)
+            assert "approvals need a Tier 3 person; carol is tier 2" in str(senior.value.cause)
+            inputs = state.step("inside").inputs or {}
+            await handle.signal(
+                SIGNAL_APPROVE,
+                Approval(
+                    step="inside",
+                    approver="dana",
+                    signed=sign(handle, "inside", "dana", "approve", inputs, now=inside),
+                ),
+            )
+            result = await handle.result()
+            state = await status(handle)
+
+        assert result.phase is RunPhase.succeeded
+        assert [c["name"] for c in ran(handle, "rights.db")] == ["late"]
+        assert [(a.by, a.verified) for a in state.step("inside").approvals] == [("dana", True)]

@@ -39,7 +39,8 @@ class SkipsEverything:
 
 class TestReplay:
     def test_every_main_path_has_a_recorded_history(self):
-        """Histories exist for success, rollback, gates, ask, parallel/include and cancel."""
+        """Histories exist for success, rollback, gates, ask, parallel/include, cancel, and a
+        run judged by decision rights (forged signal, signed approvals, a reopened gate)."""
         assert {p.stem for p in HISTORIES} >= {
             "succeeded",
             "compensated",
@@ -47,6 +48,7 @@ class TestReplay:
             "ask_retry",
             "parallel_include",
             "cancelled",
+            "rights_reopened",
         }
 
     @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

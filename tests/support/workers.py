@@ -84,12 +84,17 @@ async def start_run(
     requested_by: str = "tester",
     workflow_id: str | None = None,
     search_attributes: bool = True,
+    trusted_keys: dict[str, str] | None = None,
 ) -> WorkflowHandle[Any, Any]:
     """Start a run as ``fireline run`` does; the time-skipping server takes no search attributes."""
     return await client.start_workflow(
         WORKFLOW_NAME,
         RunRequest(
-            plan=plan, inputs=inputs or {}, requested_by=requested_by, task_queue_prefix=prefix
+            plan=plan,
+            inputs=inputs or {},
+            requested_by=requested_by,
+            task_queue_prefix=prefix,
+            trusted_keys=trusted_keys or {},
         ),
         id=workflow_id or f"test-{plan.name}-{uuid.uuid4().hex[:8]}",
         task_queue=prefix,
