@@ -86,7 +86,7 @@ async def measure(repeat: int) -> list[dict[str, Any]]:
         async def drain_and_restore() -> None:
             drained = await env().run(
                 modules.drain,
-                DrainInput(target="edge", backend="web", servers=["s1"], wait_s=0),
+                DrainInput(target="edge", backend="web", servers=["s1"], keep_healthy=1, wait_s=0),
             )
             await env().run(
                 modules.restore,
@@ -102,7 +102,9 @@ async def measure(repeat: int) -> list[dict[str, Any]]:
         async def weights() -> None:
             out = await env().run(
                 modules.set_weights,
-                WeightsInput(target="edge", backend="web", weights={"s1": 0, "s2": 40}),
+                WeightsInput(
+                    target="edge", backend="web", weights={"s1": 0, "s2": 40}, keep_healthy=1
+                ),
             )
             await env().run(
                 modules.restore,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Worker
 
 from activities.platform.haproxy import DrainInput, HaproxyModules, WeightsInput
 from activities.platform.haproxy_api import (
@@ -33,6 +34,7 @@ from activities.platform.haproxy_api import (
 )
 from fireline import errors
 from fireline.compile.compiler import PlaybookLibrary
+from fireline.errors import CompileError
 from fireline.messages import (
     QUERY_STATUS,
     UPDATE_APPROVE,
@@ -41,7 +43,7 @@ from fireline.messages import (
     RunState,
     StepStatus,
 )
-from fireline.modules import CompensationRef, ModuleSpec, load_registry
+from fireline.modules import CompensationRef, ModuleSpec, bind_activities, load_registry
 from fireline.plan import CheckResult, Preview
 from fireline.playbook.expressions import resolve
 from fireline.runtime.settings import Settings
@@ -52,7 +54,7 @@ from tests.support.haproxy import (
     wait_for_sessions,
 )
 from tests.support.target import Reply, start_target
-from tests.support.workers import fireline_workers, start_run
+from tests.support.workers import compile_playbooks, fireline_workers, start_run
 
 REGISTRY = load_registry(["platform"])
 HAPROXY_MODULES = sorted(
@@ -110,6 +112,13 @@ async def act(
     return result.model_dump(mode="json")
 
 
+def resolve_call(with_: dict[str, Any], context: dict[str, Any]) -> Any:
+    """A declared call's input as the workflow resolves it (``$from`` names a whole object)."""
+    if set(with_) == {"$from"}:
+        return resolve(with_["$from"], context)
+    return resolve(with_, context)
+
+
 async def declared_checks(
     modules: HaproxyModules,
     name: str,
@@ -126,7 +135,7 @@ async def declared_checks(
     results = []
     for ref in refs:
         check = REGISTRY[ref.check]
-        params = check.input_model.model_validate(resolve(ref.with_, context))
+        params = check.input_model.model_validate(resolve_call(ref.with_, context))
         result = await activity_env(activity_id=f"{stage}-check").run(bound(modules, check), params)
         results.append(result)
     return results
@@ -177,12 +186,12 @@ EDGE = {"target": "edge", "backend": "web"}
 CASES = [
     Case(
         "platform.haproxy_drain",
-        {**EDGE, "servers": ["s1"], "wait_s": 5, "poll_interval_s": 0.1},
+        {**EDGE, "servers": ["s1"], "keep_healthy": 2, "wait_s": 5, "poll_interval_s": 0.1},
         {**INITIAL, "s1": ("drain", 8, 10)},
     ),
     Case(
         "platform.haproxy_disable",
-        {**EDGE, "servers": ["s1", "s2"]},
+        {**EDGE, "servers": ["s1", "s2"], "keep_healthy": 1},
         {**INITIAL, "s1": ("maint", 1, 10), "s2": ("maint", 1, 20)},
     ),
     Case(
@@ -193,7 +202,7 @@ CASES = [
     ),
     Case(
         "platform.haproxy_set_weights",
-        {**EDGE, "weights": {"s1": 0, "s3": 60}},
+        {**EDGE, "weights": {"s1": 0, "s3": 60}, "keep_healthy": 3},
         {**INITIAL, "s1": ("ready", 0, 0), "s3": ("ready", 0, 60)},
     ),
     Case(
@@ -236,6 +245,23 @@ class TestRegistry:
             assert described["input_schema"]["properties"], spec.name
             assert (described["preview"] is not None) == spec.mutates, spec.name
 
+    def test_a_playbook_must_say_how_much_capacity_to_keep(self, tmp_path: Path) -> None:
+        """keep_healthy has no default: a drain that does not state it does not compile."""
+        with pytest.raises(CompileError, match="requires input 'keep_healthy'"):
+            compile_playbooks(
+                tmp_path,
+                {
+                    "d.yaml": """
+                    name: careless
+                    steps:
+                      - id: drain
+                        uses: platform.haproxy_drain
+                        with: {target: edge, backend: web, servers: [s1]}
+                    """
+                },
+                "careless",
+            )
+
     def test_checks_run_where_the_socket_is(self) -> None:
         """HAProxy checks need the target settings, so they run on the platform queue."""
         for name in ("platform.haproxy_healthy", "platform.haproxy_servers_match"):
@@ -246,13 +272,15 @@ class TestRegistry:
         """A name carrying a command separator is refused by the input model."""
         for bad in ("s1;shutdown sessions server web/s2", "s1\nset server web/s2 state maint", ""):
             with pytest.raises(ValidationError):
-                DrainInput(target="edge", backend="web", servers=[bad])
+                DrainInput(target="edge", backend="web", servers=[bad], keep_healthy=1)
             with pytest.raises(ValidationError):
-                DrainInput(target="edge", backend=bad, servers=["s1"])
+                DrainInput(target="edge", backend=bad, servers=["s1"], keep_healthy=1)
         with pytest.raises(ValidationError):
-            DrainInput(target="edge", backend="web", servers=[f"s{n}" for n in range(257)])
+            DrainInput(
+                target="edge", backend="web", servers=[f"s{n}" for n in range(257)], keep_healthy=1
+            )
         with pytest.raises(ValidationError):
-            WeightsInput(target="edge", backend="web", weights={"s1": 257})
+            WeightsInput(target="edge", backend="web", weights={"s1": 257}, keep_healthy=1)
 
 
 class TestParsing:
@@ -384,7 +412,13 @@ class TestDrain:
         beats: list[Any] = []
         env = activity_env(heartbeat_s=0.3)
         env.on_heartbeat = lambda *details: beats.append(details)
-        payload = {**EDGE, "servers": ["s1"], "wait_s": 20, "poll_interval_s": 0.05}
+        payload = {
+            **EDGE,
+            "servers": ["s1"],
+            "keep_healthy": 1,
+            "wait_s": 20,
+            "poll_interval_s": 0.05,
+        }
         task = asyncio.create_task(act(modules, "platform.haproxy_drain", payload, env))
 
         await wait_until(lambda: haproxy.snapshot()["s1"][0] == "drain")
@@ -409,7 +443,13 @@ class TestDrain:
         """At wait_s the drain stops waiting and says how many sessions are still open."""
         session = SlowSession(haproxy, "s2")
         await asyncio.to_thread(wait_for_sessions, haproxy, "s2", 1)
-        payload = {**EDGE, "servers": ["s2"], "wait_s": 0.3, "poll_interval_s": 0.05}
+        payload = {
+            **EDGE,
+            "servers": ["s2"],
+            "keep_healthy": 1,
+            "wait_s": 0.3,
+            "poll_interval_s": 0.05,
+        }
         output = await act(modules, "platform.haproxy_drain", payload, None)
         assert (output["drained"], output["remaining_sessions"]) == (False, 1)
         assert (await snapshot(haproxy))["s2"] == ("drain", 8, 20)
@@ -423,7 +463,13 @@ class TestDrain:
         beats: list[Any] = []
         env = activity_env()
         env.on_heartbeat = lambda *details: beats.append(details)
-        payload = {**EDGE, "servers": ["s1"], "wait_s": 1, "poll_interval_s": 0.05}
+        payload = {
+            **EDGE,
+            "servers": ["s1"],
+            "keep_healthy": 1,
+            "wait_s": 1,
+            "poll_interval_s": 0.05,
+        }
         await act(modules, "platform.haproxy_drain", payload, env)
         fresh = HaproxyModules(haproxy.settings())
         retry = activity_env(details=beats[-1])
@@ -472,7 +518,12 @@ class TestRefusals:
     ) -> None:
         """An unknown server fails without retries, naming it and the servers there are."""
         err = await raises(
-            act(modules, "platform.haproxy_disable", {**EDGE, "servers": ["s1", "s9"]}, None)
+            act(
+                modules,
+                "platform.haproxy_disable",
+                {**EDGE, "servers": ["s1", "s9"], "keep_healthy": 1},
+                None,
+            )
         )
         assert (err.type, err.non_retryable) == (errors.TARGET_REFUSED, True)
         assert "has no server s9; it has: s1, s2, s3" in err.message
@@ -834,3 +885,80 @@ class TestDrainNodePlaybook:
         assert result.outputs == {"drained": True, "sessions_left": 0, "verified": True}
         assert "draining s2 of web" in message.json["text"]
         assert await snapshot(haproxy) == {**INITIAL, "s2": ("drain", 8, 20)}
+
+
+class TestWorkerLoss:
+    async def test_a_drain_retried_on_a_new_worker_still_restores_what_was_found(
+        self, client: Client, task_queue_prefix: str, haproxy: Haproxy, tmp_path: Path
+    ) -> None:
+        """The platform worker stops mid-drain; a fresh one (empty journal) retries the step,
+        reads what the first attempt found from Temporal's heartbeat details, and the late
+        failure's rollback puts s1 back to ready. Without the details the retry would record
+        'drain' as found and the rollback would leave s1 drained."""
+        plan = compile_playbooks(
+            tmp_path,
+            {
+                "d.yaml": f"""
+                name: drain-then-fail
+                steps:
+                  - id: drain
+                    uses: platform.haproxy_drain
+                    with: {{target: edge, backend: web, servers: [s1], keep_healthy: 1, wait_s: 30, poll_interval_s: 0.05}}
+                    heartbeat: 1s
+                    retry: {{max_attempts: 3, initial_interval: 100ms}}
+                  - id: late
+                    uses: core.http_probe
+                    with: {{url: "{haproxy.url("/broken")}"}}
+                """
+            },
+            "drain-then-fail",
+        )
+        registry = load_registry(DOMAINS)
+        settings = haproxy.settings()
+
+        def platform_worker() -> Worker:
+            acts, _ = bind_activities(
+                registry.for_worker(("platform",), local_checks=False), settings
+            )
+            return Worker(client, task_queue=f"{task_queue_prefix}-platform", activities=acts)
+
+        session = SlowSession(haproxy, "s1")
+        await asyncio.to_thread(wait_for_sessions, haproxy, "s1", 1)
+        async with fireline_workers(
+            client, task_queue_prefix, domains=("core",), registry=registry
+        ):
+            async with platform_worker():
+                handle = await start_run(client, task_queue_prefix, plan)
+                await wait_until(lambda: haproxy.snapshot()["s1"][0] == "drain")
+                async with asyncio.timeout(20):
+                    while not await _heartbeat_recorded(handle):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            # The first worker is gone; its drain attempt never finished.
+            assert (await snapshot(haproxy))["s1"] == ("drain", 8, 10)
+            async with platform_worker():
+                await asyncio.to_thread(session.finish)
+                failure = await failure_of(handle)
+                state = await run_status(handle)
+
+        assert failure.type == errors.PLAYBOOK_COMPENSATED
+        drain = {s.id: s for s in state.steps}["drain"]
+        assert drain.outputs["previous"][0]["admin_state"] == "ready"
+        attempts = [
+            e.activity_task_started_event_attributes.attempt
+            for e in (await handle.fetch_history()).events
+            if e.HasField("activity_task_started_event_attributes")
+        ]
+        assert max(attempts) >= 2, "the drain really ran a second attempt"
+        assert await snapshot(haproxy) == INITIAL
+
+
+async def _heartbeat_recorded(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the server holds the drain's heartbeat with what it found."""
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if (
+            pending.heartbeat_details.payloads
+            and b"found" in pending.heartbeat_details.payloads[0].data
+        ):
+            return True
+    return False

@@ -160,7 +160,9 @@ async def declared_check(
     [ref] = spec.preconditions if stage == "pre" else spec.postconditions
     check = REGISTRY[ref.check]
     context = {"input": spec.input_model.model_validate(payload).model_dump()}
-    params = check.input_model.model_validate(resolve(ref.with_, context))
+    with_ = ref.with_
+    resolved = resolve(with_["$from"] if set(with_) == {"$from"} else with_, context)
+    params = check.input_model.model_validate(resolved)
     return await activity_env("check").run(bound(modules, check), params)
 
 

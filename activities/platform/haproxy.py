@@ -84,11 +84,6 @@ class BackendRef(BaseModel):
 
 class ServersInput(BackendRef):
     servers: list[Name] = Field(min_length=1, max_length=MAX_SERVERS)
-    keep_healthy: int = Field(
-        default=1,
-        ge=0,
-        description="refuse unless this many other servers of the backend stay healthy",
-    )
 
     @field_validator("servers")
     @classmethod
@@ -96,7 +91,15 @@ class ServersInput(BackendRef):
         return list(dict.fromkeys(value))
 
 
-class DrainInput(ServersInput):
+class TakeOutInput(ServersInput):
+    keep_healthy: int = Field(
+        ge=0,
+        description="refuse unless this many other servers of the backend stay healthy; "
+        "required, so every playbook says how much capacity it must keep",
+    )
+
+
+class DrainInput(TakeOutInput):
     wait_s: float = Field(
         default=300.0, ge=0, le=3600, description="how long to wait for sessions to end"
     )
@@ -105,7 +108,7 @@ class DrainInput(ServersInput):
 
 class WeightsInput(BackendRef):
     weights: dict[Name, int] = Field(min_length=1, max_length=MAX_SERVERS)
-    keep_healthy: int = Field(default=1, ge=0)
+    keep_healthy: int = Field(ge=0, description="refuse unless this many servers are healthy")
 
     @field_validator("weights")
     @classmethod
@@ -323,7 +326,7 @@ class HaproxyModules(ModuleSet):
         provides=["haproxy.servers_out_of_rotation"],
         timeout=timedelta(seconds=60),
     )
-    async def disable(self, request: ServersInput) -> ChangeOutput:
+    async def disable(self, request: TakeOutInput) -> ChangeOutput:
         """Put servers into maintenance: their sessions are cut and they get no traffic."""
         async with stepping("platform.haproxy_disable", backend=request.backend):
             return await self._change(request, {s: ("maint", None) for s in request.servers})
@@ -420,7 +423,7 @@ class HaproxyModules(ModuleSet):
         )
 
     @preview("platform.haproxy_disable")
-    async def preview_disable(self, request: ServersInput) -> Preview:
+    async def preview_disable(self, request: TakeOutInput) -> Preview:
         return await self._preview(
             request,
             {s: ("maint", None) for s in request.servers},

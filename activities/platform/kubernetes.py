@@ -49,16 +49,14 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 """Answers that mean "not now": a conflict is a concurrent writer, retried after a re-read."""
 
 
-def _rollout_check(replicas: str | None = None) -> CheckRef:
-    with_: dict[str, Any] = {
-        "target": "${{ input.target }}",
-        "deployment": "${{ input.deployment }}",
-        "namespace": "${{ input.namespace }}",
-    }
-    if replicas is not None:
-        with_["replicas"] = replicas
+def _rollout_check() -> CheckRef:
+    """The rollout check given the step's whole input (``$from``): an optional namespace the
+    step left out falls back on the target's, and scale's ``replicas`` is insisted on."""
     return CheckRef(
-        check="platform.k8s_rollout_complete", with_=with_, deadline_s=600, poll_interval_s=5
+        check="platform.k8s_rollout_complete",
+        with_={"$from": "${{ input }}"},
+        deadline_s=600,
+        poll_interval_s=5,
     )
 
 
@@ -178,6 +176,10 @@ class NodeOutput(BaseModel):
 
 
 class RolloutInput(DeploymentRef):
+    # A module's whole input is handed to it as its pre/postcondition: fields it does not
+    # know (wait_s, to_revision) are not its business.
+    model_config = ConfigDict(extra="ignore")
+
     replicas: int | None = Field(default=None, ge=0, description="also insist on this many")
 
 
@@ -402,7 +404,7 @@ class KubernetesModules(ModuleSet):
                 "replicas": "${{ output.previous_replicas }}",
             },
         ),
-        postconditions=[_rollout_check("${{ input.replicas }}")],
+        postconditions=[_rollout_check()],
         provides=["kubernetes.replicas_set"],
         timeout=timedelta(hours=1, minutes=5),
         heartbeat=timedelta(seconds=15),
