@@ -1115,3 +1115,13 @@ class TestLibraryLookup:
             f"includes nest more than {MAX_INCLUDE_DEPTH} playbooks deep" in str(p)
             for p in caught.value.problems
         )
+
+    def test_the_shipped_api_outage_playbook_validates_alone(self) -> None:
+        """`fireline validate playbooks/api-outage.yaml` finds its includes beside it."""
+        path = Path(__file__).parent.parent / "playbooks" / "api-outage.yaml"
+        library = PlaybookLibrary.load(path)
+        report = library.validate_all()
+        assert any(file.endswith("api-outage.yaml") for file in report)
+        assert all(problems == [] for problems in report.values()), report
+        plan = library.compile("api-outage")
+        assert any(isinstance(node, IncludeNode) for node in plan.walk())
