@@ -68,12 +68,20 @@ class RunRequest(BaseModel):
     run accepts; given at start by the API, so a key rotation never changes a running run."""
     requested_by_verified: bool = False
     """True when ``requested_by`` was proven by a credential, not just typed."""
+    separated_from: list[str] = Field(default_factory=list)
+    """People besides the requester who may not approve this run's high/critical steps (an
+    incident's acknowledger, when an incident starts the run)."""
+
+
+MAX_NAME = 200
+"""Longest step id or person name a decision may carry (a signal is hostile input too)."""
+MAX_COMMENT = 4000
 
 
 class Approval(BaseModel):
-    step: str
-    approver: str = Field(min_length=1)
-    comment: str = ""
+    step: str = Field(max_length=MAX_NAME)
+    approver: str = Field(min_length=1, max_length=MAX_NAME)
+    comment: str = Field(default="", max_length=MAX_COMMENT)
     signed: SignedDecision | None = None
     """The API's signature over this approval (action approve/reject); None when unsigned."""
 
@@ -87,10 +95,10 @@ class DecisionAction(StrEnum):
 class Decision(BaseModel):
     """A human's answer to a step paused by ``on_failure: ask``."""
 
-    step: str
+    step: str = Field(max_length=MAX_NAME)
     action: DecisionAction
-    by: str = Field(min_length=1)
-    comment: str = ""
+    by: str = Field(min_length=1, max_length=MAX_NAME)
+    comment: str = Field(default="", max_length=MAX_COMMENT)
     inputs: dict[str, Any] | None = None
     """For ``retry``: replaces the named ``with:`` values of the step before it runs again."""
     signed: SignedDecision | None = None

@@ -297,6 +297,33 @@ class TestSignedDecisions:
         assert [(a.by, a.verified) for a in state.step("change").approvals] == [("carol", True)]
         assert ran(handle, "rights.high") == [{"name": "web", "fail": False}]
 
+    async def test_a_flood_of_forged_signals_is_recorded_only_up_to_a_bound(
+        self, client: Client, task_queue_prefix: str, tmp_path: Path
+    ) -> None:
+        """Hostile input: 130 forged signals leave 99 audited refusals and one note, not 130;
+        a signal with a 1 MB comment never reaches the run; the gate still works."""
+        plan = compile_plan(tmp_path, GATED_HIGH)
+        async with fireline_workers(client, task_queue_prefix, domains=DOMAINS, registry=REGISTRY):
+            handle = await start(client, task_queue_prefix, plan)
+            await until_status(handle, "change", StepStatus.awaiting_approval)
+            huge = Approval.model_construct(step="change", approver="carol", comment="x" * 2**20)
+            await handle.signal(SIGNAL_APPROVE, huge)
+            for _ in range(130):
+                await handle.signal(SIGNAL_APPROVE, Approval(step="change", approver="carol"))
+            state = await status(handle)
+            while not any(e.kind == "refusals_capped" for e in state.events):
+                await asyncio.sleep(0.05)
+                state = await status(handle)
+            await approve(handle, "change", "erin")
+            result = await handle.result()
+            state = await status(handle)
+
+        assert result.phase is RunPhase.succeeded
+        kinds = [e.kind for e in state.events]
+        assert kinds.count("approval_refused") == 99
+        assert kinds.count("refusals_capped") == 1
+        assert all(len(e.message) < 1000 for e in state.events)
+
     async def test_requester_may_not_approve_her_own_high_step(
         self, client: Client, task_queue_prefix: str, tmp_path: Path
     ) -> None:

@@ -260,6 +260,15 @@ CASES = [
         ),
     ),
     Case(
+        "the incident's acknowledger approving a high step",
+        approve("carol"),
+        refused(
+            "carol acknowledged this incident and may not approve its high steps (separation "
+            "of duties): another person must"
+        ),
+        run=replace(RUN, separated=("carol",)),
+    ),
+    Case(
         "the requester may approve a medium step",
         approve("erin"),
         None,

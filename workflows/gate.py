@@ -54,7 +54,13 @@ class RunFacts:
     requested_by: str
     rights: DecisionRights | None
     trusted_keys: Mapping[str, str] = field(default_factory=dict)
+    """Empty: the run was started by something that signs nothing (a test, or ``temporal
+    workflow start``). Unsigned decisions are then accepted, recorded unverified, since
+    requiring signatures would leave such a run's gates unpassable; whoever can start a run
+    directly could give it a key of their own anyway. The API always passes its key."""
     service: str | None = None
+    separated: tuple[str, ...] = ()
+    """Who besides the requester may not approve high/critical steps."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,11 @@ def _rights(
         return (
             f"{person} started this run and may not approve its {step.risk.value} steps "
             "(separation of duties): another person must"
+        )
+    if step.risk in rights.separation_of_duties and person in run.separated:
+        return (
+            f"{person} acknowledged this incident and may not approve its {step.risk.value} "
+            "steps (separation of duties): another person must"
         )
     embargo = rights.embargo(now, step.domain, run.service, _target(step)) if step.mutates else None
     if embargo is not None:

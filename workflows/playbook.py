@@ -86,6 +86,8 @@ AnyNode = StepNode | ParallelNode | IncludeNode
 
 PREVIEW_RETRY = RetrySpec(max_attempts=2, initial_interval_s=1.0, max_interval_s=5.0)
 """A preview is advice for the approver: one retry, then the gate opens without it."""
+MAX_AUDITED_REFUSALS = 100
+"""Refused decisions recorded per run; past it they are counted, not recorded."""
 EMBARGO_ROLE = "embargo"
 """The role of the gate a soft embargo puts in front of an ungated mutating step."""
 
@@ -147,6 +149,7 @@ class PlaybookWorkflow:
         self._rejections: dict[str, ApprovalRecord] = {}
         self._decisions: dict[str, Decision] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
+        self._refusals = 0
         rights = request.plan.rights
         service = self._inputs.get(rights.service_input) if rights is not None else None
         self._facts = RunFacts(
@@ -156,6 +159,7 @@ class PlaybookWorkflow:
             rights=rights,
             trusted_keys=dict(request.trusted_keys),
             service=service if isinstance(service, str) else None,
+            separated=tuple(request.separated_from),
         )
 
     # ------------------------------------------------------------------ run
@@ -423,6 +427,7 @@ class PlaybookWorkflow:
                     task_queue_prefix=self._request.task_queue_prefix,
                     trusted_keys=self._request.trusted_keys,
                     requested_by_verified=self._request.requested_by_verified,
+                    separated_from=self._request.separated_from,
                 ),
                 id=child_id,
                 static_summary=f"{node.plan.name} (included by {self._plan.name}/{node.id})",
@@ -591,7 +596,20 @@ class PlaybookWorkflow:
         return judge(attempt, state, state.gate if state else None, self._facts, workflow.now())
 
     def _refuse(self, kind: str, attempt: Attempt, refusal: Refusal) -> None:
-        """Audit a refusal in the timeline (the person claimed, and whether it was signed)."""
+        """Audit a refusal in the timeline (the person claimed, and whether it was signed).
+
+        Bounded: a flood of forged signals must not grow the run's state without end.
+        """
+        self._refusals += 1
+        if self._refusals > MAX_AUDITED_REFUSALS:
+            return
+        if self._refusals == MAX_AUDITED_REFUSALS:
+            self._event(
+                "refusals_capped",
+                f"{MAX_AUDITED_REFUSALS} refused decisions recorded; further ones are not",
+                step=attempt.step,
+            )
+            return
         self._event(
             kind,
             refusal.reason,
