@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,12 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from fireline import errors
-from fireline.modules import Registry, bind_activities
+from fireline.compile.compiler import PlaybookLibrary
+from fireline.messages import QUERY_STATUS, RunState
+from fireline.modules import Registry, bind_activities, load_registry
 from fireline.runtime.settings import Settings
 from tests.support import fact_modules
+from tests.support.workers import CATALOG, fireline_workers, start_run
 
 
 @workflow.defn(name="ActivityInputProbe")
@@ -101,3 +105,38 @@ class TestActivityBoundary:
         assert (await fact_modules.scale({"replicas": 4})).replicas == 4
         with pytest.raises(ApplicationError, match="replicas: Input should be greater than"):
             await fact_modules.scale({"replicas": -1})
+
+
+MISTYPED = """\
+name: mistyped
+on_failure: halt
+inputs:
+  target: {type: object, default: {not: text}}
+steps:
+  - id: look
+    uses: test.read
+    with: {target: "${{ inputs.target }}"}
+"""
+
+
+class TestThroughAPlaybook:
+    async def test_a_run_time_value_that_does_not_fit_fails_the_step_at_once(
+        self, client: Client, tmp_path: Path
+    ) -> None:
+        """An expression resolving to the wrong type fails the step once, naming the field."""
+        prefix = f"fl-{uuid.uuid4().hex[:8]}"
+        (tmp_path / "p.yaml").write_text(MISTYPED)
+        registry = load_registry(["core"]).extended(fact_modules)
+        plan = PlaybookLibrary.load(tmp_path, catalog=CATALOG, registry=registry).compile(
+            "mistyped"
+        )
+        async with fireline_workers(client, prefix, registry=registry):
+            handle = await start_run(client, prefix, plan)
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            state: RunState = await handle.query(QUERY_STATUS, result_type=RunState)
+        step = state.step("look")
+        assert step.attempts == 1
+        assert step.error is not None
+        assert "test.read: invalid input: target: Input should be a valid string" in step.error
+        assert "Failed decoding arguments" not in step.error
