@@ -139,7 +139,7 @@ class ChangeOutput(BaseModel):
     target: str
     backend: str
     previous: list[ServerState] = Field(description="as found before the first change")
-    current: list[ServerState]
+    current: list[ServerState] = Field(description="the same servers as left by the step")
     changed: list[str] = Field(description="servers this attempt sent a command for")
 
 
@@ -156,8 +156,9 @@ class BackendInput(BackendRef):
 class ServersOutput(BaseModel):
     target: str
     backend: str
-    servers: list[ServerState]
-    healthy: int
+    servers: list[ServerState] = Field(description=f"the first {MAX_SERVERS}, in config order")
+    truncated: bool = Field(default=False, description="the backend has more servers than that")
+    healthy: int = Field(description="healthy servers of the whole backend")
 
 
 class DriftInput(BackendRef):
@@ -233,7 +234,8 @@ class HaproxyModules(ModuleSet):
             return ServersOutput(
                 target=request.target,
                 backend=request.backend,
-                servers=states,
+                servers=states[:MAX_SERVERS],
+                truncated=len(states) > MAX_SERVERS,
                 healthy=sum(s.healthy for s in states),
             )
 
@@ -263,7 +265,7 @@ class HaproxyModules(ModuleSet):
                 backend=request.backend,
                 drifted=drifted,
                 count=len(drifted),
-                current=states,
+                current=[s for s in states if s.server in {g.server for g in request.known_good}],
             )
 
     # -- changing ---------------------------------------------------------------------------
@@ -308,7 +310,7 @@ class HaproxyModules(ModuleSet):
                 target=request.target,
                 backend=request.backend,
                 previous=previous,
-                current=current,
+                current=[s for s in current if s.server in draining],
                 changed=changed,
                 remaining_sessions=remaining,
                 drained=remaining == 0,
@@ -559,7 +561,9 @@ class HaproxyModules(ModuleSet):
     ) -> ChangeOutput:
         admin = self.admin(request.target)
         previous, changed = await self._apply(admin, request, wanted)
-        current = await _read(admin, request.backend, sessions=False)
+        current = [
+            s for s in await _read(admin, request.backend, sessions=False) if s.server in wanted
+        ]
         log.info("servers changed", changed=changed)
         return ChangeOutput(
             target=request.target,
