@@ -9,17 +9,20 @@ from typing import Any
 import pytest
 
 from fireline.identity.signing import DecisionClaim, generate_key, inputs_digest, sign_decision
-from fireline.messages import ApprovalRecord, StepState, StepStatus
+from fireline.messages import ApprovalRecord, RunState, StepState, StepStatus
 from fireline.plan import (
+    Change,
     DecisionRights,
     EmbargoWindow,
     GateSpec,
     Person,
+    Preview,
     Risk,
     RiskRight,
     WeeklyWindow,
 )
 from workflows.gate import Attempt, Refusal, RunFacts, counted_approvals, judge, needed_approvals
+from workflows.journal import render_banner
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # a Tuesday
 PRIVATE, PUBLIC = generate_key()
@@ -403,3 +406,40 @@ class TestCounting:
         )
         assert counted_approvals(s, RIGHTS) == 1
         assert counted_approvals(s, None) == 2
+
+
+class TestBanner:
+    def _state(self, **step_changes: Any) -> RunState:
+        return RunState(
+            workflow_id="run-1",
+            playbook="pb",
+            version="1",
+            plan_hash="0" * 64,
+            steps=[
+                step(
+                    gate_deadline=NOW,
+                    **step_changes,
+                )
+            ],
+        )
+
+    def test_the_gate_shows_the_preview(self) -> None:
+        preview = Preview(
+            mutates=True,
+            summary="drain web-3",
+            changes=[Change(target="edge/web-3", attribute="weight", before=100, after=0)],
+            rollback="weight back to 100",
+        )
+        banner = render_banner(self._state(preview=preview))
+        assert "**Would change:** drain web-3" in banner
+        assert "- `edge/web-3` weight: 100 → 0" in banner
+        assert "Undo: weight back to 100" in banner
+
+    def test_a_failed_preview_is_shown_not_hidden(self) -> None:
+        banner = render_banner(self._state(preview_error="admin socket refused"))
+        assert "preview unavailable: admin socket refused" in banner
+
+    def test_unverified_approvals_are_marked(self) -> None:
+        record = ApprovalRecord(by="bob", decision="approved", at=NOW, verified=False)
+        banner = render_banner(self._state(status=StepStatus.succeeded, approvals=[record]))
+        assert "approved by bob (unverified)" in banner

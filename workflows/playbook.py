@@ -168,7 +168,10 @@ class PlaybookWorkflow:
     async def run(self, request: RunRequest) -> RunResult:
         self._state.started_at = workflow.now()
         self._event(
-            "run_started", f"{self._plan.name} v{self._plan.version}", actor=request.requested_by
+            "run_started",
+            f"{self._plan.name} v{self._plan.version}",
+            actor=request.requested_by,
+            verified=request.requested_by_verified if self._plan.rights is not None else None,
         )
         self._refresh()
         try:
