@@ -579,6 +579,24 @@ class TestFirelineUp:
         up.process.wait(timeout=10)
         assert await gone_within([server_pid, api_pid], 10) == []
 
+    async def test_ctrl_c_stops_everything_in_order(self, up: Up) -> None:
+        """SIGINT to fireline up (a Ctrl-C) stops API, workers and server, and exits 0."""
+        up.start()
+        await up.ready()
+        server_pid, api_pid = up.server_pid(), up.api_pid()
+        assert up.process is not None
+        up.process.send_signal(signal.SIGINT)
+        for _ in range(600):
+            if up.process.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert up.process.returncode == 0, up.log.read_text()[-3000:]
+        assert await gone_within([server_pid, api_pid], 5) == []
+        assert not (up.data_dir / "temporal.pid").exists()
+        text = up.log.read_text()
+        assert text.index("api stopped") < text.index("workers stopped")
+        assert text.index("workers stopped") < text.index("temporal dev server stopped")
+
     async def test_next_start_stops_an_orphaned_server_knowingly(self, tmp_path: Path) -> None:
         """A server a crashed run left (recorded in temporal.pid) is stopped, then replaced."""
         port, ui_port = free_ports(2)

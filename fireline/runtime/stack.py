@@ -784,9 +784,12 @@ async def _serve(
 ) -> None:
     from fireline.runtime.workers import run_workers
 
+    # The workers get a stop of their own, set once the API is down: nothing new is started
+    # through the API while they drain.
+    workers_stop = asyncio.Event()
     tasks = [
         asyncio.create_task(
-            run_workers(settings, DOMAINS, workflows=True, stop=stop, client=client),
+            run_workers(settings, DOMAINS, workflows=True, stop=workers_stop, client=client),
             name="fireline-workers",
         )
     ]
@@ -809,10 +812,10 @@ async def _serve(
             stopped.cancel()
     finally:
         log.info("stopping fireline")
-        if api is not None:
-            # API first, so nothing new is started while the workers drain.
-            await asyncio.shield(api.stop())
         stop.set()
+        if api is not None:
+            await asyncio.shield(api.stop())
+        workers_stop.set()
         results = await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
