@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from pydantic import ValidationError
 
@@ -32,6 +33,7 @@ from tests.support.postgres import (  # noqa: F401  (fixtures)
     SCHEMA,
     PgCluster,
     conditions,
+    eventually,
     pg_cluster_fixture,
     pg_fixture,
     raises,
@@ -163,6 +165,38 @@ class TestSnapshot:
         assert environment["PGPASSWORD"] == PASSWORD
         assert not any(PASSWORD in arg for arg in argv)
         assert any(arg.startswith("--snapshot=") for arg in argv)
+
+    async def test_a_cancelled_step_kills_its_pg_dump(
+        self, db: Db, snaps: SnapshotModules, tmp_path: Path
+    ) -> None:
+        """pg_dump waiting on a lock is killed when the step is cancelled: its session ends."""
+        locker = await asyncio.to_thread(
+            psycopg.connect, db.cluster.primary.dsn(db.name), application_name="locker"
+        )
+        try:
+            await asyncio.to_thread(locker.execute, "LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+            dump = snaps.run_tool("app", "pg_dump", ["--format=custom", f"--file={tmp_path / 'x'}"])
+            task = asyncio.create_task(dump)
+
+            async def waiting() -> bool:
+                return bool(
+                    db.scalar(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                        "'fireline' AND wait_event_type = 'Lock'"
+                    )
+                )
+
+            assert await eventually(waiting), "pg_dump never queued behind the lock"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+            async def gone() -> bool:
+                return not await waiting()
+
+            assert await eventually(gone), "pg_dump's session outlived the cancelled step"
+        finally:
+            locker.close()
 
     async def test_tampered_dump_is_not_intact(self, db: Db, snaps: SnapshotModules) -> None:
         """One flipped byte: the check reports the sha256 mismatch; a missing manifest too."""

@@ -245,10 +245,12 @@ class SnapshotModules(PostgresClientSet):
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LC_ALL": "C",
-            # Fireline's own sessions write even while applications are frozen read-only, and
-            # give up on locks rather than queue behind them.
+            # Fireline's own sessions write even while applications are frozen read-only,
+            # give up on locks rather than queue behind them, and end on the server too when
+            # the program is killed (a cancelled step), instead of waiting on in a lock queue.
             "PGOPTIONS": "-c default_transaction_read_only=off "
-            f"-c lock_timeout={int(target.statement_timeout_s * 1000)}",
+            f"-c lock_timeout={int(target.statement_timeout_s * 1000)} "
+            "-c client_connection_check_interval=1000",
         }
         secret = target.secret()
         if secret is not None:
