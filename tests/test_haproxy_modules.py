@@ -50,6 +50,7 @@ from fireline.runtime.settings import Settings
 from tests.support.haproxy import (
     Haproxy,
     SlowSession,
+    free_port,
     running_haproxy,
     wait_for_sessions,
 )
@@ -885,6 +886,38 @@ class TestDrainNodePlaybook:
         assert result.outputs == {"drained": True, "sessions_left": 0, "verified": True}
         assert "draining s2 of web" in message.json["text"]
         assert await snapshot(haproxy) == {**INITIAL, "s2": ("drain", 8, 20)}
+
+    async def test_a_failed_verification_puts_the_node_back(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        haproxy: Haproxy,
+        library: PlaybookLibrary,
+    ) -> None:
+        """The service does not answer after the drain (nothing listens at base_url): the
+        drain is undone."""
+        hook = start_target()
+        hook.route("POST", "/hook", Reply(200))
+        settings = haproxy.settings(notify_webhook_url=hook.url("/hook"))
+        inputs = {
+            "backend": "web",
+            "node": "s2",
+            "base_url": f"http://127.0.0.1:{free_port()}",
+            "min_healthy": 2,
+        }
+        try:
+            async with fireline_workers(
+                client, task_queue_prefix, domains=DOMAINS, settings=settings
+            ):
+                handle = await start_run(
+                    client, task_queue_prefix, library.compile("drain-node"), inputs
+                )
+                failure = await failure_of(handle)
+        finally:
+            hook.close()
+        assert failure.type == errors.PLAYBOOK_COMPENSATED
+        assert "step 'verify' check" in str(failure)
+        assert await snapshot(haproxy) == INITIAL
 
 
 class TestWorkerLoss:
