@@ -21,7 +21,15 @@ from fireline.plan import (
     RiskRight,
     WeeklyWindow,
 )
-from workflows.gate import Attempt, Refusal, RunFacts, counted_approvals, judge, needed_approvals
+from workflows.gate import (
+    Attempt,
+    Refusal,
+    RunFacts,
+    counted_approvals,
+    judge,
+    needed_approvals,
+    screen,
+)
 from workflows.journal import render_banner
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # a Tuesday
@@ -385,6 +393,17 @@ class TestJudge:
             gate = case.step.gate if case.step is not None else None
         assert isinstance(gate, GateSpec | None)
         assert case.expected == judge(case.attempt, case.step, gate, case.run, case.now)
+
+    @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+    def test_validator_screen_answers_exactly_the_unaudited(self, case: Case) -> None:
+        """The update validator refuses what the judge would refuse unaudited, nothing else:
+        an audited refusal must reach the handler, or it could not be recorded."""
+        gate = case.gate
+        if gate == "from-step":
+            gate = case.step.gate if case.step is not None else None
+        assert isinstance(gate, GateSpec | None)
+        unaudited = case.expected if case.expected and not case.expected.audited else None
+        assert unaudited == screen(case.attempt, case.step, gate, case.run)
 
 
 class TestCounting:

@@ -77,6 +77,21 @@ def judge(
     now: datetime,
 ) -> Refusal | None:
     """None when the decision may be recorded; else why not, and whether to audit it."""
+    refusal = screen(attempt, step, gate, run)
+    if refusal is not None or step is None:
+        return refusal
+    if run.rights is None:
+        return _legacy(attempt, step, gate)
+    return _judge(attempt, step, gate, run, run.rights, now)
+
+
+def screen(
+    attempt: Attempt, step: StepState | None, gate: GateSpec | None, run: RunFacts
+) -> Refusal | None:
+    """The refusals that judge nobody (never audited): what an update validator answers.
+
+    No signature is checked here, so a validator stays cheap; the handler judges in full.
+    """
     if step is None:
         return Refusal(f"no step '{attempt.step}' in {run.plan_name}", audited=False)
     gating = attempt.action in ("approve", "reject")
@@ -97,9 +112,18 @@ def judge(
             return Refusal(
                 "new inputs apply to module steps, not to included playbooks", audited=False
             )
-    if run.rights is None:
-        return _legacy(attempt, step, gate)
-    return _judge(attempt, step, gate, run, run.rights, now)
+    if run.rights is not None and _unknown(attempt.person, gate, run.rights):
+        return Refusal(f"{attempt.person} is not in the catalog", audited=False)
+    return None
+
+
+def _unknown(person: str, gate: GateSpec | None, rights: DecisionRights) -> bool:
+    """Neither in the roster nor admitted by an open role (or, ungated, by an open run)."""
+    if person in rights.people:
+        return False
+    if gate is not None:
+        return not (gate.approvers is None and gate.role in rights.open_roles)
+    return rights.owners is not None or bool(rights.people)
 
 
 def _legacy(attempt: Attempt, step: StepState, gate: GateSpec | None) -> Refusal | None:
@@ -126,14 +150,7 @@ def _judge(
     rights: DecisionRights,
     now: datetime,
 ) -> Refusal | None:
-    person = attempt.person
-    known = rights.people.get(person)
-    role = gate.role if gate is not None else None
-    admitted_by_open_role = (
-        gate is not None and gate.approvers is None and role in rights.open_roles
-    ) or (gate is None and rights.owners is None and not rights.people)
-    if known is None and not admitted_by_open_role:
-        return Refusal(f"{person} is not in the catalog", audited=False)
+    known = rights.people.get(attempt.person)
     if attempt.signed is not None:
         mismatch = _claim_mismatch(attempt, step, run)
         if mismatch is not None:

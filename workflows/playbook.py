@@ -79,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
         counted_approvals,
         judge,
         needed_approvals,
+        screen,
     )
     from workflows.journal import SA_PHASE_KEY, Journal
 
@@ -647,8 +648,9 @@ class PlaybookWorkflow:
 
     def _validate(self, attempt: Attempt) -> None:
         """Update validators: refuse what judges nobody, before anything is recorded."""
-        refusal = self._judge(attempt)
-        if refusal is not None and not refusal.audited:
+        state = self._steps.get(attempt.step)
+        refusal = screen(attempt, state, state.gate if state else None, self._facts)
+        if refusal is not None:
             raise ApplicationError(refusal.reason, type=errors.REFUSED, non_retryable=True)
 
     # ---------------------------------------------------------------- approvals
