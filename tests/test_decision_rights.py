@@ -636,6 +636,7 @@ class TestEmbargo:
             gate = state.step("inside").gate
             assert gate is not None
             assert (gate.role, gate.tier) == ("embargo", 3)
+            assert "a Tier 3 person, an embargo is in force" in render_banner(state)
             inside = await env.get_current_time()
             with pytest.raises(WorkflowUpdateFailedError) as senior:
                 await approve(handle, "inside", "carol", now=inside)

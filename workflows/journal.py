@@ -13,6 +13,8 @@ with workflow.unsafe.imports_passed_through():
     from fireline.messages import SA_PHASE, AuditEvent, RunPhase, RunState, StepState, StepStatus
 
 SA_PHASE_KEY = SearchAttributeKey.for_keyword(SA_PHASE)
+EMBARGO_ROLE = "embargo"
+"""The role of the gate a soft embargo puts in front of an ungated mutating step."""
 
 
 class Journal:
@@ -95,6 +97,8 @@ def render_banner(state: RunState) -> str:
             continue
         got = sum(a.decision == "approved" for a in step.approvals)
         who = ", ".join(gate.approvers) if gate.approvers else "anyone named"
+        if gate.role == EMBARGO_ROLE:
+            who = f"a Tier {gate.tier} person, an embargo is in force"
         lines.append(
             f"\n**Waiting for approval of `{step.id}`** ({got}/{gate.min_approvals}, role "
             f"`{gate.role}`: {who}; deadline {step.gate_deadline:%H:%M:%S} UTC)\n"

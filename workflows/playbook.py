@@ -81,7 +81,7 @@ with workflow.unsafe.imports_passed_through():
         needed_approvals,
         screen,
     )
-    from workflows.journal import SA_PHASE_KEY, Journal
+    from workflows.journal import EMBARGO_ROLE, SA_PHASE_KEY, Journal
 
 AnyNode = StepNode | ParallelNode | IncludeNode
 
@@ -89,8 +89,6 @@ PREVIEW_RETRY = RetrySpec(max_attempts=2, initial_interval_s=1.0, max_interval_s
 """A preview is advice for the approver: one retry, then the gate opens without it."""
 MAX_AUDITED_REFUSALS = 100
 """Refused decisions recorded per run; past it they are counted, not recorded."""
-EMBARGO_ROLE = "embargo"
-"""The role of the gate a soft embargo puts in front of an ungated mutating step."""
 
 
 @dataclass
