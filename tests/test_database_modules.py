@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import subprocess
 import sys
 import threading
@@ -202,6 +203,7 @@ class TestReadOnly:
         inp = ReadOnlyInput(target="primary")
         assert all(r.satisfied for r in await conditions(modules, spec, "pre", inp))
         preview = await run(modules.preview_set_read_only, inp)
+        assert preview.rollback.startswith("ALTER SYSTEM RESET default_transaction_read_only")
         out = await run(modules.set_read_only, inp)
         assert auto_conf(pg.primary) == "on"
         assert await eventually(lambda: asyncio.to_thread(lambda: not app_can_write(pg.primary)))
@@ -222,6 +224,8 @@ class TestReadOnly:
     ) -> None:
         """A prior ``ALTER SYSTEM ... = off`` comes back as 'off', not as a RESET."""
         pg.primary.execute("ALTER SYSTEM SET default_transaction_read_only = off")
+        preview = await run(modules.preview_set_read_only, ReadOnlyInput(target="primary"))
+        assert preview.rollback.startswith("ALTER SYSTEM SET default_transaction_read_only = off")
         out = await run(modules.set_read_only, ReadOnlyInput(target="primary"))
         assert out.prior.configured == "off"
         await run(modules.set_read_write, out.undo, key="wf-1/undo")
@@ -239,6 +243,14 @@ class TestReadOnly:
         other = await run(modules.set_read_only, ReadOnlyInput(target="primary"), key="wf-9/t")
         assert other.prior.configured == "on"
         assert not other.changed
+
+    async def test_the_ledger_stays_bounded(self, pg: PgCluster, modules: PostgresModules) -> None:
+        """Forty steps later the ledger holds the latest 32 entries, one line of auto.conf."""
+        for n in range(40):
+            await run(modules.set_read_only, ReadOnlyInput(target="primary"), key=f"wf-l/s{n}")
+        entries = json.loads(auto_conf(pg.primary, "fireline.ledger") or "[]")
+        assert len(entries) == 32
+        assert all(set(e) == {"k", "v"} for e in entries)
 
     async def test_read_write_undoes_to_read_only(
         self, pg: PgCluster, modules: PostgresModules

@@ -42,6 +42,8 @@ TARGET_KIND = "postgres"
 LEDGER_SETTING = "fireline.ledger"
 LEDGER_ENTRIES = 32
 """The ledger keeps the most recent entries only: it bridges retries of one step, not history."""
+LEDGER_MAX_CHARS = 32 * 1024
+"""And stays small: ``postgresql.auto.conf`` is read by every reload."""
 LEDGER_LOCK = 0x46495245
 """Advisory lock id serialising ledger updates from concurrent steps on one server."""
 ERROR_EXCERPT_CHARS = 300
@@ -294,8 +296,17 @@ class PostgresClientSet(ModuleSet):
         try:
             entries = [e for e in await cls._ledger(conn) if e.get("k") != digest]
             entries = [*entries, {"k": digest, "v": value}][-LEDGER_ENTRIES:]
+            text = json.dumps(entries, separators=(",", ":"))
+            while len(text) > LEDGER_MAX_CHARS and len(entries) > 1:
+                entries = entries[1:]
+                text = json.dumps(entries, separators=(",", ":"))
+            if len(text) > LEDGER_MAX_CHARS:
+                raise invalid_input(
+                    f"{module}: {len(text)} characters to record, more than the ledger's "
+                    f"{LEDGER_MAX_CHARS}; narrow the step"
+                )
             # A custom setting must be known to the session before ALTER SYSTEM accepts it.
             await conn.execute(f"SET {LEDGER_SETTING} = ''")
-            await cls.alter_system(conn, LEDGER_SETTING, json.dumps(entries, separators=(",", ":")))
+            await cls.alter_system(conn, LEDGER_SETTING, text)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (LEDGER_LOCK,))

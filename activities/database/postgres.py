@@ -468,8 +468,12 @@ class PostgresModules(PostgresClientSet):
                             + "; ".join(_describe(s) for s in chosen[:10]),
                             count=len(chosen),
                         )
+                    # Without the query texts: the ledger only has to name the backends.
                     await self.ledger_put(
-                        conn, "database.terminate_sessions", key, [s.model_dump() for s in chosen]
+                        conn,
+                        "database.terminate_sessions",
+                        key,
+                        [s.model_copy(update={"query": ""}).model_dump() for s in chosen],
                     )
                 # Only a backend with the same start time is the one chosen: pids are reused.
                 alive = [
@@ -657,8 +661,12 @@ class PostgresModules(PostgresClientSet):
                 )
             ],
             blast_radius={"servers": 1, "sessions": int(row[0])},
-            rollback=f"ALTER SYSTEM {'SET ' + before if before else 'RESET'} {READ_ONLY_SETTING}"
-            " and reload (the recorded prior setting)",
+            rollback=(
+                f"ALTER SYSTEM SET {READ_ONLY_SETTING} = {before}"
+                if before is not None
+                else f"ALTER SYSTEM RESET {READ_ONLY_SETTING}"
+            )
+            + " and reload (the recorded prior setting)",
         )
 
     # -- promotion --------------------------------------------------------------------------

@@ -317,9 +317,13 @@ class SnapshotModules(PostgresClientSet):
                         snapshot=request.snapshot,
                     )
                 return _snapshot_output(request, existing, dump, created=False, key=key)
-            dump.parent.mkdir(parents=True, exist_ok=True)
+            dump.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             partial = dump.with_suffix(".dump.partial")
-            manifest = await self._dump(request, partial, key)
+            try:
+                manifest = await self._dump(request, partial, key)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
             partial.chmod(0o600)
             manifest = manifest.model_copy(
                 update={
