@@ -166,6 +166,32 @@ class TestSnapshot:
         assert not any(PASSWORD in arg for arg in argv)
         assert any(arg.startswith("--snapshot=") for arg in argv)
 
+    async def test_a_dsn_target_keeps_its_password_out_of_argv(
+        self, db: Db, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A target given as one DSN (password inside) dumps; the password is taken out of it."""
+        seen: list[tuple[str, ...]] = []
+        real = asyncio.create_subprocess_exec
+
+        async def recording(*argv: str, **kwargs: Any) -> Any:
+            seen.append(argv)
+            return await real(*argv, **kwargs)
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
+        dsn = db.cluster.primary.dsn(db.name)
+        assert PASSWORD in dsn
+        settings = Settings(
+            targets={"postgres": {"app": {"dsn": dsn, "snapshot_dir": str(db.snapshots)}}}
+        )
+        mods = SnapshotModules(settings)
+        try:
+            out = await take(mods)
+        finally:
+            await mods.aclose()
+        assert out.tables == 3
+        assert seen
+        assert not any(PASSWORD in arg for argv in seen for arg in argv)
+
     async def test_a_cancelled_step_kills_its_pg_dump(
         self, db: Db, snaps: SnapshotModules, tmp_path: Path
     ) -> None:
