@@ -118,6 +118,12 @@ class IncidentStart(BaseModel):
     drill: bool = False
     task_queue_prefix: str = "fireline"
     requested_by: str = "ingress"
+    upsert_search_attributes: bool = True
+    """Set service, severity, key, playbook and phase as search attributes (the names in
+    :data:`fireline.messages.SEARCH_ATTRIBUTES`, which ``fireline up`` registers) unless the
+    starter already did; off only for a server where they are not registered."""
+    history_limit: int = Field(default=8000, ge=50, le=40_000)
+    """Continue-as-new beyond this many history events (Temporal warns at 10k)."""
     run_poll_s: float = Field(default=10.0, ge=1.0, le=600.0)
     """How often the incident reads its run's status (gates opened, mutating steps started)."""
     carried: IncidentState | None = None

@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from fireline.catalog.model import Catalog
 from fireline.incident import (
@@ -42,6 +45,7 @@ from fireline.messages import UPDATE_APPROVE as RUN_APPROVE
 from fireline.messages import Approval, RunState
 from tests.support.target import Reply, Target
 from tests.support.workers import compile_playbooks, fireline_workers
+from workflows import WORKFLOWS
 from workflows.guard import QUERY_LEDGER, GuardLedger, guard_workflow_id
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -87,10 +91,10 @@ def alert(status: str = "firing", n: int = 1, name: str = "HighErrorRate") -> Al
 async def open_incident(
     client: Client, prefix: str, start: IncidentStart, *alerts: Alert
 ) -> WorkflowHandle[Any, Any]:
-    """Signal-with-start, as ingress does it."""
+    """Signal-with-start, as ingress does it (the time-skipping server has no search attributes)."""
     return await client.start_workflow(
         INCIDENT_WORKFLOW,
-        start,
+        start.model_copy(update={"upsert_search_attributes": False}),
         id=incident_workflow_id(start.key),
         task_queue=prefix,
         start_signal=SIGNAL_ALERTS,
@@ -106,12 +110,24 @@ async def state_of(handle: WorkflowHandle[Any, Any]) -> IncidentState:
 async def until(
     handle: WorkflowHandle[Any, Any], pred: Callable[[IncidentState], bool], what: str
 ) -> IncidentState:
-    for _ in range(400):
-        state = await state_of(handle)
+    """Poll the status query until ``pred`` holds: a guard against hanging, not a timing.
+
+    A query that times out on a loaded machine is asked again.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    state: IncidentState | None = None
+    while loop.time() < deadline:
+        try:
+            state = await state_of(handle)
+        except RPCError:
+            await asyncio.sleep(0.2)
+            continue
         if pred(state):
             return state
         await asyncio.sleep(0.05)
-    raise AssertionError(f"never saw: {what}; last state: {state.model_dump_json(indent=1)}")
+    shown = state.model_dump_json(indent=1) if state else "none"
+    raise AssertionError(f"never saw: {what}; last state: {shown}")
 
 
 def paged(state: IncidentState) -> list[str]:
@@ -473,7 +489,7 @@ class TestDedupe:
         async with fireline_workers(env.client, task_queue_prefix):
             handle = await env.client.start_workflow(
                 INCIDENT_WORKFLOW,
-                start,
+                start.model_copy(update={"upsert_search_attributes": False}),
                 id=incident_workflow_id(start.key),
                 task_queue=task_queue_prefix,
                 start_signal=SIGNAL_ALERTS,
@@ -620,3 +636,82 @@ class TestGuard:
         assert opened.breaker_open is True
         assert any("breaker open" in r for r in held.guard.reasons)
         assert closed.breaker_open is False
+
+
+class TestLongLived:
+    async def test_continue_as_new_carries_counts_dedupe_and_the_ladder(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """A flapping alert: history stays small, counts add up, a redelivery still dedupes."""
+        env = time_skipping_env
+        start = incident_start(
+            catalog(LADDER), "payments", key(), task_queue_prefix=task_queue_prefix
+        ).model_copy(update={"history_limit": 60})
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert(n=0))
+            await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
+            for n in range(1, 41):
+                status = "resolved" if n % 2 else "firing"
+                await handle.signal(
+                    SIGNAL_ALERTS, AlertBatch(batch_id=f"b{n}", alerts=[alert(status, n=n)])
+                )
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="again", alerts=[alert(n=40)]))
+            latest = env.client.get_workflow_handle(handle.id)  # the newest run, not the first
+            state = await until(
+                latest,
+                lambda s: s.runs > 1 and s.alerts.total == 41 and s.alerts.duplicates == 1,
+                "all counted in a continued run",
+            )
+            history = await latest.fetch_history()
+
+        assert len(history.events) < 200
+        assert state.alerts.firing == 21
+        assert state.alerts.resolved == 20
+        assert len(state.pages) == 2, "the ladder position survived: tier 1 not paged again"
+        assert any(e.kind == "continued" for e in state.timeline)
+
+    async def test_failed_page_is_retried_then_shown(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        target: Target,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A receiver answering 503 gets four attempts; then the page is recorded as failed."""
+        env = time_skipping_env
+        target.route("POST", "/page", Reply(503))
+        monkeypatch.setenv(
+            "FIRELINE_TARGETS", json.dumps({"webhook": {"default": {"url": target.url("/page")}}})
+        )
+        service = {"escalation": {"levels": [{"delay": "5m", "targets": [{"person": "alice"}]}]}}
+        start = incident_start(
+            catalog(service), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await env.sleep(timedelta(seconds=30))
+            state = await until(handle, lambda s: len(s.pages) == 1, "page recorded")
+
+        page = state.pages[0]
+        assert page.delivered is False
+        assert "503" in (page.error or "")
+        assert len(target.hits("POST", "/page")) == 4
+        assert any(e.kind == "page_failed" for e in state.timeline)
+
+    async def test_history_replays(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """The recorded history of an incident replays on the current code (determinism)."""
+        env = time_skipping_env
+        start = incident_start(
+            catalog(LADDER), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
+            await handle.execute_update(UPDATE_COMMAND, Command(action="take", by="alice"))
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="r", alerts=[alert("resolved")]))
+            await handle.result()
+            history = await handle.fetch_history()
+        replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+        await replayer.replay_workflow(history)

@@ -32,6 +32,9 @@ with workflow.unsafe.imports_passed_through():
         GUARD_STEP,
         INCIDENT_WORKFLOW,
         QUERY_STATUS,
+        SA_INCIDENT_KEY,
+        SA_SERVICE,
+        SA_SEVERITY,
         SIGNAL_ALERTS,
         SIGNAL_APPROVE,
         SIGNAL_REJECT,
@@ -69,9 +72,6 @@ MAX_SEEN = 2000
 MAX_RECENT = 20
 MAX_TIMELINE = 1000
 MAX_FIRING = 1000
-HISTORY_LIMIT = 8000
-"""Continue-as-new beyond this many events (Temporal warns at 10k, refuses at 50k)."""
-
 _TERMINAL_RUN = frozenset(
     {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
 )
@@ -84,6 +84,10 @@ PAGE_RETRY = RetryPolicy(
     maximum_attempts=4,
 )
 SA_PHASE_KEY = SearchAttributeKey.for_keyword(messages.SA_PHASE)
+SA_PLAYBOOK_KEY = SearchAttributeKey.for_keyword(messages.SA_PLAYBOOK)
+SA_SERVICE_KEY = SearchAttributeKey.for_keyword(SA_SERVICE)
+SA_SEVERITY_KEY = SearchAttributeKey.for_keyword(SA_SEVERITY)
+SA_KEY_KEY = SearchAttributeKey.for_keyword(SA_INCIDENT_KEY)
 
 
 def mutating_steps(plan: Plan) -> set[str]:
@@ -158,6 +162,7 @@ class IncidentWorkflow:
         if start.carried is None:
             self._event("opened", f"incident for {start.service}: {self._s.title}")
             self._s.phase = IncidentPhase.triaging
+        self._label()
         self._refresh()
         while not self._closed():
             await self._step()
@@ -193,11 +198,10 @@ class IncidentWorkflow:
             self._s.phase is IncidentPhase.failed and self._s.resolution is not None
         )
 
-    @staticmethod
-    def _should_continue_as_new() -> bool:
+    def _should_continue_as_new(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > (
-            HISTORY_LIMIT
+            self._start.history_limit
         )
 
     async def _sleep(self) -> None:
@@ -907,6 +911,24 @@ class IncidentWorkflow:
             self._s.timeline = self._s.timeline[drop:]
             self._s.timeline_dropped += drop
 
+    def _label(self) -> None:
+        """The UI's filters: service, severity, key, playbook, phase, unless already set."""
+        if not self._start.upsert_search_attributes:
+            return
+        present = workflow.info().typed_search_attributes
+        plan = self._start.plan
+        wanted = [
+            (SA_SERVICE_KEY, self._start.service),
+            (SA_SEVERITY_KEY, self._s.severity),
+            (SA_KEY_KEY, self._s.key[:1000]),
+            (SA_PHASE_KEY, self._s.phase.value),
+            (SA_PLAYBOOK_KEY, plan.name if plan else ""),
+        ]
+        updates = [key.value_set(value) for key, value in wanted if value and key not in present]
+        if updates:
+            workflow.upsert_search_attributes(updates)
+            self._sa_phase = self._s.phase.value
+
     def _refresh(self) -> None:
         workflow.set_current_details(render_banner(self._s))
         info = workflow.info()
@@ -933,7 +955,7 @@ def render_banner(s: IncidentState) -> str:
     if e.gate_step == GUARD_STEP:
         act.append(
             f"the guard holds the run ({'; '.join(s.guard.reasons)}): "
-            f"`fireline approve {s.incident_id} guard --as NAME`"
+            f"`fireline incident-approve {s.incident_id} guard`"
         )
     elif e.gate_step:
         act.append(
