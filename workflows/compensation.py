@@ -88,3 +88,19 @@ class CompensationStack:
 
     def rollback_order(self) -> list[CompensationRecord]:
         return list(reversed(self.pending()))
+
+
+def undone(record: CompensationRecord) -> bool:
+    """The one rule for "rolled back": the undo succeeded and its verification did not fail."""
+    return record.status == "succeeded" and record.verified is not False
+
+
+def rollback_summary(records: list[CompensationRecord]) -> str:
+    if not records:
+        return "nothing to roll back"
+    done = [c for c in records if undone(c)]
+    bad = [c for c in records if not undone(c)]
+    text = f"rolled back {len(done)} of {len(records)}"
+    if bad:
+        text += "; NOT rolled back: " + ", ".join(f"{c.step} ({c.error})" for c in bad)
+    return text

@@ -11,6 +11,7 @@ from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
     from fireline.messages import SA_PHASE, AuditEvent, RunPhase, RunState, StepState, StepStatus
+    from workflows.compensation import undone
 
 SA_PHASE_KEY = SearchAttributeKey.for_keyword(SA_PHASE)
 EMBARGO_ROLE = "embargo"
@@ -127,7 +128,7 @@ def render_banner(state: RunState) -> str:
     if state.compensations:
         lines.append("\n**Rollback**")
         for comp in state.compensations:
-            mark = "✅" if comp.status == "succeeded" and comp.verified is not False else "🔥"
+            mark = "✅" if undone(comp) else "🔥"
             lines.append(
                 f"- {mark} {comp.step}: {comp.module} {comp.status}"
                 + (f" — {comp.error}" if comp.error else "")

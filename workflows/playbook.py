@@ -71,7 +71,13 @@ with workflow.unsafe.imports_passed_through():
     from fireline.playbook.expressions import ExpressionError, lookup, parse_path, resolve
     from workflows.calls import call_activity, cancelled, failure_text
     from workflows.checks import observe, poll_check
-    from workflows.compensation import CompensationStack, call_of, make_record
+    from workflows.compensation import (
+        CompensationStack,
+        call_of,
+        make_record,
+        rollback_summary,
+        undone,
+    )
     from workflows.gate import (
         Attempt,
         Refusal,
@@ -860,7 +866,7 @@ class PlaybookWorkflow:
                     f"{record.module}" + (f": {record.error}" if record.error else ""),
                     step=record.step,
                 )
-            ok = record.status == "succeeded" and record.verified is not False
+            ok = undone(record)
             all_ok = all_ok and ok
             if owner is not None:
                 owner.status = StepStatus.compensated if ok else StepStatus.compensation_failed
@@ -879,18 +885,7 @@ class PlaybookWorkflow:
         return True
 
     def _compensation_summary(self) -> str:
-        done = [
-            c
-            for c in self._state.compensations
-            if c.status == "succeeded" and c.verified is not False
-        ]
-        bad = [c for c in self._state.compensations if c not in done]
-        if not self._state.compensations:
-            return "nothing to roll back"
-        text = f"rolled back {len(done)} of {len(self._state.compensations)}"
-        if bad:
-            text += "; NOT rolled back: " + ", ".join(f"{c.step} ({c.error})" for c in bad)
-        return text
+        return rollback_summary(self._state.compensations)
 
     # -------------------------------------------------------------- helpers
 
