@@ -310,8 +310,9 @@ class TestSyntaxErrorsInPlainWords:
             ("name: a\nsteps:\n\t- id: x\n", 3, "YAML is indented with spaces only"),
             ("name: *nothing\n", 1, "'*nothing' names no anchor '&nothing'"),
             ("name: a\n---\nname: b\n", 2, "a second YAML document"),
+            ("a: &x 1\nb:\n  c: 2\n  <<: *x\n", 4, "'<<:' merges in a mapping"),
         ],
-        ids=["quote", "list", "mapping", "indent", "colon", "tab", "alias", "documents"],
+        ids=["quote", "list", "mapping", "indent", "colon", "tab", "alias", "documents", "merge"],
     )
     def test_where_the_broken_token_began(self, text: str, line: int, words: str) -> None:
         """The line is where the broken construct starts, the message says what to do."""
@@ -321,5 +322,11 @@ class TestSyntaxErrorsInPlainWords:
         assert problem.line == line
         assert problem.message.startswith("YAML syntax error (column ")
         assert words in problem.message
-        for jargon in ("<block end>", "while scanning", "while parsing", "simple key"):
-            assert jargon not in problem.message
+        for word in (
+            "<block end>",
+            "while scanning",
+            "while parsing",
+            "while constructing",
+            "simple key",
+        ):
+            assert word not in problem.message

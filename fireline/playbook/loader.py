@@ -210,10 +210,13 @@ class _Builder:
                 )
             else:
                 seen[key] = line
+        merges = [k for k, _ in node.value if k.tag == "tag:yaml.org,2002:merge"]
         try:
             self.constructor.flatten_mapping(node)
         except yaml.MarkedYAMLError as exc:
             problem = _from_mark(self.file, exc)
+            if merges:  # the '<<:' line, not where the anchor it names was written
+                problem = replace(problem, line=merges[0].start_mark.line + 1)
             self.problems.append((path, problem))
             return {}
         out: dict[Any, Any] = {}
@@ -293,6 +296,13 @@ _PLAIN: tuple[tuple[str, str, str, bool], ...] = (
         "mapping values are not allowed here",
         "a ':' cannot appear here: quote a value that contains ': ', or fix the indentation "
         "of this line",
+        False,
+    ),
+    (
+        "while constructing a mapping",
+        "expected a mapping or list of mappings for merging",
+        "'<<:' merges in a mapping (an anchor of key: value pairs) or a list of them, "
+        "nothing else: point it at such an anchor",
         False,
     ),
     ("", "found character '\\t'", "a tab character: YAML is indented with spaces only", False),
@@ -377,7 +387,8 @@ def parse_yaml(
     except yaml.YAMLError as exc:
         return None, [*(p for _, p in builder.problems), _from_mark(file, exc)]
     if builder.problems:
-        return None, [_located(data, path, p, step_keys) for path, p in builder.problems]
+        located = [_located(data, path, p, step_keys) for path, p in builder.problems]
+        return None, list(dict.fromkeys(located))
     return YamlDocument(file, data, builder.lines), []
 
 
