@@ -212,3 +212,33 @@ class TestWorkflowIds:
         keys = ["a/b", "a_b", "a b", "k" * 300, "k" * 301]
         assert len({incident_workflow_id(k) for k in keys}) == len(keys)
         assert incident_workflow_id("payments") == "incident-payments"
+
+
+class TestContract:
+    def test_an_oversized_batch_is_refused_by_the_model(self) -> None:
+        """One signal cannot carry an unbounded number of alerts into history."""
+        from fireline.incident import MAX_BATCH, AlertBatch
+        from fireline.ingress.alert import Alert
+
+        alert = Alert.model_validate(
+            {
+                "source": "generic",
+                "notification_id": "n",
+                "group_key": "g",
+                "status": "firing",
+                "name": "x",
+                "received_at": T0.isoformat(),
+            }
+        )
+        AlertBatch(batch_id="ok", alerts=[alert] * MAX_BATCH)
+        with pytest.raises(ValidationError):
+            AlertBatch(batch_id="big", alerts=[alert] * (MAX_BATCH + 1))
+
+    @pytest.mark.parametrize("field", ["by", "comment"])
+    def test_huge_names_and_comments_are_refused(self, field: str) -> None:
+        from fireline.incident import Ack
+
+        body = {"by": "alice", "comment": ""}
+        body[field] = "x" * 5000
+        with pytest.raises(ValidationError):
+            Ack.model_validate(body)

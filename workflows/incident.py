@@ -23,11 +23,11 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from fireline import messages
+    from fireline import errors, messages
     from fireline.incident import (
         GUARD_STEP,
         INCIDENT_WORKFLOW,
@@ -88,6 +88,11 @@ SA_PLAYBOOK_KEY = SearchAttributeKey.for_keyword(messages.SA_PLAYBOOK)
 SA_SERVICE_KEY = SearchAttributeKey.for_keyword(SA_SERVICE)
 SA_SEVERITY_KEY = SearchAttributeKey.for_keyword(SA_SEVERITY)
 SA_KEY_KEY = SearchAttributeKey.for_keyword(SA_INCIDENT_KEY)
+
+
+def _refused(message: str) -> ApplicationError:
+    """A validator's refusal: the update is turned down and nothing is recorded."""
+    return ApplicationError(message, type=errors.REFUSED, non_retryable=True)
 
 
 def mutating_steps(plan: Plan) -> set[str]:
@@ -713,7 +718,7 @@ class IncidentWorkflow:
 
     def _refuse_closed(self) -> None:
         if self._closed():
-            raise ValueError(f"incident {self._s.incident_id} is closed ({self._s.phase.value})")
+            raise _refused(f"incident {self._s.incident_id} is closed ({self._s.phase.value})")
 
     @workflow.update(name=UPDATE_ACK)
     def ack(self, ack: Ack) -> IncidentState:
@@ -757,13 +762,13 @@ class IncidentWorkflow:
         self._refuse_closed()
         if cmd.action == "handover":
             if not cmd.to:
-                raise ValueError("a handover names who takes command (`to`)")
+                raise _refused("a handover names who takes command (`to`)")
             if self._s.commander != cmd.by:
-                raise ValueError(
+                raise _refused(
                     f"only the commander ({self._s.commander or 'nobody'}) can hand over command"
                 )
         if cmd.action == "release" and self._s.commander != cmd.by:
-            raise ValueError(
+            raise _refused(
                 f"only the commander ({self._s.commander or 'nobody'}) can hand command back"
             )
 
@@ -840,10 +845,10 @@ class IncidentWorkflow:
         self._refuse_closed()
         if approval.step == GUARD_STEP:
             if GUARD_STEP not in self._gate_steps:
-                raise ValueError("the guard is not holding this incident's run")
+                raise _refused("the guard is not holding this incident's run")
             return
         if self._s.run.workflow_id is None:
-            raise ValueError("this incident has no run yet")
+            raise _refused("this incident has no run yet")
 
     @workflow.update(name=UPDATE_APPROVE)
     def approve(self, approval: Approval) -> IncidentState:
@@ -867,7 +872,7 @@ class IncidentWorkflow:
     def approve_signal(self, approval: Approval) -> None:
         try:
             self._validate_decision(approval)
-        except ValueError as err:
+        except ApplicationError as err:
             self._event("decision_refused", str(err), step=approval.step, actor=approval.approver)
             return
         self._decide(approval, "approved")
@@ -876,7 +881,7 @@ class IncidentWorkflow:
     def reject_signal(self, approval: Approval) -> None:
         try:
             self._validate_decision(approval)
-        except ValueError as err:
+        except ApplicationError as err:
             self._event("decision_refused", str(err), step=approval.step, actor=approval.approver)
             return
         self._decide(approval, "rejected")
