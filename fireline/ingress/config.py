@@ -47,7 +47,13 @@ class IngressSettings(BaseSettings):
     )
     max_batch: int = Field(default=500, ge=1, le=5000, description="alerts per signal")
     max_in_flight: int = Field(
-        default=64, ge=1, le=4096, description="signal-with-start calls under way at once"
+        default=256,
+        ge=1,
+        le=4096,
+        description=(
+            "signal-with-start calls under way at once, all keys together (one per key at a "
+            "time); a loaded server answers each call slowly, so throughput needs many in flight"
+        ),
     )
     retry_after_seconds: int = Field(default=2, ge=1, le=3600)
     unrouted_max_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
