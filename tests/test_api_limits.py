@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 
 from fireline.identity.tokens import TokenStore
 from fireline.operator.api import create_app
-from fireline.operator.limits import MAX_JSON_DEPTH, BodyLimit, JsonDepth
+from fireline.operator.limits import MAX_JSON_DEPTH, BodyLimit, JsonDepth, head_deadline_protocol
 from fireline.runtime.settings import Settings
 from tests import test_operations as shared
 from tests.test_api import serving
@@ -232,3 +234,37 @@ class TestMiddlewareAlone:
         with TestClient(app) as http:
             response = http.post("/runs", content=b"x" * 4096)
         assert response.status_code == 413
+
+
+class TestSlowClients:
+    async def test_a_request_head_that_trickles_in_is_cut_off(self, fl_settings: Settings) -> None:
+        """A client sending its headers too slowly is disconnected; a prompt one is served."""
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(fl_settings),
+            http=head_deadline_protocol(0.5),
+            log_config=None,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:  # noqa: ASYNC110  (uvicorn exposes only a flag)
+                await asyncio.sleep(0.02)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            await writer.drain()
+            closed = await asyncio.wait_for(reader.read(), timeout=10)
+            assert closed == b""
+            writer.close()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                first = await http.get("/openapi.json")
+                await asyncio.sleep(0.1)
+                again = await http.get("/openapi.json")  # the same kept-alive connection
+            assert (first.status_code, again.status_code) == (200, 200)
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()

@@ -5,11 +5,13 @@
 without one (chunked) is counted message by message and cut off at the limit, never read
 whole. It also refuses JSON nested deeper than any request needs (counted on the raw bytes,
 before any parser recurses). :func:`install` adds it and the handler that turns request
-validation errors into 400 (malformed JSON) or 422 (with each field's path).
+validation errors into 400 (malformed JSON) or 422 (with each field's path), and
+:func:`head_deadline_protocol` bounds how long a client may take to send a request's head.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -22,7 +24,14 @@ from starlette.exceptions import HTTPException
 
 from fireline.runtime.settings import Settings
 
-__all__ = ["MAX_JSON_DEPTH", "BodyLimit", "JsonDepth", "install"]
+__all__ = [
+    "HEAD_TIMEOUT_S",
+    "MAX_JSON_DEPTH",
+    "BodyLimit",
+    "JsonDepth",
+    "head_deadline_protocol",
+    "install",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -211,3 +220,56 @@ def install(app: FastAPI, settings: Settings) -> None:
     """
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+HEAD_TIMEOUT_S = 10.0
+"""How long a client has to send a request's line and headers once it connects (or after the
+previous response): a client sending its head a byte at a time holds a connection no longer."""
+
+
+def head_deadline_protocol(seconds: float = HEAD_TIMEOUT_S) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing connections whose request head comes too slowly.
+
+    uvicorn bounds idle keep-alive connections but not a request head that trickles in, so a
+    few hundred slow clients would hold every connection the server allows.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _cycle_at_arm: object = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._cycle_at_arm = self.cycle
+            self._deadline = self.loop.call_later(seconds, self._late)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _late(self) -> None:
+            self._deadline = None
+            if self.cycle is self._cycle_at_arm and not self.transport.is_closing():
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._deadline is not None and self.cycle is not self._cycle_at_arm:
+                self._disarm()  # a request head arrived in time
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeadDeadline

@@ -640,11 +640,13 @@ def serve_api_process(host: str, port: int) -> int:
     import uvicorn
 
     from fireline.operator.api import create_app
+    from fireline.operator.limits import head_deadline_protocol
 
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        http=head_deadline_protocol(),
         log_config=None,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
