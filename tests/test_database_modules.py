@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,6 +33,7 @@ from activities.database.postgres import (
     TerminateInput,
 )
 from fireline import errors
+from fireline.compile.compiler import PlaybookLibrary
 from fireline.modules import IRREVERSIBLE, CheckResult
 from fireline.plan import Risk
 from fireline.runtime.settings import Settings
@@ -50,6 +52,7 @@ from tests.support.postgres import (  # noqa: F401  (fixtures)
     raises,
     run,
 )
+from tests.support.workers import CATALOG
 
 
 def targets(cluster: PgCluster, **extra: PgServer) -> dict[str, Any]:
@@ -107,6 +110,49 @@ class TestRegistry:
         assert rw.compensation is not None
         assert ro.compensation.module == "database.set_read_write"  # type: ignore[union-attr]
         assert rw.compensation.module == "database.set_read_only"  # type: ignore[union-attr]
+
+    @pytest.mark.parametrize(
+        ("module", "with_"),
+        [
+            ("database.terminate_sessions", {"target": "main", "match": {}}),
+            (
+                "database.promote_standby",
+                {"target": "standby", "old_primary": "main", "max_lag_bytes": 0},
+            ),
+        ],
+    )
+    def test_irreversible_steps_compile_only_behind_a_gate(
+        self, tmp_path: Path, module: str, with_: dict[str, Any]
+    ) -> None:
+        """Ending sessions or promoting without ``approval:`` is refused at compile time."""
+        step = {"id": "act", "uses": module, "with": with_}
+        plans = {
+            "bare.yaml": {"name": "bare", "steps": [step]},
+            "gated.yaml": {
+                "name": "gated",
+                "steps": [{**step, "approval": {"role": "sre-oncall", "min_approvals": 2}}],
+            },
+        }
+        (tmp_path / "catalog.yaml").write_text(CATALOG.model_dump_json())
+        for name, body in plans.items():
+            (tmp_path / name).write_text(json.dumps(body))
+        report = PlaybookLibrary.load(tmp_path, registry=REGISTRY).validate_all()
+        problems = {Path(f).name: [str(p) for p in ps] for f, ps in report.items()}
+        assert problems["gated.yaml"] == []
+        [problem] = problems["bare.yaml"]
+        assert f"{module} is irreversible" in problem
+        assert "needs an approval gate" in problem
+
+    def test_oversized_inputs_are_refused_by_the_models(self) -> None:
+        """Lists and names a step could blow up are bounded before anything runs."""
+        with pytest.raises(ValidationError):
+            SessionMatch(pids=list(range(1001)))
+        with pytest.raises(ValidationError):
+            TerminateInput(target="main", match=SessionMatch(), max_sessions=1001)
+        with pytest.raises(ValidationError):
+            ReplicationInput(target="x" * 64)
+        with pytest.raises(ValidationError):
+            ReplicationInput(target="main; DROP")
 
     def test_loading_the_registry_does_not_import_psycopg(self) -> None:
         """Compiling playbooks (registry of every domain) never imports the driver."""
