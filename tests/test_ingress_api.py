@@ -449,7 +449,9 @@ class TestRefusals:
         assert "replay window" in answer.json()["detail"]
 
     async def test_malformed(self, api: httpx.AsyncClient) -> None:
-        for body in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        """Not JSON, not an object, not UTF-8, nested past the parser, digits past the limit."""
+        hostile = (b"[" * 50_000, b'{"title": ' + b"9" * 5000 + b"}")
+        for body in (b"{not json", b"[1, 2]", b"\xff\xfe", *hostile):
             answer = await api.post("/v1/alerts", content=body, headers=bearer())
             assert answer.status_code == 400, body
 

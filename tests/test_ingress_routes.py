@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -13,6 +17,8 @@ from fireline.catalog.routes import (
     route_alert,
     service_routes,
 )
+from fireline.ingress.routing import RoutingTable
+from fireline.runtime.settings import Settings
 
 
 def facts(**labels: str) -> AlertFacts:
@@ -144,3 +150,31 @@ class TestRoute:
         svc = Service.model_validate({"routes": [{"matchers": ['service="x"']}]})
         routes = service_routes({"x": svc})
         assert route_alert(facts(service="x"), routes) is not None
+
+
+class TestRoutingTable:
+    def test_bad_route_leaves_its_service_out(self, tmp_path: Path) -> None:
+        """A route that does not validate is reported; its alerts fall through, never vanish."""
+        (tmp_path / "catalog.yaml").write_text(
+            "roles: {}\n"
+            "services:\n"
+            "  broken:\n"
+            "    routes: [{matchers: ['a=~\"(\"']}]\n"
+            "  fine:\n"
+            "    routes: [{matchers: []}]\n"
+        )
+        table = RoutingTable(Settings(playbooks_dir=tmp_path), reload_seconds=0)
+        table.refresh()
+        assert [name for name, _ in table.routes] == ["fine"]
+        assert table.problems[0].startswith("service broken:")
+
+    def test_reload_on_change(self, tmp_path: Path) -> None:
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text("roles: {}\nservices: {}\n")
+        table = RoutingTable(Settings(playbooks_dir=tmp_path), reload_seconds=0)
+        table.refresh()
+        assert table.routes == []
+        catalog.write_text("roles: {}\nservices:\n  s:\n    routes: [{matchers: []}]\n")
+        os.utime(catalog, (time.time() + 5, time.time() + 5))
+        table.refresh()
+        assert [name for name, _ in table.routes] == ["s"]

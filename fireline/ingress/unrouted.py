@@ -56,11 +56,11 @@ class UnroutedStore:
         self._lock = asyncio.Lock()
 
     def _last_seq(self) -> int:
+        """The newest sequence number on disk (a torn line from a crash is passed over)."""
         for path in (self.path, self.rotated):
-            last = _last_line(path)
-            if last:
+            for line in reversed(_tail_lines(path)):
                 try:
-                    return int(json.loads(last)["seq"])
+                    return int(json.loads(line)["seq"])
                 except (ValueError, KeyError, TypeError):
                     continue
         return 0
@@ -93,6 +93,8 @@ class UnroutedStore:
         data = ("\n".join(lines) + "\n").encode()
         if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
             os.replace(self.path, self.rotated)
+        elif not _ends_with_newline(self.path):
+            data = b"\n" + data  # close a line torn by a crash, so ours starts clean
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.write(fd, data)
@@ -122,12 +124,21 @@ class UnroutedStore:
         )
 
 
-def _last_line(path: Path) -> str:
+def _tail_lines(path: Path) -> list[str]:
     if not path.exists():
-        return ""
+        return []
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         handle.seek(max(0, size - 65536))
-        lines = [line for line in handle.read().splitlines() if line.strip()]
-    return lines[-1].decode("utf-8", "replace") if lines else ""
+        return [
+            line.decode("utf-8", "replace") for line in handle.read().splitlines() if line.strip()
+        ]
+
+
+def _ends_with_newline(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return True
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"

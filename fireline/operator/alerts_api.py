@@ -171,8 +171,11 @@ class AlertsDoor:
             self.check_signature(source, request, body)
             try:
                 doc = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise _Refusal(400, f"the body is not JSON: {exc}") from None
+            except (
+                ValueError,
+                RecursionError,
+            ) as exc:  # bad UTF-8 or JSON, absurd nesting or digits
+                raise _Refusal(400, f"the body is not JSON: {str(exc)[:200]}") from None
             if not isinstance(doc, dict):
                 raise _Refusal(400, "the body must be a JSON object")
             digest = hashlib.sha256(body).hexdigest()[:32]
