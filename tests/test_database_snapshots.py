@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
+from activities.database import snapshot as snapshot_module
 from activities.database.postgres import PostgresModules, ReadOnlyInput
 from activities.database.snapshot import (
     CompatibilityInput,
@@ -360,6 +361,18 @@ class TestRestore:
         await run(snaps.restore, undo, key="wf-1/undo:restore")
         assert db.scalar("SELECT count(*) FROM accounts") == 151
         assert db.scalar("SELECT owner FROM accounts WHERE id = 999") == "intruder"
+
+    async def test_preview_of_a_big_database_names_tables_without_reading_them(
+        self, db: Db, snaps: SnapshotModules, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past the row bound the preview uses the planner's estimate and says so."""
+        await take(snaps)
+        db.sql("ANALYZE")
+        monkeypatch.setattr(snapshot_module, "PREVIEW_EXACT_ROWS", 10)
+        preview = await run(snaps.preview_restore, RestoreInput(target="app", snapshot="good"))
+        assert len(preview.changes) == 3
+        [warning] = preview.warnings
+        assert "lists every table instead of comparing checksums" in warning
 
     async def test_same_key_twice_restores_once(self, db: Db, snaps: SnapshotModules) -> None:
         """A retry after success does not restore over what happened since."""
