@@ -71,9 +71,9 @@ class RoutingTable:
         self._stamp = stamp
 
     def _load(self) -> None:
-        from fireline.operator.operations import load_library
+        from fireline.compile.compiler import PlaybookLibrary
 
-        library = load_library(self.settings)
+        library = PlaybookLibrary.load(Path(self.settings.playbooks_dir))
         catalog = library.files.catalog
         routes: list[tuple[str, list[Route]]] = []
         problems: list[str] = []
@@ -111,11 +111,11 @@ class RoutingTable:
         plan = self.plan(match.playbook)
         inputs: dict[str, Any] = dict(match.inputs)
         if plan is not None:
-            from fireline.operator.operations import InvalidInputs, resolve_inputs
+            from fireline.compile.compiler import apply_input_defaults
 
             try:
-                inputs = resolve_inputs(plan, inputs)
-            except InvalidInputs as exc:
+                inputs = apply_input_defaults(plan, inputs)
+            except ValueError as exc:  # the run will refuse them and say why; keep the alert
                 log.warning("routed inputs do not fit the playbook", error=str(exc))
         return incident_start(
             self.catalog or Catalog(),
