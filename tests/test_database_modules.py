@@ -509,6 +509,35 @@ class TestPromotion:
             await mods.aclose()
             fresh.stop()
 
+    async def test_a_standby_whose_primary_is_gone_can_be_promoted(self, pg: PgCluster) -> None:
+        """Its WAL receiver no longer streams, the old primary is unreachable (fenced): the
+        preconditions hold on the lag alone, and the promotion goes through."""
+        fresh = pg.make_standby(f"orphan{free_port()}")
+        mods = PostgresModules(Settings(targets=targets(pg, fresh=fresh)))
+        try:
+            fresh.execute(
+                f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={free_port()}'"
+            )
+            fresh.execute("SELECT pg_reload_conf()")
+
+            async def orphaned() -> bool:
+                return fresh.scalar("SELECT count(*) FROM pg_stat_wal_receiver") == 0
+
+            assert await eventually(orphaned), "the WAL receiver kept streaming"
+            spec = REGISTRY["database.promote_standby"]
+            inp = PromoteInput(target="fresh", old_primary="down", max_lag_bytes=0)
+            lag, fence = await conditions(mods, spec, "pre", inp)
+            assert lag.satisfied, lag.detail
+            assert "receiver stopped" in lag.detail
+            assert fence.satisfied
+            assert "down is unreachable" in fence.detail
+            out = await run(mods.promote_standby, inp)
+            assert out.promoted
+            assert fresh.scalar("SELECT pg_is_in_recovery()") is False
+        finally:
+            await mods.aclose()
+            fresh.stop()
+
     async def test_lag_beyond_the_bound_refuses_with_the_bytes(self, pg: PgCluster) -> None:
         """Replay paused on a standby while the primary writes: both sides report the lag."""
         fresh = pg.make_standby(f"lagging{free_port()}")

@@ -919,8 +919,8 @@ def _judge_standby(request: ReplicationInput, row: Any) -> CheckResult:
         problems.append("it is a standby (in recovery), not a primary")
     if request.standby is not None:
         problems.append(f"standby {request.standby!r} can only be observed on a primary")
-    if request.expect_role == "standby" and receiver != "streaming":
-        problems.append(f"its WAL receiver is {receiver or 'not running'}, not streaming")
+    # Not streaming is no problem in itself: with its primary gone a standby's WAL receiver
+    # stops, and that is exactly when a promotion is wanted. The lag bound is what decides.
     if request.max_lag_bytes is not None and (lag is None or lag > request.max_lag_bytes):
         problems.append(f"{lag} bytes received but not replayed, more than {request.max_lag_bytes}")
     detail = (
