@@ -92,6 +92,20 @@ class TestCoalescing:
         assert all(s % 2 == 0 for s in sizes)
         assert sum(sizes) == 12
 
+    def test_take_batch_bounded_by_bytes(self) -> None:
+        """A few large notifications never share one signal past the byte bound."""
+        loop = asyncio.new_event_loop()
+        try:
+            pending = [_Entry([i], loop.create_future(), 400_000) for i in range(5)]
+            sizes = []
+            while pending:
+                sizes.append(len(take_batch(pending, 500, 1_000_000)))
+            assert sizes == [2, 2, 1]
+            huge = [_Entry([1], loop.create_future(), 3_000_000), _Entry([2], loop.create_future())]
+            assert len(take_batch(huge, 500, 1_000_000)) == 1
+        finally:
+            loop.close()
+
     def test_take_batch_oversized_entry_goes_alone(self) -> None:
         loop = asyncio.new_event_loop()
         try:

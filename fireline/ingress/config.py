@@ -46,6 +46,11 @@ class IngressSettings(BaseSettings):
         default=20_000, ge=1, description="alerts waiting to be written, all keys together"
     )
     max_batch: int = Field(default=500, ge=1, le=5000, description="alerts per signal")
+    max_batch_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        description="body bytes per signal (Temporal refuses payloads over 2 MB by default)",
+    )
     max_in_flight: int = Field(
         default=256,
         ge=1,

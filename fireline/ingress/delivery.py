@@ -127,6 +127,7 @@ class Ingress:
             self._flush,
             max_pending=config.max_pending,
             max_batch=config.max_batch,
+            max_batch_bytes=config.max_batch_bytes,
             max_in_flight=config.max_in_flight,
             retry_after=config.retry_after_seconds,
         )
@@ -134,6 +135,7 @@ class Ingress:
             self._flush_unrouted,
             max_pending=config.max_pending,
             max_batch=config.max_batch,
+            max_batch_bytes=config.max_batch_bytes,
             max_in_flight=1,
             retry_after=config.retry_after_seconds,
         )
@@ -177,10 +179,13 @@ class Ingress:
     def refused(self, code: int) -> None:
         self._refused[str(code)] += 1
 
-    async def accept(self, source: str, alerts: list[Alert], deadline: float) -> Accepted:
+    async def accept(
+        self, source: str, alerts: list[Alert], deadline: float, size: int = 0
+    ) -> Accepted:
         """Durable on return; raises Overloaded or CommitTimeout (answer 503) otherwise.
 
-        ``deadline`` is a ``time.monotonic()`` instant.
+        ``deadline`` is a ``time.monotonic()`` instant; ``size`` the body's bytes, which
+        bounds how much one signal carries.
         """
         await self.refresh()
         self._notifications[source] += 1
@@ -196,9 +201,15 @@ class Ingress:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise CommitTimeout("the deadline passed before the alerts could be written")
-        waits = [self.incidents.submit(key, items, remaining) for key, items in by_key.items()]
+        share = size // max(len(alerts), 1)
+        waits = [
+            self.incidents.submit(key, items, remaining, share * len(items))
+            for key, items in by_key.items()
+        ]
         if unrouted:
-            waits.append(self.unrouted_log.submit(UNROUTED_KEY, unrouted, remaining))
+            waits.append(
+                self.unrouted_log.submit(UNROUTED_KEY, unrouted, remaining, share * len(unrouted))
+            )
         results = await asyncio.gather(*waits, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

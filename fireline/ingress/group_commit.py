@@ -42,6 +42,8 @@ class CommitTimeout(Exception):
 class _Entry(Generic[T]):
     items: list[T]
     done: asyncio.Future[None]
+    size: int = 0
+    """Bytes the items take on the wire, roughly (what the notification's body weighed)."""
 
 
 @dataclass(eq=False)
@@ -71,6 +73,7 @@ class GroupCommitter(Generic[T]):
         *,
         max_pending: int = 20_000,
         max_batch: int = 500,
+        max_batch_bytes: int = 1024 * 1024,
         max_in_flight: int = 64,
         retry_after: float = 1.0,
     ) -> None:
@@ -79,6 +82,7 @@ class GroupCommitter(Generic[T]):
         self._flush = flush
         self.max_pending = max_pending
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.retry_after = retry_after
         self._slots = asyncio.Semaphore(max_in_flight)
         self._lanes: dict[str, _Lane[T]] = {}
@@ -90,7 +94,9 @@ class GroupCommitter(Generic[T]):
         """Items accepted and not yet answered (waiting for, or riding in, a write)."""
         return self._waiting
 
-    async def submit(self, key: str, items: Sequence[T], within: float | None = None) -> None:
+    async def submit(
+        self, key: str, items: Sequence[T], within: float | None = None, size: int = 0
+    ) -> None:
         """Return once a write carrying ``items`` has landed; raise what the write raised.
 
         After ``within`` seconds the items are withdrawn if no write has taken them yet (and
@@ -104,7 +110,7 @@ class GroupCommitter(Generic[T]):
                 f"{self._waiting} alerts are waiting to be written", retry_after=self.retry_after
             )
         loop = asyncio.get_running_loop()
-        entry: _Entry[T] = _Entry(list(items), loop.create_future())
+        entry: _Entry[T] = _Entry(list(items), loop.create_future(), size)
         lane = self._lanes.setdefault(key, _Lane())
         lane.pending.append(entry)
         self._waiting += len(entry.items)
@@ -127,7 +133,7 @@ class GroupCommitter(Generic[T]):
         try:
             while lane.pending:
                 async with self._slots:
-                    batch = take_batch(lane.pending, self.max_batch)
+                    batch = take_batch(lane.pending, self.max_batch, self.max_batch_bytes)
                     if not batch:
                         continue
                     items = [item for entry in batch for item in entry.items]
@@ -175,17 +181,25 @@ class GroupCommitter(Generic[T]):
                 await task
 
 
-def take_batch(pending: list[_Entry[T]], max_batch: int) -> list[_Entry[T]]:
-    """Whole entries from the front, up to ``max_batch`` items (an oversized entry goes alone).
+def take_batch(
+    pending: list[_Entry[T]], max_batch: int, max_bytes: int | None = None
+) -> list[_Entry[T]]:
+    """Whole entries from the front, up to ``max_batch`` items and ``max_bytes``.
 
-    Entries are never split: one notification's alerts land in one write, all or nothing.
+    Entries are never split: one notification's alerts land in one write, all or nothing. An
+    entry over either bound goes alone (the body limit keeps it under Temporal's payload
+    limit), so one large notification cannot push a whole batch over it.
     """
     taken: list[_Entry[T]] = []
     count = 0
+    weight = 0
     while pending:
-        size = len(pending[0].items)
-        if taken and count + size > max_batch:
+        head = pending[0]
+        over_items = count + len(head.items) > max_batch
+        over_bytes = max_bytes is not None and weight + head.size > max_bytes
+        if taken and (over_items or over_bytes):
             break
         taken.append(pending.pop(0))
-        count += size
+        count += len(head.items)
+        weight += head.size
     return taken

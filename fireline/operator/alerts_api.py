@@ -183,7 +183,7 @@ class AlertsDoor:
                 alerts = parse(doc, datetime.now(UTC), request, digest)
             except ValidationError as exc:
                 raise _Refusal(422, _errors(exc)) from None
-            accepted = await ingress.accept(source, alerts, deadline)
+            accepted = await ingress.accept(source, alerts, deadline, len(body))
         except Unauthorized as exc:
             ingress.refused(401)
             log.warning("alert refused: credentials", source=source, reason=str(exc))
