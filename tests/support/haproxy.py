@@ -155,15 +155,17 @@ class Haproxy:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [HAPROXY, "-f", str(self.config), "-db"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # Its log goes to a file: every state change is logged, and an unread pipe would fill
+        # up and stall HAProxy (admin socket included) after a few hundred changes.
+        self.log = self.folder / "haproxy.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [HAPROXY, "-f", str(self.config), "-db"], stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = self.log.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"haproxy exited {self.process.returncode}: {err}")
             with contextlib.suppress(OSError, ValueError):
                 states = self.states()
