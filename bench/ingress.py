@@ -9,7 +9,10 @@ One dev server (tuned, SQLite, as ``fireline up`` runs it), one run, four figure
 - its raw twin: the same number of signal-with-start calls (one per notification, to a
   workflow that only counts) from as many concurrent client calls;
 - distinct keys: ``--distinct`` notifications over as many keys (each opens an incident), and
-  its raw twin with as many distinct workflow ids.
+  its raw twin with as many distinct workflow ids;
+- beside each raw twin, the same calls made straight to ``IncidentWorkflow`` (one
+  signal-with-start per notification, no API), which separates what the incident workflow costs
+  the server from what the API adds or saves.
 
 After each API run the incidents are queried: the bench checks that exactly the expected
 number of incidents exist and that their alert counts add up to the notifications sent
@@ -350,6 +353,71 @@ async def raw_storm(
     )
 
 
+async def incident_storm(
+    client: Client, playbooks: Path, prefix: str, total: int, keys: int, concurrency: int
+) -> Figure:
+    """The API's work without the API: one signal-with-start of IncidentWorkflow per alert.
+
+    Separates what the incident workflow costs the server from what the API adds (or, by
+    group commit, saves).
+    """
+    from fireline.catalog.model import load_catalog
+    from fireline.incident import INCIDENT_WORKFLOW, SIGNAL_ALERTS, AlertBatch, incident_start
+
+    catalog = load_catalog(playbooks / "catalog.yaml")
+    run = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    next_n = 0
+    now = datetime.now(UTC)
+
+    async def caller() -> None:
+        nonlocal next_n
+        while next_n < total:
+            n = next_n
+            next_n += 1
+            key = f"storm/{run}-{n % keys}"
+            alert = Alert(
+                source=AlertSource.generic,
+                notification_id=f"generic:{run}-{n}",
+                group_key="storm",
+                status=AlertStatus.firing,
+                name="Storm",
+                fingerprint="storm",
+                labels={"alertname": "Storm", "key": f"{run}-{n % keys}"},
+                received_at=now,
+            )
+            start = incident_start(catalog, "storm", key, task_queue_prefix=prefix)
+            began = time.perf_counter()
+            await client.start_workflow(
+                INCIDENT_WORKFLOW,
+                start,
+                id=incident_workflow_id(key),
+                task_queue=prefix,
+                start_signal=SIGNAL_ALERTS,
+                start_signal_args=[AlertBatch(batch_id=uuid.uuid4().hex, alerts=[alert])],
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            )
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    seconds = time.perf_counter() - began
+    found, alerts = await count_incidents(client, run, keys, total)
+    latencies.sort()
+    return Figure(
+        name="signal-with-start IncidentWorkflow",
+        notifications=total,
+        keys=keys,
+        seconds=round(seconds, 2),
+        per_second=round(total / seconds, 1),
+        p50_ms=round(latencies[len(latencies) // 2] * 1000, 1),
+        p99_ms=round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
+        exact=found == keys and alerts == total,
+        detail={"incidents": found, "alerts_in_incidents": alerts},
+    )
+
+
 async def api_storm(
     client: Client,
     url: str,
@@ -382,6 +450,7 @@ async def api_storm(
             "alerts_in_incidents": alerts,
             "signals": stats.get("signals"),
             "largest_batch": stats.get("largest_batch"),
+            "shed": stats.get("shed"),
             "wrk": result,
         },
     )
@@ -459,6 +528,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     figures.append(
                         await raw_storm(client, raw_queue, args.storm, args.keys, args.connections)
                     )
+                    print("IncidentWorkflow twin ...", file=sys.stderr)
+                    figures.append(
+                        await incident_storm(
+                            client, playbooks, prefix, args.storm, args.keys, args.connections
+                        )
+                    )
                     print("distinct keys through the API ...", file=sys.stderr)
                     figures.append(
                         await api_storm(
@@ -478,6 +553,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     distinct_raw.name = "raw signal-with-start, distinct keys"
                     figures.append(distinct_raw)
+                    print("IncidentWorkflow twin ...", file=sys.stderr)
+                    distinct_incident = await incident_storm(
+                        client, playbooks, prefix, args.distinct, args.distinct, args.connections
+                    )
+                    distinct_incident.name = "signal-with-start IncidentWorkflow, distinct"
+                    figures.append(distinct_incident)
             finally:
                 stop.set()
                 await workers
@@ -487,7 +568,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "figures": [f.model_dump() for f in figures],
         "ratios": {
             "same_key_vs_raw": round(figures[0].per_second / figures[1].per_second, 2),
-            "distinct_vs_raw": round(figures[2].per_second / figures[3].per_second, 2),
+            "same_key_vs_incident_twin": round(figures[0].per_second / figures[2].per_second, 2),
+            "distinct_vs_raw": round(figures[3].per_second / figures[4].per_second, 2),
+            "distinct_vs_incident_twin": round(figures[3].per_second / figures[5].per_second, 2),
         },
     }
 
@@ -497,12 +580,12 @@ def render(report: dict[str, Any]) -> str:
         f"server: {report['server']['server_version']} ({report['server']['profile']}, "
         f"{report['server']['db']}), {report['server']['cpus']} CPUs, "
         f"load {report['server']['load_average']}",
-        f"{'figure':40} {'sent':>7} {'keys':>6} {'s':>7} {'per s':>8} {'p50 ms':>8} "
+        f"{'figure':44} {'sent':>7} {'keys':>6} {'s':>7} {'per s':>8} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'refused':>7} exact",
     ]
     for f in report["figures"]:
         lines.append(
-            f"{f['name']:40} {f['notifications']:>7} {f['keys']:>6} {f['seconds']:>7} "
+            f"{f['name']:44} {f['notifications']:>7} {f['keys']:>6} {f['seconds']:>7} "
             f"{f['per_second']:>8} {f['p50_ms']!s:>8} {f['p99_ms']!s:>8} {f['refused']:>7} "
             f"{f['exact']}"
         )

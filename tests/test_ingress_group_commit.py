@@ -161,6 +161,34 @@ class TestFailures:
         await settle()
         assert flush.calls == [("k", [1])]
 
+    async def test_hopeless_entries_are_shed_not_sent(self) -> None:
+        """A caller with less time left than a write takes is answered at once, not written."""
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        first = asyncio.create_task(commit.submit("k", [0]))
+        await flush.started.wait()
+        hopeless = asyncio.create_task(commit.submit("k", [1], within=1.0))
+        patient = asyncio.create_task(commit.submit("k", [2], within=10.0))
+        await settle()
+        commit.expected_write = 5.0  # as if the server had been taking 5 s per write
+        flush.gate.set()
+        await first
+        with pytest.raises(CommitTimeout, match="deadline"):
+            await hopeless
+        await patient
+        assert flush.calls == [("k", [0]), ("k", [2])]
+        assert commit.stats.shed == 1
+
+    async def test_newest_is_sent_as_a_probe(self) -> None:
+        """Even when every caller looks hopeless, one write per lane goes on (the estimate heals)."""
+        flush = Recorder()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        commit.expected_write = 5.0
+        await commit.submit("k", [1], within=1.0)
+        assert flush.calls == [("k", [1])]
+        assert commit.expected_write < 5.0
+
     async def test_close_fails_waiters(self) -> None:
         flush = Recorder()
         flush.gate.clear()

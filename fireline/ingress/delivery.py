@@ -76,6 +76,7 @@ class IngressStats(BaseModel):
     signals: int = 0
     signalled_alerts: int = 0
     largest_batch: int = 0
+    shed: int = Field(default=0, description="answered 503 at once: a write would land too late")
     waiting: int = 0
     route_problems: list[str] = Field(default_factory=list)
 
@@ -247,6 +248,7 @@ class Ingress:
             signals=commit.flushes,
             signalled_alerts=commit.flushed_items,
             largest_batch=commit.largest_batch,
+            shed=commit.shed,
             waiting=self.incidents.waiting + self.unrouted_log.waiting,
             route_problems=list(self.table.problems),
         )

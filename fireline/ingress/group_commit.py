@@ -44,6 +44,8 @@ class _Entry(Generic[T]):
     done: asyncio.Future[None]
     size: int = 0
     """Bytes the items take on the wire, roughly (what the notification's body weighed)."""
+    deadline: float | None = None
+    """``loop.time()`` after which the caller no longer waits."""
 
 
 @dataclass(eq=False)
@@ -64,6 +66,8 @@ class Stats:
     overloaded: int = 0
     timeouts: int = 0
     largest_batch: int = 0
+    shed: int = 0
+    """Entries answered 503 before sending: a write would have landed after their deadline."""
 
 
 class GroupCommitter(Generic[T]):
@@ -87,6 +91,8 @@ class GroupCommitter(Generic[T]):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._lanes: dict[str, _Lane[T]] = {}
         self._waiting = 0
+        self.expected_write = 0.0
+        """Seconds a write takes, smoothed; callers with less time left are not sent."""
         self.stats = Stats()
 
     @property
@@ -110,7 +116,8 @@ class GroupCommitter(Generic[T]):
                 f"{self._waiting} alerts are waiting to be written", retry_after=self.retry_after
             )
         loop = asyncio.get_running_loop()
-        entry: _Entry[T] = _Entry(list(items), loop.create_future(), size)
+        deadline = loop.time() + within if within is not None else None
+        entry: _Entry[T] = _Entry(list(items), loop.create_future(), size, deadline)
         lane = self._lanes.setdefault(key, _Lane())
         lane.pending.append(entry)
         self._waiting += len(entry.items)
@@ -133,10 +140,13 @@ class GroupCommitter(Generic[T]):
         try:
             while lane.pending:
                 async with self._slots:
-                    batch = take_batch(lane.pending, self.max_batch, self.max_batch_bytes)
+                    batch = self._live(
+                        take_batch(lane.pending, self.max_batch, self.max_batch_bytes)
+                    )
                     if not batch:
                         continue
                     items = [item for entry in batch for item in entry.items]
+                    began = asyncio.get_running_loop().time()
                     try:
                         await self._flush(key, items)
                     except Exception as exc:
@@ -144,6 +154,8 @@ class GroupCommitter(Generic[T]):
                         self._settle(batch, exc)
                         batch = []
                         continue
+                    took = asyncio.get_running_loop().time() - began
+                    self.expected_write = 0.8 * self.expected_write + 0.2 * took
                     self.stats.flushes += 1
                     self.stats.flushed_items += len(items)
                     self.stats.largest_batch = max(self.stats.largest_batch, len(items))
@@ -159,6 +171,27 @@ class GroupCommitter(Generic[T]):
             lane.pending.clear()
             if self._lanes.get(key) is lane:
                 del self._lanes[key]
+
+    def _live(self, batch: list[_Entry[T]]) -> list[_Entry[T]]:
+        """Drop entries whose caller will have given up before a write would land.
+
+        Without this, a server slowed past the deadline gets nothing but writes nobody waits
+        for any more (each caller answered 503 and retrying), and useful throughput collapses.
+        """
+        now = asyncio.get_running_loop().time()
+        live: list[_Entry[T]] = []
+        late: list[_Entry[T]] = []
+        for entry in batch:
+            hopeless = entry.deadline is not None and entry.deadline - now < self.expected_write
+            (late if hopeless else live).append(entry)
+        if not live and late:
+            # Keep the newest as a probe: a write per lane goes on, so the estimate follows
+            # the server back down when it recovers.
+            live.append(late.pop())
+        if late:
+            self.stats.shed += len(late)
+            self._settle(late, CommitTimeout("would land after the caller's deadline"))
+        return live
 
     def _settle(self, entries: list[_Entry[T]], error: Exception | None) -> None:
         for entry in entries:
