@@ -534,11 +534,16 @@ class TestMounted:
         """The operator app includes the router, configured from FIRELINE_INGRESS_*."""
         from fireline.operator.api import create_app
 
-        monkeypatch.setenv("FIRELINE_INGRESS_AUTH", json.dumps(AUTH))
+        without_read = {k: v for k, v in AUTH.items() if k != "read"}
+        monkeypatch.setenv("FIRELINE_INGRESS_AUTH", json.dumps(without_read))
         transport = httpx.ASGITransport(app=create_app(settings))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             answer = await http.post("/v1/alerts", json={"title": "x"})
-        assert answer.status_code == 401
+            assert answer.status_code == 401
+            # reads take the operator's credentials (no `read` scheme configured)
+            assert (await http.get("/v1/alerts/stats")).status_code == 401
+            wrong = {"Authorization": "Bearer fl_not_a_real_token"}
+            assert (await http.get("/v1/alerts/unrouted", headers=wrong)).status_code == 401
 
 
 class TestCli:
