@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, time, timedelta
+from bisect import bisect_right
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -256,8 +256,23 @@ class WeeklyWindow(BaseModel):
         return False
 
 
+class ZoneOffset(BaseModel):
+    """From the UTC instant ``since`` on (until the next entry), the zone's clocks read UTC
+    plus ``seconds``."""
+
+    since: datetime
+    seconds: int
+
+
 class EmbargoWindow(BaseModel):
-    """A change freeze: mutating steps it covers need Tier 3 (soft) or are refused (hard)."""
+    """A change freeze: mutating steps it covers need Tier 3 (soft) or are refused (hard).
+
+    The zone's rules are resolved when the plan is compiled (``offsets``, see
+    ``fireline.catalog.embargo.zone_offsets``), so the workflow never consults the time zone
+    database: inside Temporal's sandbox ``zoneinfo`` is a restricted proxy, and a worker whose
+    tzdata differs from another's would otherwise judge (and replay) the same instant
+    differently.
+    """
 
     name: str
     mode: Literal["soft", "hard"] = "soft"
@@ -270,6 +285,9 @@ class EmbargoWindow(BaseModel):
     end: datetime | None = None
     weekly: list[WeeklyWindow] = Field(default_factory=list)
     reason: str = ""
+    offsets: list[ZoneOffset] = Field(default_factory=list)
+    """The zone's UTC offsets over the years a run of this plan can reach, in order; empty for
+    UTC (and in plans compiled before offsets were frozen)."""
 
     def covers(self, domain: str | None, service: str | None, target: str | None) -> bool:
         return (
@@ -278,12 +296,25 @@ class EmbargoWindow(BaseModel):
             or (target is not None and target in self.targets)
         )
 
+    def local_time(self, now: datetime) -> datetime:
+        """``now`` as the wall-clock time in the window's zone (naive)."""
+        utc = now.astimezone(UTC)
+        if self.offsets:
+            at = bisect_right([o.since for o in self.offsets], utc)
+            offset = self.offsets[max(at - 1, 0)].seconds
+            return (utc + timedelta(seconds=offset)).replace(tzinfo=None)
+        if self.timezone in ("UTC", "Etc/UTC"):
+            return utc.replace(tzinfo=None)
+        # A plan compiled before offsets were frozen: look the zone up as it always did.
+        from zoneinfo import ZoneInfo
+
+        return utc.astimezone(ZoneInfo(self.timezone)).replace(tzinfo=None)
+
     def active_at(self, now: datetime) -> bool:
-        local = now.astimezone(ZoneInfo(self.timezone))
-        naive = local.replace(tzinfo=None)
+        naive = self.local_time(now)
         if self.start is not None and self.end is not None and self.start <= naive < self.end:
             return True
-        return any(w.contains(local) for w in self.weekly)
+        return any(w.contains(naive) for w in self.weekly)
 
 
 class DecisionRights(BaseModel):

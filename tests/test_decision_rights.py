@@ -11,7 +11,7 @@ import asyncio
 import sys
 import textwrap
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,7 +26,10 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from fireline.catalog.embargo import zone_offsets
 from fireline.catalog.model import Catalog
 from fireline.compile.compiler import PlaybookLibrary
 from fireline.identity.signing import DecisionClaim, generate_key, inputs_digest, sign_decision
@@ -46,8 +49,9 @@ from fireline.messages import (
     StepStatus,
 )
 from fireline.modules import CompensationRef, Registry, load_registry, module, preview
-from fireline.plan import Change, Plan, Preview, RetrySpec, Risk
+from fireline.plan import Change, EmbargoWindow, Plan, Preview, RetrySpec, Risk, WeeklyWindow
 from tests.support.workers import fireline_workers
+from tests.support.zoned import ZonedEmbargoWorkflow
 from workflows.journal import render_banner
 
 PRIVATE, PUBLIC = generate_key()
@@ -487,16 +491,18 @@ class TestCompensationCall:
         assert ran(handle, "rights.undo") == [{"name": "hang-web"}]
 
 
-def _embargo_catalog(mode: str, start: datetime, end: datetime) -> dict[str, Any]:
-    berlin = ZoneInfo("Europe/Berlin")
+def _embargo_catalog(
+    mode: str, start: datetime, end: datetime, zone: str = "Europe/Berlin"
+) -> dict[str, Any]:
+    local = ZoneInfo(zone)
     return CATALOG | {
         "embargoes": {
             "freeze": {
                 "mode": mode,
                 "domains": ["database"],
-                "timezone": "Europe/Berlin",
-                "start": start.astimezone(berlin).replace(tzinfo=None).isoformat(),
-                "end": end.astimezone(berlin).replace(tzinfo=None).isoformat(),
+                "timezone": zone,
+                "start": start.astimezone(local).replace(tzinfo=None).isoformat(),
+                "end": end.astimezone(local).replace(tzinfo=None).isoformat(),
                 "reason": "migration",
             }
         }
@@ -512,6 +518,113 @@ steps:
     with: {name: ledger}
     approval: {role: senior, timeout: 6h}
 """
+
+
+ZONES = ["America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"]
+
+
+class TestZoneOffsets:
+    """The offsets frozen at compile time give the wall-clock time the zone database gives."""
+
+    @pytest.mark.parametrize("zone", ZONES)
+    def test_local_time_matches_zoneinfo_across_the_horizon(self, zone: str) -> None:
+        compiled = datetime(2026, 6, 1, tzinfo=UTC)
+        window = EmbargoWindow(
+            name="w",
+            domains=["database"],
+            timezone=zone,
+            offsets=zone_offsets(zone, compiled),
+            weekly=[WeeklyWindow(days=["sun"], start=time(1, 30), end=time(3, 0))],
+        )
+        tz = ZoneInfo(zone)
+        instant = datetime(2025, 1, 1, tzinfo=UTC)
+        mismatches = []
+        while instant < datetime(2037, 1, 1, tzinfo=UTC):
+            expected = instant.astimezone(tz).replace(tzinfo=None)
+            if window.local_time(instant) != expected:
+                mismatches.append(instant)
+            # 7 h 13 min steps land on every hour of every weekday, transitions included.
+            instant += timedelta(hours=7, minutes=13)
+        assert mismatches == []
+        transitions = [o.since for o in window.offsets[1:]]
+        for since in transitions:
+            before, after = since - timedelta(seconds=1), since
+            assert window.local_time(before) == before.astimezone(tz).replace(tzinfo=None)
+            assert window.local_time(after) == after.astimezone(tz).replace(tzinfo=None)
+        if zone in ("America/New_York", "Europe/Berlin", "Australia/Lord_Howe"):
+            assert len(transitions) >= 2 * 11
+        else:
+            assert transitions == []
+
+    def test_compiled_plans_carry_the_offsets(self, tmp_path: Path) -> None:
+        start = datetime(2027, 3, 31, 18, 0)
+        catalog = CATALOG | {
+            "embargoes": {
+                "quarter-close": {
+                    "domains": ["database"],
+                    "timezone": "America/New_York",
+                    "start": start.isoformat(),
+                    "end": datetime(2027, 4, 2, 8, 0).isoformat(),
+                }
+            }
+        }
+        plan = compile_plan(tmp_path, GATED_DB, catalog)
+        assert plan.rights is not None
+        (window,) = plan.rights.embargoes
+        assert window.offsets
+        assert window.offsets[0].seconds in (-18000, -14400)
+        # 18:00 EDT is 22:00 UTC.
+        assert not window.active_at(datetime(2027, 3, 31, 21, 59, 59, tzinfo=UTC))
+        assert window.active_at(datetime(2027, 3, 31, 22, 0, tzinfo=UTC))
+        assert window.active_at(datetime(2027, 4, 2, 11, 59, 59, tzinfo=UTC))
+        assert not window.active_at(datetime(2027, 4, 2, 12, 0, tzinfo=UTC))
+
+    async def test_a_sandboxed_workflow_judges_a_named_zone_across_the_window(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, tmp_path: Path
+    ) -> None:
+        """Regression: with ``fireline.plan`` imported inside the sandbox (not passed
+        through), judging a window in a named zone used to build a ``ZoneInfo`` there, a
+        restricted proxy that ``astimezone`` refused with a TypeError on every task."""
+        env = time_skipping_env
+        now = await env.get_current_time()
+        catalog = _embargo_catalog(
+            "soft", now + timedelta(hours=1), now + timedelta(hours=3), zone="America/New_York"
+        )
+        plan = compile_plan(tmp_path, GATED_DB, catalog)
+        assert plan.rights is not None
+        windows = plan.rights.embargoes
+        new_york = ZoneInfo("America/New_York")
+
+        async def judged() -> list[Any]:
+            return await env.client.execute_workflow(
+                ZonedEmbargoWorkflow.run,
+                windows,
+                id=f"zoned-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue_prefix,
+                task_timeout=timedelta(seconds=5),
+                execution_timeout=timedelta(seconds=30),
+            )
+
+        async with Worker(
+            env.client,
+            task_queue=task_queue_prefix,
+            workflows=[ZonedEmbargoWorkflow],
+            workflow_runner=SandboxedWorkflowRunner(),
+        ):
+            before = await judged()
+            await env.sleep(timedelta(hours=1, minutes=5))
+            inside_at = await env.get_current_time()
+            inside = await judged()
+            await env.sleep(timedelta(hours=2))
+            after = await judged()
+
+        assert [active for active, _ in before] == [False]
+        assert [active for active, _ in inside] == [True]
+        assert [active for active, _ in after] == [False]
+        local = datetime.fromisoformat(inside[0][1])
+        assert abs(local - inside_at.astimezone(new_york).replace(tzinfo=None)) < timedelta(
+            minutes=1
+        )
 
 
 class TestEmbargo:
@@ -545,10 +658,14 @@ class TestEmbargo:
         self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, tmp_path: Path
     ) -> None:
         """Before the window the first change runs; the one reached inside it is refused and
-        the run rolls back; nobody, not even Tier 3, can approve during it."""
+        the run rolls back; nobody, not even Tier 3, can approve during it. The window is in
+        the shipped catalog's zone (America/New_York), judged from the offsets frozen into
+        the plan."""
         env = time_skipping_env
         now = await env.get_current_time()
-        catalog = _embargo_catalog("hard", now + timedelta(hours=1), now + timedelta(hours=3))
+        catalog = _embargo_catalog(
+            "hard", now + timedelta(hours=1), now + timedelta(hours=3), zone="America/New_York"
+        )
         plan = compile_plan(
             tmp_path,
             """

@@ -7,13 +7,18 @@ Tier 3 person (``soft``) or is refused outright (``hard``). A window is either o
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from fireline.plan import ZoneOffset
 from fireline.playbook.spec import Strict
+
+HORIZON_YEARS = 10
+"""How far ahead of compile time a zone's offsets are frozen into a plan. Past the last
+transition the last offset holds; no run waits at a gate for a decade."""
 
 
 class WeeklySpec(Strict):
@@ -60,3 +65,41 @@ class EmbargoSpec(Strict):
         if self.start is None and not self.weekly:
             raise ValueError("an embargo needs a window: start/end, or weekly")
         return self
+
+
+def zone_offsets(zone: str, now: datetime | None = None) -> list[ZoneOffset]:
+    """The zone's UTC offsets from the start of last year to ``HORIZON_YEARS`` ahead.
+
+    Resolved here, at compile time and outside any workflow sandbox, so the plan carries plain
+    UTC instants and the workflow never opens the time zone database. Empty for UTC.
+    """
+    if zone in ("UTC", "Etc/UTC"):
+        return []
+    tz = ZoneInfo(zone)
+    year = (now or datetime.now(UTC)).year
+    at = datetime(year - 1, 1, 1, tzinfo=UTC)
+    end = datetime(year + HORIZON_YEARS + 1, 1, 1, tzinfo=UTC)
+
+    def offset(instant: datetime) -> int:
+        delta = instant.astimezone(tz).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    current = offset(at)
+    out = [ZoneOffset(since=at, seconds=current)]
+    day = timedelta(days=1)
+    while at < end:
+        step = at + day
+        seen = offset(step)
+        if seen != current:
+            # The change lies in (at, step]: narrow it to the second.
+            low, high = at, step
+            while high - low > timedelta(seconds=1):
+                mid = low + (high - low) / 2
+                if offset(mid) == current:
+                    low = mid
+                else:
+                    high = mid
+            out.append(ZoneOffset(since=high.replace(microsecond=0), seconds=seen))
+            current = seen
+        at = step
+    return out

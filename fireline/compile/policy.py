@@ -19,6 +19,7 @@ carries its own copy without the parent having to forward anything.
 
 from __future__ import annotations
 
+from fireline.catalog.embargo import zone_offsets
 from fireline.catalog.model import Catalog
 from fireline.catalog.rights import MIN_APPROVALS
 from fireline.plan import (
@@ -70,6 +71,7 @@ def freeze_rights(catalog: Catalog, owner: str) -> DecisionRights:
                 services=list(e.services),
                 targets=list(e.targets),
                 timezone=e.timezone,
+                offsets=zone_offsets(e.timezone),
                 start=e.start,
                 end=e.end,
                 weekly=[
