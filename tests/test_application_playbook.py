@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The driver is imported lazily by the workers; importing it here first keeps the workflow
+# sandbox from seeing it arrive mid-run (a warning, in tests only: production has no sandbox).
+import redis.asyncio  # noqa: F401
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 

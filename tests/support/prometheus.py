@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -105,6 +105,7 @@ class Prometheus:
     port: int
     process: subprocess.Popen[bytes]
     app: MetricsApp
+    log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -138,6 +139,8 @@ class Prometheus:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        if self.log is not None:
+            self.log.close()
 
 
 def start_prometheus(workdir: Path, app: MetricsApp) -> Prometheus:
@@ -161,7 +164,7 @@ def start_prometheus(workdir: Path, app: MetricsApp) -> Prometheus:
             stderr=subprocess.STDOUT,
             cwd=workdir,
         )
-        server = Prometheus(port, process, app)
+        server = Prometheus(port, process, app, log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
             try:

@@ -35,16 +35,19 @@ class RedisServer:
     process: subprocess.Popen[bytes]
     workdir: Path
     password: str | None = None
+    _client: redis.Redis | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        """A synchronous client for the test's own reads and writes."""
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True
-        )
+        """The synchronous client for the test's own reads and writes (one, closed at stop)."""
+        if self._client is None:
+            self._client = redis.Redis(
+                host="127.0.0.1", port=self.port, password=self.password, decode_responses=True
+            )
+        return self._client
 
     def target(self, **extra: object) -> dict[str, object]:
         """The ``settings.targets["redis"][NAME]`` entry pointing at this server."""
@@ -52,6 +55,9 @@ class RedisServer:
         return {"host": "127.0.0.1", "port": self.port, **auth, **extra}
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -111,6 +117,5 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_db(redis_server: RedisServer) -> RedisServer:
     """The session's Redis, emptied before the test (the test's own clean slate)."""
-    with redis_server.client() as client:
-        client.flushdb()
+    redis_server.client().flushdb()
     return redis_server
