@@ -189,6 +189,20 @@ class TestFailures:
         assert flush.calls == [("k", [1])]
         assert commit.expected_write < 5.0
 
+    async def test_no_probe_while_other_writes_are_in_flight(self) -> None:
+        """With distinct keys every lane holds one entry: late ones are shed, not all probes."""
+        flush = Recorder()
+        flush.gate.clear()
+        commit: GroupCommitter[int] = GroupCommitter(flush)
+        busy = asyncio.create_task(commit.submit("a", [0]))
+        await flush.started.wait()
+        commit.expected_write = 5.0
+        with pytest.raises(CommitTimeout, match="deadline"):
+            await commit.submit("b", [1], within=1.0)
+        assert flush.calls == [("a", [0])]
+        flush.gate.set()
+        await busy
+
     async def test_close_fails_waiters(self) -> None:
         flush = Recorder()
         flush.gate.clear()

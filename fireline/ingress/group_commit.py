@@ -91,6 +91,7 @@ class GroupCommitter(Generic[T]):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._lanes: dict[str, _Lane[T]] = {}
         self._waiting = 0
+        self._in_flight = 0
         self.expected_write = 0.0
         """Seconds a write takes, smoothed; callers with less time left are not sent."""
         self.stats = Stats()
@@ -147,6 +148,7 @@ class GroupCommitter(Generic[T]):
                         continue
                     items = [item for entry in batch for item in entry.items]
                     began = asyncio.get_running_loop().time()
+                    self._in_flight += 1
                     try:
                         await self._flush(key, items)
                     except Exception as exc:
@@ -154,6 +156,8 @@ class GroupCommitter(Generic[T]):
                         self._settle(batch, exc)
                         batch = []
                         continue
+                    finally:
+                        self._in_flight -= 1
                     took = asyncio.get_running_loop().time() - began
                     self.expected_write = 0.8 * self.expected_write + 0.2 * took
                     self.stats.flushes += 1
@@ -184,9 +188,9 @@ class GroupCommitter(Generic[T]):
         for entry in batch:
             hopeless = entry.deadline is not None and entry.deadline - now < self.expected_write
             (late if hopeless else live).append(entry)
-        if not live and late:
-            # Keep the newest as a probe: a write per lane goes on, so the estimate follows
-            # the server back down when it recovers.
+        if not live and late and self._in_flight == 0:
+            # Nothing else is being written: send the newest as a probe, so the estimate
+            # follows the server back down when it recovers.
             live.append(late.pop())
         if late:
             self.stats.shed += len(late)
