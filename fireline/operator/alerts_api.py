@@ -42,10 +42,13 @@ log = structlog.get_logger("fireline.ingress.api")
 
 READ = "read"
 """The pseudo-source whose credentials the two GET routes take."""
-_CHUNK_LOG = 64
+UNROUTED_LIMIT = 64
+"""Unrouted alerts listed when the caller does not say how many."""
 
 
 class _Refusal(Exception):
+    """A request turned away with a status of its own (400, 413, 422), before any write."""
+
     def __init__(self, code: int, detail: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(str(detail))
         self.code = code
@@ -284,7 +287,7 @@ def alerts_router(
 
     @router.get("/unrouted", response_model=UnroutedSummary)
     async def unrouted(
-        request: Request, limit: Annotated[int, Query(ge=0, le=1000)] = _CHUNK_LOG
+        request: Request, limit: Annotated[int, Query(ge=0, le=1000)] = UNROUTED_LIMIT
     ) -> Any:
         """Alerts no route claimed: counts, and the newest ``limit`` of them."""
         refused = await door.check_read(request)
