@@ -26,6 +26,9 @@ SIGNAL_DECIDE = "decide"
 UPDATE_APPROVE = "approve_step"
 UPDATE_REJECT = "reject_step"
 UPDATE_DECIDE = "decide_step"
+UPDATE_CANCEL = "cancel_run"
+"""Records who cancels and why (judged, signed like any decision); the API then sends
+Temporal's own cancel, which stops the run and rolls it back."""
 QUERY_STATUS = "status"
 
 # Search attributes Fireline registers and keeps current, for the Temporal UI's filters.
@@ -103,6 +106,15 @@ class Decision(BaseModel):
     """For ``retry``: replaces the named ``with:`` values of the step before it runs again."""
     signed: SignedDecision | None = None
     """The API's signature over this decision (action retry/skip/compensate); None when unsigned."""
+
+
+class CancelRun(BaseModel):
+    """A person's request to stop the run, which rolls back everything it changed."""
+
+    by: str = Field(min_length=1, max_length=MAX_NAME)
+    comment: str = Field(default="", max_length=MAX_COMMENT)
+    signed: SignedDecision | None = None
+    """The API's signature (action cancel, step ""); None when unsigned."""
 
 
 class StepStatus(StrEnum):
@@ -248,6 +260,9 @@ class RunState(BaseModel):
     outputs: dict[str, Any] = Field(default_factory=dict)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    cancel_requested_by: str | None = None
+    """Who asked (through the API) to cancel the run; None when nobody did, also when the
+    run was cancelled through Temporal directly (the timeline then says so)."""
 
     def step(self, step_id: str) -> StepState:
         for s in self.steps:

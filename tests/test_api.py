@@ -357,7 +357,8 @@ class TestRuns:
         assert "expired" in (signing.verify_decision(approval.signed, keys, late) or "")
 
     async def test_reject_and_cancel(self, api: As, client: Client, target: Target) -> None:
-        """Rejecting compensates; cancel is 202 (and names who), and 409 once the run is over."""
+        """Rejecting compensates; cancel is a signed decision: 409 for someone with no say over
+        the run (audited), 202 for its starter (recorded with who and why), 409 once over."""
         erin = api("erin")
         body = {"playbook": "gated", "inputs": {"base": target.base_url}}
         first = (await erin.post("/runs", json=body)).json()["workflow_id"]
@@ -371,9 +372,22 @@ class TestRuns:
         assert state.phase == RunPhase.compensated
         assert any(e.kind == "rejected" and e.actor == "bob" for e in state.events)
 
+        no_say = await api("mallory").post(f"/runs/{second}/cancel", json={"reason": "mine"})
+        assert no_say.status_code == 409
+        assert "mallory may not cancel this run" in no_say.json()["detail"]
+        stranger = await api("zed").post(f"/runs/{second}/cancel", json={})
+        assert stranger.status_code == 403
         cancelled = await erin.post(f"/runs/{second}/cancel", json={"reason": "drill"})
         assert cancelled.status_code == 202
-        assert (await until(client, second, finished)).phase == RunPhase.cancelled
+        state = await until(client, second, finished)
+        assert state.phase == RunPhase.cancelled
+        assert state.cancel_requested_by == "erin"
+        said = [
+            (e.kind, e.actor, e.verified, e.message) for e in state.events if e.actor != "fireline"
+        ]
+        assert said[1][:3] == ("cancel_refused", "mallory", True)
+        assert ("cancel_requested", "erin", True, "drill") in said
+        assert ("run_cancelled", "erin", True, "cancelled by erin: drill: rolling back") in said
         again = await erin.post(f"/runs/{second}/cancel")
         assert again.status_code == 409
         assert "already finished" in again.json()["detail"]

@@ -412,13 +412,17 @@ class TestRunsEndToEnd:
         assert "known: asking, broken, gated, quick, refused" in path.stderr
 
     async def test_cancel(self, client: Client, cli_env: dict[str, str], target: Target) -> None:
-        """cancel ends a waiting run cancelled; cancelling it again fails."""
+        """cancel ends a waiting run cancelled, recorded under the credential's person (carol
+        started it); cancelling it again fails."""
         wid = started_id(await cli(cli_env, "run", "gated", "-i", f"base={target.base_url}"))
         await until(client, wid, step_is("poke", StepStatus.awaiting_approval))
         done = await cli(cli_env, "cancel", wid, "--reason", "drill")
         assert done.exit_code == 0, done.output
         state = await until(client, wid, finished)
         assert state.phase == RunPhase.cancelled
+        assert state.cancel_requested_by == "carol"
+        (event,) = [e for e in state.events if e.kind == "cancel_requested"]
+        assert (event.actor, event.verified, event.message) == ("carol", True, "drill")
         again = await cli(cli_env, "cancel", wid)
         assert again.exit_code == 1
         assert "already finished" in again.stderr

@@ -211,6 +211,9 @@ class TestRefusals:
         assert "refused: mallory may not decide for role sre-oncall" in refused.stderr
         events = json_out(await cli(carol, "status", wid, "--json"))["events"]
         assert any(e["actor"] == "mallory" and "refused" in e["kind"] for e in events)
+        no_say = await cli(mallory, "cancel", wid)
+        assert no_say.exit_code == 1
+        assert "mallory may not cancel this run" in no_say.stderr
         assert (await cli(carol, "cancel", wid)).exit_code == 0
 
 

@@ -21,10 +21,12 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -37,9 +39,11 @@ from fireline.messages import (
     QUERY_STATUS,
     SIGNAL_APPROVE,
     UPDATE_APPROVE,
+    UPDATE_CANCEL,
     UPDATE_DECIDE,
     WORKFLOW_NAME,
     Approval,
+    CancelRun,
     Decision,
     DecisionAction,
     RunPhase,
@@ -49,7 +53,9 @@ from fireline.messages import (
     StepStatus,
 )
 from fireline.modules import CompensationRef, Registry, load_registry, module, preview
+from fireline.operator import operations
 from fireline.plan import Change, EmbargoWindow, Plan, Preview, RetrySpec, Risk, WeeklyWindow
+from tests.support.legacy_run import LegacyRunWorkflow
 from tests.support.workers import fireline_workers
 from tests.support.zoned import ZonedEmbargoWorkflow
 from workflows.journal import render_banner
@@ -387,6 +393,125 @@ class TestSignedDecisions:
 
         assert result.phase is RunPhase.succeeded
         assert len(ran(handle, "rights.critical")) == 1
+
+
+def sign_cancel(handle: WorkflowHandle[Any, Any], person: str) -> Any:
+    claim = DecisionClaim(
+        workflow_id=handle.id,
+        step="",
+        action="cancel",
+        person=person,
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+    )
+    return sign_decision(claim, PRIVATE, "api-test")
+
+
+class TestCancel:
+    """A cancel is a decision: judged, signed, recorded with who and why, then Temporal's
+    own cancel rolls the run back as any cancel does."""
+
+    async def test_only_a_signed_cancel_by_someone_with_a_say_stops_the_run(
+        self, client: Client, task_queue_prefix: str, tmp_path: Path
+    ) -> None:
+        catalog = CATALOG | {"people": {**CATALOG["people"], "oscar": {"tier": 1}}}
+        plan = compile_plan(
+            tmp_path,
+            """
+            name: p
+            owner: team
+            steps:
+              - id: first
+                uses: rights.db
+                with: {name: ledger}
+              - id: change
+                uses: rights.high
+                with: {name: web}
+                approval: {role: senior}
+            """,
+            catalog,
+        )
+        async with fireline_workers(client, task_queue_prefix, domains=DOMAINS, registry=REGISTRY):
+            handle = await start(client, task_queue_prefix, plan)
+            await until_status(handle, "change", StepStatus.awaiting_approval)
+
+            with pytest.raises(WorkflowUpdateFailedError) as forged:
+                await handle.execute_update(UPDATE_CANCEL, CancelRun(by="carol"))
+            assert "unsigned cancel claiming carol refused" in str(forged.value.cause)
+            with pytest.raises(operations.OperationRefused, match="oscar may not cancel"):
+                await operations.cancel(
+                    client, handle.id, "mine now", by="oscar", signed=sign_cancel(handle, "oscar")
+                )
+            with pytest.raises(operations.OperationRefused, match="zed is not in the catalog"):
+                await operations.cancel(
+                    client, handle.id, by="zed", signed=sign_cancel(handle, "zed")
+                )
+            stolen = sign_cancel(handle, "carol")
+            with pytest.raises(operations.OperationRefused, match="not 'dana'"):
+                await operations.cancel(client, handle.id, by="dana", signed=stolen)
+            assert (await status(handle)).phase is RunPhase.awaiting_approval
+
+            answer = await operations.cancel(
+                client, handle.id, "wrong service", by="carol", signed=stolen
+            )
+            assert answer is not None
+            assert answer.cancel_requested_by == "carol"
+            with pytest.raises(WorkflowFailureError) as ended:
+                await handle.result()
+            state = await status(handle)
+
+        assert isinstance(ended.value.cause, CancelledError)
+        assert state.phase is RunPhase.cancelled
+        assert state.cancel_requested_by == "carol"
+        described = await handle.describe()
+        assert described.status is WorkflowExecutionStatus.CANCELED
+        kinds = [
+            (e.kind, e.actor, e.verified)
+            for e in state.events
+            if e.kind.startswith("cancel_") or e.kind == "run_cancelled"
+        ]
+        assert kinds == [
+            ("cancel_refused", "carol", False),
+            ("cancel_refused", "oscar", True),
+            ("cancel_refused", "dana", True),
+            ("cancel_requested", "carol", True),
+            ("run_cancelled", "carol", True),
+        ]
+        requested = next(e for e in state.events if e.kind == "cancel_requested")
+        assert requested.message == "wrong service"
+        assert ran(handle, "rights.undo") == [{"name": "ledger"}]
+        assert ran(handle, "rights.high") == []
+
+    async def test_a_cancel_through_temporal_directly_says_nobody_was_recorded(
+        self, client: Client, task_queue_prefix: str, tmp_path: Path
+    ) -> None:
+        plan = compile_plan(tmp_path, GATED_HIGH)
+        async with fireline_workers(client, task_queue_prefix, domains=DOMAINS, registry=REGISTRY):
+            handle = await start(client, task_queue_prefix, plan)
+            await until_status(handle, "change", StepStatus.awaiting_approval)
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            state = await status(handle)
+        assert state.phase is RunPhase.cancelled
+        assert state.cancel_requested_by is None
+        (event,) = [e for e in state.events if e.kind == "run_cancelled"]
+        assert event.actor == "fireline"
+        assert "through Temporal directly (nobody recorded who)" in event.message
+
+    async def test_a_run_without_the_cancel_update_gets_temporals_cancel(
+        self, client: Client, task_queue_prefix: str
+    ) -> None:
+        """Runs started before cancels were judged have no handler: the plain cancel."""
+        async with Worker(client, task_queue=task_queue_prefix, workflows=[LegacyRunWorkflow]):
+            handle = await client.start_workflow(
+                LegacyRunWorkflow.run,
+                id=f"legacy-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue_prefix,
+            )
+            assert await operations.cancel(client, handle.id, "old", by="carol") is None
+            with pytest.raises(WorkflowFailureError) as ended:
+                await handle.result()
+        assert isinstance(ended.value.cause, CancelledError)
 
 
 class TestRetryReopensTheGate:

@@ -27,8 +27,10 @@ from workflows.gate import (
     RunFacts,
     counted_approvals,
     judge,
+    judge_cancel,
     needed_approvals,
     screen,
+    screen_cancel,
 )
 from workflows.journal import render_banner
 
@@ -462,3 +464,122 @@ class TestBanner:
         record = ApprovalRecord(by="bob", decision="approved", at=NOW, verified=False)
         banner = render_banner(self._state(status=StepStatus.succeeded, approvals=[record]))
         assert "approved by bob (unverified)" in banner
+
+
+def cancel(person: str, **claim: Any) -> Attempt:
+    return Attempt(
+        "cancel", person, "", signed=signed(person, "cancel", step="", digest="", **claim)
+    )
+
+
+@dataclass
+class CancelCase:
+    name: str
+    attempt: Attempt
+    expected: Refusal | None
+    steps: list[StepState] = field(default_factory=lambda: [step()])
+    run: RunFacts = RUN
+    running: bool = True
+
+
+ALLOWED = "erin, alice, bob, carol, dana"
+CANCEL_CASES = [
+    CancelCase("the starter may cancel", cancel("erin"), None),
+    CancelCase("an owner may cancel", cancel("alice"), None),
+    CancelCase("an approver of one of the run's gates may cancel", cancel("dana"), None),
+    CancelCase(
+        "a known person with no say over the run is refused, audited",
+        cancel("dave"),
+        refused(
+            f"dave may not cancel this run: its starter, its owners and its gates' approvers "
+            f"may ({ALLOWED})"
+        ),
+    ),
+    CancelCase(
+        "a person the catalog does not know is refused before judging",
+        cancel("mallory"),
+        quiet("mallory is not in the catalog"),
+    ),
+    CancelCase(
+        "a finished or rolling-back run has nothing to cancel",
+        cancel("erin"),
+        quiet("the run is no longer running: nothing to cancel"),
+        running=False,
+    ),
+    CancelCase(
+        "a cancel names no step",
+        Attempt("cancel", "erin", "s"),
+        quiet("a cancel is for the whole run, not for a step"),
+    ),
+    CancelCase(
+        "a forged unsigned cancel of a run with high steps",
+        Attempt("cancel", "alice", ""),
+        refused(
+            "unsigned cancel claiming alice refused: this run has high steps, and cancelling "
+            "rolls them back; it needs a decision signed by the Fireline API (use `fireline "
+            "cancel` or the API, not Temporal directly)"
+        ),
+    ),
+    CancelCase(
+        "unsigned is fine when every step is at a risk the rights let go unsigned",
+        Attempt("cancel", "alice", ""),
+        None,
+        steps=[step(risk=Risk.low)],
+    ),
+    CancelCase(
+        "unsigned is accepted by a run given no signing key",
+        Attempt("cancel", "alice", ""),
+        None,
+        run=replace(RUN, trusted_keys={}),
+    ),
+    CancelCase(
+        "a signed approval is not a cancel",
+        Attempt("cancel", "alice", "", signed=signed("alice", "approve", step="", digest="")),
+        refused("the signed decision is for action 'approve', not 'cancel'"),
+    ),
+    CancelCase(
+        "a cancel signed for another run",
+        cancel("alice", workflow_id="run-2"),
+        refused("the signed decision is for workflow_id 'run-2', not 'run-1'"),
+    ),
+    CancelCase(
+        "a cancel signature with inputs bound is not a run cancel",
+        Attempt("cancel", "alice", "", signed=signed("alice", "cancel", step="")),
+        refused(f"the signed decision is for inputs_digest {inputs_digest(INPUTS)!r}, not ''"),
+    ),
+    CancelCase(
+        "an expired cancel",
+        cancel("alice", expires_at=NOW - timedelta(seconds=1)),
+        refused(
+            "cancel by alice refused: signed decision expired at "
+            f"{(NOW - timedelta(seconds=1)).isoformat()}"
+        ),
+    ),
+    CancelCase(
+        "a gate of an open role lets anyone named cancel",
+        Attempt("cancel", "zed", ""),
+        None,
+        steps=[step(risk=Risk.low, gate=GateSpec(role="anyone", approvers=None))],
+    ),
+    CancelCase(
+        "plans compiled before decision rights: anyone may cancel",
+        Attempt("cancel", "mallory", ""),
+        None,
+        run=replace(RUN, rights=None),
+    ),
+]
+
+
+class TestCancel:
+    @pytest.mark.parametrize("case", CANCEL_CASES, ids=lambda c: c.name)
+    def test_rule(self, case: CancelCase) -> None:
+        got = judge_cancel(case.attempt, case.steps, case.run, NOW, case.running)
+        assert got == case.expected
+
+    @pytest.mark.parametrize("case", CANCEL_CASES, ids=lambda c: c.name)
+    def test_validator_screen_answers_exactly_the_unaudited(self, case: CancelCase) -> None:
+        got = screen_cancel(case.attempt, case.steps, case.run, case.running)
+        if case.expected is not None and not case.expected.audited:
+            assert got == case.expected
+        else:
+            assert got is None

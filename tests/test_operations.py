@@ -48,6 +48,7 @@ PLAYBOOKS: dict[str, str] = {
     "gated.yaml": """
         name: gated
         version: 2
+        owner: sre-oncall
         description: Settle, then call the target once someone on call approves.
         inputs:
           base: {type: string, required: true}
@@ -418,15 +419,19 @@ class TestStatusAndList:
     async def test_cancel_runs_to_cancelled(
         self, client: Client, workers: Settings, target: Target
     ) -> None:
-        """Cancelling a run waiting at a gate ends it cancelled; a second cancel is refused."""
+        """Cancelling a run waiting at a gate ends it cancelled and names who (an owner, alice);
+        a second cancel is refused."""
         started = await operations.start_run(
             client, workers, "gated", {"base": target.base_url}, "carol"
         )
         wid = started.workflow_id
         await until(client, wid, step_is("poke", StepStatus.awaiting_approval))
-        await operations.cancel(client, wid, "drill over")
+        await operations.cancel(client, wid, "drill over", by="alice")
         state = await until(client, wid, finished)
         assert state.phase == RunPhase.cancelled
+        assert state.cancel_requested_by == "alice"
+        (event,) = [e for e in state.events if e.kind == "cancel_requested"]
+        assert (event.actor, event.message) == ("alice", "drill over")
         described = await client.get_workflow_handle(wid).describe()
         assert described.status == WorkflowExecutionStatus.CANCELED
         with pytest.raises(operations.OperationRefused, match="already finished"):

@@ -155,7 +155,8 @@ class TestRunInTemporalUI:
 
                 metadata, history, attributes = await _in_thread(while_waiting)
                 assert "Waiting for approval of hold" in metadata
-                assert f"fireline approve {wid} hold --as NAME" in metadata
+                assert f"fireline approve {wid} hold" in metadata
+                assert "--as NAME" not in metadata
                 assert "Probe health (core.http_probe)" in history
                 assert '"FirelinePhase": "awaiting_approval"' in attributes
 

@@ -14,7 +14,7 @@ update handler records them in the timeline, then answers with the refusal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -23,14 +23,15 @@ from fireline.identity.signing import SignedDecision, inputs_digest, verify_deci
 from fireline.messages import StepState, StepStatus
 from fireline.plan import DecisionRights, GateSpec, Risk
 
-Action = Literal["approve", "reject", "retry", "skip", "compensate"]
+Action = Literal["approve", "reject", "retry", "skip", "compensate", "cancel"]
 EMBARGO_TIER = 3
 """Who may approve a change during a soft embargo."""
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """One decision someone sends: an approval, a rejection, or a retry/skip/compensate."""
+    """One decision someone sends: an approval, a rejection, a retry/skip/compensate, or a
+    cancel of the whole run (``step`` "")."""
 
     action: Action
     person: str
@@ -266,6 +267,106 @@ def _approved_by(step: StepState, person: str) -> bool:
 def _target(step: StepState) -> str | None:
     value = (step.inputs or {}).get("target")
     return value if isinstance(value, str) else None
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def cancellers(steps: Sequence[StepState], run: RunFacts) -> list[str] | None:
+    """Who may cancel a run with rights: the person who started it, the run's owners, and
+    whoever may decide at one of its gates. None: anyone named (an open role's gate, or a
+    run whose owners and roster are open)."""
+    rights = run.rights
+    assert rights is not None
+    allowed = [run.requested_by]
+    if rights.owners is None:
+        if not rights.people:
+            return None
+        allowed += list(rights.people)
+    else:
+        allowed += rights.owners
+    for step in steps:
+        if step.gate is None:
+            continue
+        if step.gate.approvers is None:
+            return None
+        allowed += step.gate.approvers
+    return list(dict.fromkeys(allowed))
+
+
+def screen_cancel(
+    attempt: Attempt, steps: Sequence[StepState], run: RunFacts, running: bool
+) -> Refusal | None:
+    """The cancel refusals that judge nobody (what the cancel update's validator answers)."""
+    if not running:
+        return Refusal("the run is no longer running: nothing to cancel", audited=False)
+    if attempt.step:
+        return Refusal("a cancel is for the whole run, not for a step", audited=False)
+    rights = run.rights
+    if (
+        rights is not None
+        and attempt.person not in rights.people
+        and attempt.person != run.requested_by
+        and cancellers(steps, run) is not None
+    ):
+        return Refusal(f"{attempt.person} is not in the catalog", audited=False)
+    return None
+
+
+def judge_cancel(
+    attempt: Attempt,
+    steps: Sequence[StepState],
+    run: RunFacts,
+    now: datetime,
+    running: bool = True,
+) -> Refusal | None:
+    """May this person cancel the run (which rolls back everything it changed)?
+
+    A cancel undoes every completed step, so it needs a signature unless every step of the
+    run is at a risk the catalog lets go unsigned; who may cancel is :func:`cancellers`.
+    Plans compiled before decision rights keep the old rule: anyone may cancel.
+    """
+    refusal = screen_cancel(attempt, steps, run, running)
+    if refusal is not None or run.rights is None:
+        return refusal
+    rights = run.rights
+    signed = attempt.signed
+    if signed is not None:
+        claim = signed.claim
+        expected = {
+            "workflow_id": run.workflow_id,
+            "step": "",
+            "action": "cancel",
+            "person": attempt.person,
+            "inputs_digest": "",
+        }
+        for name, value in expected.items():
+            if getattr(claim, name) != value:
+                return Refusal(
+                    f"the signed decision is for {name} {getattr(claim, name)!r}, not {value!r}",
+                    audited=True,
+                )
+        reason = verify_decision(signed, run.trusted_keys, now)
+        if reason is not None:
+            return Refusal(f"cancel by {attempt.person} refused: {reason}", audited=True)
+    else:
+        risk = max((s.risk for s in steps), key=list(Risk).index, default=Risk.low)
+        if run.trusted_keys and risk not in rights.unsigned:
+            return Refusal(
+                f"unsigned cancel claiming {attempt.person} refused: this run has "
+                f"{risk.value} steps, and cancelling rolls them back; it needs a decision "
+                "signed by the Fireline API (use `fireline cancel` or the API, not Temporal "
+                "directly)",
+                audited=True,
+            )
+    allowed = cancellers(steps, run)
+    if allowed is not None and attempt.person not in allowed:
+        return Refusal(
+            f"{attempt.person} may not cancel this run: its starter, its owners and its "
+            f"gates' approvers may ({', '.join(allowed)})",
+            audited=True,
+        )
+    return None
 
 
 def needed_approvals(gate: GateSpec, risk: Risk, rights: DecisionRights | None) -> int:

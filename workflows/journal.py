@@ -103,13 +103,13 @@ def render_banner(state: RunState) -> str:
         lines.append(
             f"\n**Waiting for approval of `{step.id}`** ({got}/{gate.min_approvals}, role "
             f"`{gate.role}`: {who}; deadline {step.gate_deadline:%H:%M:%S} UTC)\n"
-            f"`fireline approve {state.workflow_id} {step.id} --as NAME`"
+            f"`fireline approve {state.workflow_id} {step.id}` (your credential says who)"
         )
         lines.extend(_preview_lines(step))
     for step in (s for s in state.steps if s.status is StepStatus.awaiting_decision):
         lines.append(
             f"\n**`{step.id}` failed and waits for a decision:** {step.error}\n"
-            f"`fireline decide {state.workflow_id} {step.id} retry|skip|compensate --as NAME`"
+            f"`fireline decide {state.workflow_id} {step.id} retry|skip|compensate`"
         )
     lines.append("\n| | step | status | detail |\n|---|---|---|---|")
     for step in state.steps:

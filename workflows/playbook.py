@@ -36,11 +36,13 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_DECIDE,
         SIGNAL_REJECT,
         UPDATE_APPROVE,
+        UPDATE_CANCEL,
         UPDATE_DECIDE,
         UPDATE_REJECT,
         WORKFLOW_NAME,
         Approval,
         ApprovalRecord,
+        CancelRun,
         CheckObservation,
         CompensationRecord,
         Decision,
@@ -84,8 +86,10 @@ with workflow.unsafe.imports_passed_through():
         RunFacts,
         counted_approvals,
         judge,
+        judge_cancel,
         needed_approvals,
         screen,
+        screen_cancel,
     )
     from workflows.journal import EMBARGO_ROLE, SA_PHASE_KEY, Journal
 
@@ -155,6 +159,8 @@ class PlaybookWorkflow:
         self._decisions: dict[str, Decision] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
         self._refusals = 0
+        self._cancel: CancelRun | None = None
+        self._cancel_verified: bool | None = None
         rights = request.plan.rights
         service = self._inputs.get(rights.service_input) if rights is not None else None
         self._facts = RunFacts(
@@ -206,7 +212,20 @@ class PlaybookWorkflow:
                 non_retryable=True,
             ) from None
         except asyncio.CancelledError:
-            self._event("run_cancelled", "cancellation requested: rolling back")
+            if self._cancel is not None:
+                note = f": {self._cancel.comment}" if self._cancel.comment else ""
+                self._event(
+                    "run_cancelled",
+                    f"cancelled by {self._cancel.by}{note}: rolling back",
+                    actor=self._cancel.by,
+                    verified=self._cancel_verified,
+                )
+            else:
+                self._event(
+                    "run_cancelled",
+                    "cancellation requested through Temporal directly (nobody recorded who): "
+                    "rolling back",
+                )
             for step in self._state.steps:
                 if step.status in _ACTIVE:
                     step.status = StepStatus.cancelled
@@ -621,7 +640,7 @@ class PlaybookWorkflow:
         self._event(
             kind,
             refusal.reason,
-            step=attempt.step,
+            step=attempt.step or None,
             actor=attempt.person,
             verified=self._verified(attempt),
         )
@@ -778,6 +797,52 @@ class PlaybookWorkflow:
     @decide_update.validator
     def _validate_decide(self, decision: Decision) -> None:
         self._validate(self._decision_attempt(decision))
+
+    # -------------------------------------------------------------- cancel
+
+    def _running(self) -> bool:
+        return self._state.phase in (
+            RunPhase.running,
+            RunPhase.awaiting_approval,
+            RunPhase.awaiting_decision,
+        )
+
+    @workflow.update(name=UPDATE_CANCEL)
+    def cancel_update(self, request: CancelRun) -> RunState:
+        """Judge and record who cancels and why. The caller then sends Temporal's cancel,
+        which stops the run where it waits and rolls it back exactly as any cancel does; a
+        second request after an accepted one is answered without recording anything, so a
+        caller that died between the two can simply ask again."""
+        if self._cancel is not None:
+            return self._state
+        attempt = Attempt(action="cancel", person=request.by, step="", signed=request.signed)
+        refusal = judge_cancel(
+            attempt, self._state.steps, self._facts, workflow.now(), self._running()
+        )
+        if refusal is not None:
+            if refusal.audited:
+                self._refuse("cancel_refused", attempt, refusal)
+            raise ApplicationError(refusal.reason, type=errors.REFUSED, non_retryable=True)
+        self._cancel = request
+        self._cancel_verified = self._verified(attempt)
+        self._state.cancel_requested_by = request.by
+        self._event(
+            "cancel_requested",
+            request.comment or "cancel requested",
+            actor=request.by,
+            verified=self._cancel_verified,
+        )
+        self._refresh()
+        return self._state
+
+    @cancel_update.validator
+    def _validate_cancel(self, request: CancelRun) -> None:
+        if self._cancel is not None:
+            return
+        attempt = Attempt(action="cancel", person=request.by, step="")
+        refusal = screen_cancel(attempt, self._state.steps, self._facts, self._running())
+        if refusal is not None:
+            raise ApplicationError(refusal.reason, type=errors.REFUSED, non_retryable=True)
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> RunState:

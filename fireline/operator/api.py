@@ -254,8 +254,10 @@ class Signer:
         workflow_id: str,
         step: str,
         action: signing.DecisionAction,
-        inputs: dict[str, Any],
+        inputs: dict[str, Any] | None,
     ) -> signing.SignedDecision | None:
+        """None for an unverified person; ``inputs`` None: a decision no inputs apply to
+        (a cancel), signed with an empty digest."""
         if not who.verified:
             return None
         claim = signing.DecisionClaim(
@@ -263,7 +265,7 @@ class Signer:
             step=step,
             action=action,
             person=who.person,
-            inputs_digest=signing.inputs_digest(inputs),
+            inputs_digest=signing.inputs_digest(inputs) if inputs is not None else "",
             expires_at=datetime.now(UTC) + timedelta(seconds=self.settings.decision_ttl_seconds),
         )
         return signing.sign_decision(claim, self.key.private, self.key.key_id)
@@ -414,8 +416,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workflow_id: RunId, who: Who, c: Temporal, body: CancelBody | None = None
     ) -> CancelAnswer:
         reason = body.reason if body else ""
-        mark = "" if who.verified else ", unverified"
-        await operations.cancel(c, workflow_id, f"cancelled by {who.person}{mark}: {reason}")
+        signed = signer.sign(who, workflow_id, "", "cancel", None)
+        await operations.cancel(c, workflow_id, reason, by=who.person, signed=signed)
         return CancelAnswer(workflow_id=workflow_id)
 
     app.include_router(ops)

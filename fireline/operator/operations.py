@@ -36,10 +36,12 @@ from fireline.messages import (
     SA_REQUESTED_BY,
     SA_RISK,
     UPDATE_APPROVE,
+    UPDATE_CANCEL,
     UPDATE_DECIDE,
     UPDATE_REJECT,
     WORKFLOW_NAME,
     Approval,
+    CancelRun,
     Decision,
     DecisionAction,
     RunRequest,
@@ -418,13 +420,46 @@ async def decide(
     return await _update(client.get_workflow_handle(workflow_id), UPDATE_DECIDE, decision)
 
 
-async def cancel(client: Client, workflow_id: str, reason: str = "") -> None:
-    """Ask the run to stop; the workflow compensates what already ran before it ends."""
+PREDATES_CANCEL_UPDATE = "expected but not found"
+"""How the SDK refuses an update the workflow has no handler for (a run started before
+cancels were judged): such runs get Temporal's plain cancel."""
+
+
+async def cancel(
+    client: Client,
+    workflow_id: str,
+    reason: str = "",
+    *,
+    by: str | None = None,
+    signed: SignedDecision | None = None,
+) -> RunState | None:
+    """Ask the run to stop; the workflow compensates what already ran before it ends.
+
+    With ``by`` the cancel is a decision: the run judges it (who may cancel, signed or not)
+    and records who and why in its timeline, then Temporal's cancel stops it. Without ``by``
+    (or for a run that predates the cancel update) only Temporal's cancel is sent, and the
+    timeline says nobody was recorded. Returns the run's state as the cancel left it.
+    """
     # The server accepts a cancel of a closed run silently; an operator should hear it.
     if not await is_open(client, workflow_id):
         raise OperationRefused(f"run {workflow_id!r} has already finished")
     handle = client.get_workflow_handle(workflow_id)
+    state: RunState | None = None
+    if by is not None:
+        request = CancelRun(by=by, comment=reason, signed=signed)
+        try:
+            state = await handle.execute_update(UPDATE_CANCEL, request, result_type=RunState)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type == errors.REFUSED:
+                raise OperationRefused(cause.message) from None
+            if PREDATES_CANCEL_UPDATE not in str(cause or exc):
+                raise OperationError(str(cause or exc)) from exc
+        except RPCError as exc:
+            raise _decision_error(exc, workflow_id) from exc
+    note = f"cancelled by {by}: {reason}" if by is not None else reason
     try:
-        await handle.cancel(reason=reason)
+        await handle.cancel(reason=note)
     except RPCError as exc:
         raise _decision_error(exc, workflow_id) from exc
+    return state
