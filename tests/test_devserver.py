@@ -304,6 +304,24 @@ class TestRunStack:
             await asyncio.wait_for(stack, timeout=60)
         assert not port_in_use("127.0.0.1", api_port)
 
+    async def test_a_dead_server_stops_the_stack_with_its_log(self, tmp_path: Path) -> None:
+        """When the dev server dies under the stack, run_stack ends, saying so and why."""
+        port = free_port_with_ui()
+        settings = make_settings(
+            tmp_path / "data",
+            temporal_address=f"127.0.0.1:{port}",
+            task_queue_prefix=f"fl-{uuid.uuid4().hex[:8]}",
+        )
+        ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
+        stack = asyncio.create_task(
+            run_stack(settings, api=False, embedded=True, on_ready=ready.set_result)
+        )
+        info = await asyncio.wait_for(asyncio.shield(ready), timeout=90)
+        assert info.server_pid is not None
+        os.kill(info.server_pid, signal.SIGKILL)
+        with pytest.raises(DevServerError, match=f"pid {info.server_pid}\\) exited with code -9"):
+            await asyncio.wait_for(stack, timeout=60)
+
     async def test_api_port_in_use_is_refused(self, tmp_path: Path, listener: int) -> None:
         """A taken API port fails before any server is started."""
         settings = make_settings(tmp_path, temporal_address=f"127.0.0.1:{free_port_with_ui()}")

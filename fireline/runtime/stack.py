@@ -767,12 +767,30 @@ async def run_stack(
                     embedded=server is not None,
                     server_pid=server.pid if server else None,
                 )
-                await _serve(settings, client, api_process, info, stop, ready, on_ready)
+                await _serve(
+                    settings, client, api_process, info, stop, ready, on_ready, server=server
+                )
         except asyncio.CancelledError:
             if not interrupted or main_task is None:
                 raise
             main_task.uncancel()
             log.info("start-up interrupted")
+
+
+async def _watch_server(server: DevServer, stop: asyncio.Event) -> None:
+    """Fail the stack when the dev server dies under it: workers and API need it."""
+    assert server.process is not None
+    exited = asyncio.create_task(server.process.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
+    exited.cancel()
+    stopping.cancel()
+    if not stop.is_set():
+        raise DevServerError(
+            f"the temporal dev server (pid {server.pid}) exited with code "
+            f"{server.process.returncode}; last lines of {server.log_file}:\n"
+            f"{_tail(server.log_file)}"
+        )
 
 
 async def _serve(
@@ -783,6 +801,8 @@ async def _serve(
     stop: asyncio.Event,
     ready: asyncio.Event,
     on_ready: Callable[[StackInfo], Awaitable[None] | None] | None,
+    *,
+    server: DevServer | None = None,
 ) -> None:
     from fireline.runtime.workers import run_workers
 
@@ -800,6 +820,8 @@ async def _serve(
             await api.start()
             info.api_pid = api.pid
             tasks.append(asyncio.create_task(api.supervise(stop), name="api"))
+        if server is not None:
+            tasks.append(asyncio.create_task(_watch_server(server, stop), name="dev-server"))
         stopped = asyncio.create_task(stop.wait())
         try:
             if not any(t.done() for t in tasks):
@@ -820,6 +842,8 @@ async def _serve(
         workers_stop.set()
         results = await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
     failures = [r for r in results if isinstance(r, BaseException)]
+    # A dead server is the cause of whatever the workers then failed with: name it first.
+    failures.sort(key=lambda r: not isinstance(r, DevServerError))
     if failures:
         raise failures[0]
 
