@@ -19,6 +19,7 @@ from rich.console import Console
 from temporalio.client import Client
 from typer.testing import CliRunner, Result
 
+from fireline.identity.keys import read_key
 from fireline.messages import (
     ApprovalRecord,
     AuditEvent,
@@ -290,6 +291,31 @@ class TestIdentityMarks:
         assert "alice [verified]" in text
         assert "dave [unverified]" in text
         assert "fireline [" not in text
+
+
+class TestKeyInit:
+    def test_makes_the_key_once_and_keeps_it(self, tmp_path: Path) -> None:
+        """``key init`` (what docker-compose's identity-setup runs) makes a 0600 key where
+        FIRELINE_DECISION_KEY_FILE says, prints ``id=public``, and keeps it on a second run."""
+        path = tmp_path / "identity" / "decision-key"
+        env = {"FIRELINE_DECISION_KEY_FILE": str(path)}
+        first = invoke("key", "init", env=env)
+        assert first.exit_code == 0, first.output
+        key = read_key(path)
+        assert first.stdout.strip().splitlines()[-1] == f"{key.key_id}={key.public}"
+        assert path.stat().st_mode & 0o777 == 0o600
+        again = invoke("key", "init", "--json", env=env)
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout)["key_id"] == key.key_id
+        assert read_key(path) == key
+
+    def test_a_file_that_is_no_key_is_an_error_not_replaced(self, tmp_path: Path) -> None:
+        path = tmp_path / "decision-key"
+        path.write_text("not a key\n")
+        result = invoke("key", "init", env={"FIRELINE_DECISION_KEY_FILE": str(path)})
+        assert result.exit_code == 2
+        assert "is unreadable" in result.stderr
+        assert path.read_text() == "not a key\n"
 
 
 class TestSchema:

@@ -121,6 +121,93 @@ class TestFirelineServices:
         assert api["ports"] == ["8080:8080"]
 
 
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """container path -> (source, mode) of a service's volumes."""
+    out: dict[str, tuple[str, str]] = {}
+    for volume in service.get("volumes") or []:
+        source, target, *mode = volume.split(":")
+        out[target] = (source, mode[0] if mode else "rw")
+    return out
+
+
+def settings_of(service: dict[str, Any]) -> Settings:
+    env = environment(service)
+    return Settings.model_validate(
+        {key.removeprefix("FIRELINE_").lower(): value for key, value in env.items()}
+    )
+
+
+class TestIdentity:
+    def test_development_mode_is_off_everywhere(self, services: dict[str, Any]) -> None:
+        """No compose service accepts requests without a credential; the API says so."""
+        for name, service in services.items():
+            if name.startswith(("worker-", "api", "identity-", "fireline-")):
+                assert settings_of(service).dev_mode is False, name
+        assert environment(services["api"])["FIRELINE_DEV_MODE"] == "false"
+
+    def test_api_reads_tokens_and_key_from_the_shared_volume_read_only(
+        self, compose: dict[str, Any], services: dict[str, Any]
+    ) -> None:
+        """Every API replica reads the same tokens file and decision key, and cannot write
+        them; the volume is declared, and the key is made before the API starts."""
+        api = services["api"]
+        settings = settings_of(api)
+        assert settings.tokens_file is not None
+        assert settings.decision_key_file is not None
+        folder = str(settings.decision_key_file.parent)
+        assert str(settings.tokens_file.parent) == folder
+        source, mode = mounts(api)[folder]
+        assert mode == "ro"
+        assert source in compose["volumes"]
+        assert api["depends_on"]["identity-setup"]["condition"] == (
+            "service_completed_successfully"
+        )
+        assert api["depends_on"]["temporal"]["condition"] == "service_healthy"
+
+    def test_setup_and_admin_write_the_same_files(self, services: dict[str, Any]) -> None:
+        """identity-setup makes the key where the API reads it; fireline-admin issues tokens
+        into the file the API reads; both mount the API's volume read-write."""
+        api = settings_of(services["api"])
+        assert api.decision_key_file is not None
+        folder = str(api.decision_key_file.parent)
+        source = mounts(services["api"])[folder][0]
+        for name in ("identity-setup", "fireline-admin"):
+            other = settings_of(services[name])
+            assert (other.tokens_file, other.decision_key_file) == (
+                api.tokens_file,
+                api.decision_key_file,
+            ), name
+            assert mounts(services[name])[folder] == (source, "rw"), name
+        script = "\n".join(services["identity-setup"]["command"])
+        assert "fireline key init" in script
+        assert "chown -R 10001:10001" in script
+        assert services["identity-setup"]["restart"] == "no"
+        assert services["fireline-admin"]["profiles"] == ["tools"]
+
+    def test_workers_never_see_the_private_key(self, services: dict[str, Any]) -> None:
+        """Runs verify decisions with the public key given at start; workers need no key."""
+        api = settings_of(services["api"])
+        assert api.decision_key_file is not None
+        source = mounts(services["api"])[str(api.decision_key_file.parent)][0]
+        for name in WORKERS:
+            sources = {s for s, _ in mounts(services[name]).values()}
+            assert source not in sources, name
+
+    def test_env_example_documents_identity_not_the_old_shared_token(self) -> None:
+        text = (ROOT / "deploy" / "fireline.env.example").read_text()
+        assert "FIRELINE_API_TOKEN" not in text
+        for name in (
+            "FIRELINE_TOKENS_FILE",
+            "FIRELINE_DECISION_KEY_FILE",
+            "FIRELINE_DECISION_TRUSTED_KEYS",
+            "FIRELINE_OIDC_ISSUER",
+            "FIRELINE_OIDC_AUDIENCE",
+            "FIRELINE_OIDC_JWKS_URL",
+            "FIRELINE_OIDC_PERSON_CLAIM",
+        ):
+            assert re.search(rf"^# {name}=", text, re.MULTILINE), name
+
+
 class TestTemporalServices:
     def test_images_are_pinned(self, services: dict[str, Any]) -> None:
         """Every image names a version: no implicit or explicit :latest."""

@@ -618,6 +618,34 @@ def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID")]) -> None
     _out().print(f"revoked token {removed.id} of {removed.person}", markup=False)
 
 
+key_app = typer.Typer(
+    help="The decision key the API signs decisions with (every API process must share it).",
+    no_args_is_help=True,
+)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("init")
+def key_init(as_json: JsonOption = False) -> None:
+    """Make the decision key at FIRELINE_DECISION_KEY_FILE (or under the data folder) unless
+    it exists; print its id and public key (what other deployments put in
+    FIRELINE_DECISION_TRUSTED_KEYS). Safe to run again: an existing key is kept."""
+    from fireline.identity.keys import DecisionKeyError, create_key, key_path, read_key
+
+    path = key_path(_settings())
+    try:
+        made = not path.exists()
+        key = create_key(path) if made else read_key(path)
+    except (DecisionKeyError, OSError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        _echo_json({"key_id": key.key_id, "public_key": key.public, "path": str(path)})
+        return
+    verb = "made" if made else "kept"
+    _out().print(f"{verb} decision key {key.key_id} at {path}", markup=False, soft_wrap=True)
+    typer.echo(f"{key.key_id}={key.public}")
+
+
 @app.command()
 def login(
     url: Annotated[
