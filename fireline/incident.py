@@ -118,6 +118,9 @@ class IncidentStart(BaseModel):
     drill: bool = False
     task_queue_prefix: str = "fireline"
     requested_by: str = "ingress"
+    trusted_keys: dict[str, str] = Field(default_factory=dict)
+    """Public keys whose signed decisions the run accepts (as ``RunRequest.trusted_keys``):
+    the API's signed approvals of the run's gates verify against them."""
     upsert_search_attributes: bool = True
     """Set service, severity, key, playbook and phase as search attributes (the names in
     :data:`fireline.messages.SEARCH_ATTRIBUTES`, which ``fireline up`` registers) unless the
@@ -126,6 +129,8 @@ class IncidentStart(BaseModel):
     """Continue-as-new beyond this many history events (Temporal warns at 10k)."""
     run_poll_s: float = Field(default=10.0, ge=1.0, le=600.0)
     """How often the incident reads its run's status (gates opened, mutating steps started)."""
+    run_poll_max_s: float = Field(default=60.0, ge=1.0, le=600.0)
+    """The reading backs off to this while nothing changes (a run waiting at a gate)."""
     carried: IncidentState | None = None
     """Set only by continue-as-new: the state so far, carried into the new run."""
 
@@ -307,6 +312,7 @@ def incident_start(
     drill: bool = False,
     previous_incident: str | None = None,
     task_queue_prefix: str = "fireline",
+    trusted_keys: dict[str, str] | None = None,
 ) -> IncidentStart:
     """The start input for a routed alert, with the service's policy pinned now."""
     from fireline.catalog.services import Service
@@ -327,4 +333,5 @@ def incident_start(
         previous_incident=previous_incident,
         drill=drill,
         task_queue_prefix=task_queue_prefix,
+        trusted_keys=trusted_keys or {},
     )

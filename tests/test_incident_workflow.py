@@ -379,7 +379,7 @@ def with_plan(
         plan=plan,
         inputs={"base": base},
         task_queue_prefix=prefix,
-    ).model_copy(update={"run_poll_s": 1.0})
+    ).model_copy(update={"run_poll_s": 1.0, "run_poll_max_s": 2.0})
 
 
 class TestGateLadder:

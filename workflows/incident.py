@@ -149,6 +149,8 @@ class IncidentWorkflow:
         self._gate_steps: set[str] = set()
         self._sa_phase: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._poll_every = start.run_poll_s
+        self._last_view = ""
         carry = self._s.carry
         if carry:
             if carry.get("resolve"):
@@ -307,6 +309,9 @@ class IncidentWorkflow:
                 inputs=self._start.inputs,
                 requested_by=approved_by or f"incident {self._s.incident_id}",
                 task_queue_prefix=self._start.task_queue_prefix,
+                trusted_keys=self._start.trusted_keys,
+                # Whoever acknowledged may not also approve the run's high-risk steps.
+                separated_from=sorted({a.by for a in self._s.acks}),
             ),
             id=child_id,
             task_queue=self._start.task_queue_prefix,
@@ -340,11 +345,19 @@ class IncidentWorkflow:
             self._event("run_unreadable", f"status of {run.workflow_id}: {err}")
             self._next_poll = workflow.now() + timedelta(seconds=self._start.run_poll_s)
             return
-        self._next_poll = workflow.now() + timedelta(seconds=self._start.run_poll_s)
-        if not view.get("found"):
-            return  # not started yet
         steps = view.get("steps", [])
         phase = str(view.get("phase"))
+        # Read often while the run moves, less and less while it waits (a gate, a long
+        # step): a thousand incidents at their gates must not keep the server busy.
+        signature = json.dumps([phase, [(s["id"], s["status"]) for s in steps]])
+        if signature == self._last_view:
+            self._poll_every = min(self._poll_every * 2, self._start.run_poll_max_s)
+        else:
+            self._poll_every = self._start.run_poll_s
+        self._last_view = signature
+        self._next_poll = workflow.now() + timedelta(seconds=self._poll_every)
+        if not view.get("found"):
+            return  # not started yet
         mutated = any(s["id"] in self._mutating and s["status"] in _MUTATED for s in steps)
         if mutated and not run.mutated:
             run.mutated = True

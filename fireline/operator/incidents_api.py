@@ -16,7 +16,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
-from temporalio.client import Client, WorkflowExecution, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -120,7 +126,8 @@ def visibility_query(
     since: datetime | None = None,
 ) -> str:
     """The list filter; values are pattern-checked by the route before they get here."""
-    parts = [f"WorkflowType = '{INCIDENT_WORKFLOW}'"]
+    # A run that continued as new is the same incident: only its latest run is listed.
+    parts = [f"WorkflowType = '{INCIDENT_WORKFLOW}'", "ExecutionStatus != 'ContinuedAsNew'"]
     for name, value in ((SA_SERVICE, service), (SA_PHASE, phase), (SA_SEVERITY, severity)):
         if value is not None:
             if not re.fullmatch(_FILTER, value):
@@ -318,9 +325,15 @@ async def report(
                 status.HTTP_400_BAD_REQUEST,
                 f"more than {MAX_REPORT} incidents in the window; narrow it with --since",
             )
-        handle = c.get_workflow_handle(execution.id, run_id=execution.run_id)
+        handle = c.get_workflow_handle(
+            execution.id, run_id=execution.run_id, result_type=IncidentState
+        )
         try:
-            states.append(await handle.query(QUERY_STATUS, result_type=IncidentState))
-        except RPCError:
+            if execution.status is WorkflowExecutionStatus.COMPLETED:
+                # A closed incident returned its state: read it, no replay needed.
+                states.append(await handle.result(follow_runs=False))
+            else:
+                states.append(await handle.query(QUERY_STATUS, result_type=IncidentState))
+        except (RPCError, WorkflowFailureError):
             continue
     return build_report(states, since=since, service=service)
