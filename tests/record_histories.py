@@ -247,7 +247,7 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
             plan,
             {"base": target.base_url},
             workflow_id=history_id(scenario.name),
-            trusted_keys=scenario.trusted_keys,
+            trusted_keys=scenario.trusted_keys or {},  # unsigned scenarios as recorded
         )
         if scenario.act:
             await scenario.act(handle)

@@ -26,13 +26,13 @@ from temporalio.exceptions import ApplicationError
 from activities.application.redis_client import JOURNAL_PREFIX
 from fireline import errors
 from fireline.compile.compiler import PlaybookLibrary
-from fireline.messages import QUERY_STATUS, UPDATE_APPROVE, Approval, RunState, StepStatus
+from fireline.messages import QUERY_STATUS, RunState, StepStatus
 from fireline.plan import Plan
 from fireline.runtime.settings import Settings
 from tests.support.prometheus import Prometheus, prometheus  # noqa: F401
 from tests.support.redis import RedisServer, redis_db, redis_server  # noqa: F401
 from tests.support.target import Reply, Target
-from tests.support.workers import compile_playbooks, fireline_workers, start_run
+from tests.support.workers import approve, compile_playbooks, fireline_workers, start_run
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 DOMAINS = ("core", "application")
@@ -87,7 +87,7 @@ async def approve_flush(handle: WorkflowHandle[Any, Any]) -> RunState:
     state = await until(
         handle, lambda s: s.step("flush_cache").status is StepStatus.awaiting_approval
     )
-    await handle.execute_update(UPDATE_APPROVE, Approval(step="flush_cache", approver="carol"))
+    await approve(handle, "flush_cache", "carol")
     return state
 
 

@@ -23,15 +23,13 @@ from activities.core.runtime import credential_problem
 from fireline import errors
 from fireline.messages import (
     QUERY_STATUS,
-    UPDATE_DECIDE,
-    Decision,
     DecisionAction,
     RunState,
     StepStatus,
 )
 from fireline.runtime.settings import Settings
 from tests.support.target import Reply, Target, start_target
-from tests.support.workers import compile_playbooks, fireline_workers, start_run
+from tests.support.workers import compile_playbooks, decide, fireline_workers, start_run
 
 TOKEN = "bound-s3cret"
 
@@ -222,19 +220,11 @@ class TestThroughARun:
         async with fireline_workers(client, task_queue_prefix, settings=settings):
             handle = await start_run(client, task_queue_prefix, plan, {"url": target.url("/admin")})
             await status_when(handle, "call", StepStatus.awaiting_decision, 1)
-            await handle.execute_update(
-                UPDATE_DECIDE,
-                Decision(
-                    step="call",
-                    action=DecisionAction.retry,
-                    by="alice",
-                    inputs={"url": other.url("/steal")},
-                ),
+            await decide(
+                handle, "call", DecisionAction.retry, "alice", inputs={"url": other.url("/steal")}
             )
             state = await status_when(handle, "call", StepStatus.awaiting_decision, 2)
-            await handle.execute_update(
-                UPDATE_DECIDE, Decision(step="call", action=DecisionAction.compensate, by="alice")
-            )
+            await decide(handle, "call", DecisionAction.compensate, "alice")
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
 

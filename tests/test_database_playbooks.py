@@ -25,9 +25,6 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from fireline.compile.compiler import PlaybookLibrary
 from fireline.messages import (
     QUERY_STATUS,
-    UPDATE_APPROVE,
-    UPDATE_REJECT,
-    Approval,
     RunPhase,
     RunState,
     StepStatus,
@@ -45,7 +42,8 @@ from tests.support.postgres import (  # noqa: F401  (fixtures)
     pg_fixture,
 )
 from tests.support.target import Reply, Target
-from tests.support.workers import fireline_workers, start_run
+from tests.support.workers import approve as signed_approve
+from tests.support.workers import fireline_workers, reject, start_run
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 DOMAINS = ("core", "database", "platform")
@@ -206,7 +204,7 @@ def explain(state: RunState) -> str:
 
 async def approve(handle: WorkflowHandle[Any, Any], step: str, *people: str) -> None:
     for person in people:
-        await handle.execute_update(UPDATE_APPROVE, Approval(step=step, approver=person))
+        await signed_approve(handle, step, person)
 
 
 class TestPrimaryFailurePlaybook:
@@ -274,9 +272,7 @@ class TestPrimaryFailurePlaybook:
             handle = await start_run(client, task_queue_prefix, plan, failover_inputs(fresh))
             await until_awaiting(handle, "promote")
             assert not await asyncio.to_thread(app_can_write, pg.primary)
-            await handle.execute_update(
-                UPDATE_REJECT, Approval(step="promote", approver="alice", comment="not yet")
-            )
+            await reject(handle, "promote", "alice", "not yet")
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
             state = await status(handle)

@@ -16,14 +16,12 @@ from temporalio.exceptions import ApplicationError
 from fireline import errors
 from fireline.messages import (
     QUERY_STATUS,
-    UPDATE_APPROVE,
-    Approval,
     RunPhase,
     RunState,
     StepStatus,
 )
 from tests.support.target import Reply
-from tests.support.workers import compile_playbooks, fireline_workers, start_run
+from tests.support.workers import approve, compile_playbooks, fireline_workers, start_run
 
 GATED = """
 name: slow-gate
@@ -96,9 +94,7 @@ class TestTimeouts:
                 while True:
                     state = await handle.query(QUERY_STATUS, result_type=RunState)
                     if state.step("failover").status is StepStatus.awaiting_approval:
-                        await handle.execute_update(
-                            UPDATE_APPROVE, Approval(step="failover", approver="alice")
-                        )
+                        await approve(handle, "failover", "alice")
                         return
                     await asyncio.sleep(0.05)
 

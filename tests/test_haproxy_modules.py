@@ -37,8 +37,6 @@ from fireline.compile.compiler import PlaybookLibrary
 from fireline.errors import CompileError
 from fireline.messages import (
     QUERY_STATUS,
-    UPDATE_APPROVE,
-    Approval,
     RunPhase,
     RunState,
     StepStatus,
@@ -55,7 +53,7 @@ from tests.support.haproxy import (
     wait_for_sessions,
 )
 from tests.support.target import Reply, start_target
-from tests.support.workers import compile_playbooks, fireline_workers, start_run
+from tests.support.workers import approve, compile_playbooks, fireline_workers, start_run
 
 REGISTRY = load_registry(["platform"])
 HAPROXY_MODULES = sorted(
@@ -709,9 +707,7 @@ class TestNetworkFailurePlaybook:
             assert served["s1"] == ["/s1/slow"], "no probe reached the drained server"
             assert len(served["s2"]) + len(served["s3"]) == 5
 
-            await handle.execute_update(
-                UPDATE_APPROVE, Approval(step="pool_back", approver="alice", comment="link fixed")
-            )
+            await approve(handle, "pool_back", "alice", "link fixed")
             result = await handle.result()
 
         assert result.phase is RunPhase.succeeded
@@ -812,7 +808,7 @@ class TestConfigurationDriftPlaybook:
                 ("edge:web/s3", "weight", 1, 30),
             }
             assert gate.preview.blast_radius["servers"] == 2
-            await handle.execute_update(UPDATE_APPROVE, Approval(step="revert", approver="bob"))
+            await approve(handle, "revert", "bob")
             result = await handle.result()
 
         assert result.phase is RunPhase.succeeded
@@ -844,7 +840,7 @@ class TestConfigurationDriftPlaybook:
         ):
             handle = await start_run(client, task_queue_prefix, plan, inputs)
             await until_awaiting(handle, "revert")
-            await handle.execute_update(UPDATE_APPROVE, Approval(step="revert", approver="bob"))
+            await approve(handle, "revert", "bob")
             failure = await failure_of(handle)
             state = await run_status(handle)
 

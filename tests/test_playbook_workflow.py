@@ -27,20 +27,20 @@ from fireline.messages import (
     QUERY_STATUS,
     SA_PHASE,
     SA_PLAYBOOK,
-    SIGNAL_APPROVE,
-    UPDATE_APPROVE,
-    UPDATE_DECIDE,
-    UPDATE_REJECT,
-    Approval,
-    Decision,
     DecisionAction,
     RunPhase,
     RunState,
-    StepState,
     StepStatus,
 )
 from tests.support.target import Reply, Target
-from tests.support.workers import compile_playbooks, fireline_workers, start_run
+from tests.support.workers import (
+    approve,
+    compile_playbooks,
+    decide,
+    fireline_workers,
+    reject,
+    start_run,
+)
 
 PHASE = SearchAttributeKey.for_keyword(SA_PHASE)
 
@@ -262,7 +262,7 @@ class TestFailures:
         async with fireline_workers(client, task_queue_prefix):
             handle = await run_playbook({"b.yaml": playbook}, "bad-undo", {"base": target.base_url})
             await until(handle, waiting("three", StepStatus.awaiting_approval))
-            await handle.execute_update(UPDATE_APPROVE, Approval(step="three", approver="zoe"))
+            await approve(handle, "three", "zoe")
             failure = await failure_of(handle)
             state = await status(handle)
 
@@ -335,7 +335,7 @@ class TestRollbackVerification:
                 {"v.yaml": self.PLAYBOOK}, "verified", {"base": target.base_url}
             )
             await until(handle, waiting("boom", StepStatus.awaiting_approval))
-            await handle.execute_update(UPDATE_APPROVE, Approval(step="boom", approver="zoe"))
+            await approve(handle, "boom", "zoe")
             failure = await failure_of(handle)
             return failure, await status(handle)
 
@@ -414,15 +414,12 @@ class TestAskOnFailure:
             state = await until(handle, waiting("flaky", StepStatus.awaiting_decision))
             assert state.phase is RunPhase.awaiting_decision
             assert "404" in (state.step("flaky").error or "")
-            answer = await handle.execute_update(
-                UPDATE_DECIDE,
-                Decision(
-                    step="flaky",
-                    action=DecisionAction.retry,
-                    by="alice",
-                    inputs={"url": f"{target.base_url}/right"},
-                ),
-                result_type=StepState,
+            answer = await decide(
+                handle,
+                "flaky",
+                DecisionAction.retry,
+                "alice",
+                inputs={"url": f"{target.base_url}/right"},
             )
             assert answer.id == "flaky"
             result = await handle.result()
@@ -452,9 +449,7 @@ class TestAskOnFailure:
                 {"a.yaml": self.PLAYBOOK}, "ask-me", {"base": target.base_url}
             )
             await until(handle, waiting("flaky", StepStatus.awaiting_decision))
-            await handle.execute_update(
-                UPDATE_DECIDE, Decision(step="flaky", action=DecisionAction.skip, by="bob")
-            )
+            await decide(handle, "flaky", DecisionAction.skip, "bob")
             result = await handle.result()
             state = await status(handle)
 
@@ -473,13 +468,9 @@ class TestAskOnFailure:
             # A decision for a step that is not waiting is refused by the update's validator,
             # before anything is recorded.
             with pytest.raises(WorkflowUpdateFailedError) as refused:
-                await handle.execute_update(
-                    UPDATE_DECIDE, Decision(step="after", action=DecisionAction.skip, by="bob")
-                )
+                await decide(handle, "after", DecisionAction.skip, "bob")
             assert "not waiting for a decision" in str(refused.value.cause)
-            await handle.execute_update(
-                UPDATE_DECIDE, Decision(step="flaky", action=DecisionAction.compensate, by="bob")
-            )
+            await decide(handle, "flaky", DecisionAction.compensate, "bob")
             failure = await failure_of(handle)
             state = await status(handle)
 
@@ -520,27 +511,19 @@ class TestApprovalGates:
             assert described.typed_search_attributes.get(PHASE) == "awaiting_approval"
 
             with pytest.raises(WorkflowUpdateFailedError) as outsider:
-                await handle.execute_update(
-                    UPDATE_APPROVE, Approval(step="failover", approver="mallory")
-                )
+                await approve(handle, "failover", "mallory")
             assert "mallory is not in the catalog" in str(outsider.value.cause)
             with pytest.raises(WorkflowUpdateFailedError) as other_role:
-                await handle.execute_update(
-                    UPDATE_APPROVE, Approval(step="failover", approver="bob")
-                )
+                await approve(handle, "failover", "bob")
             assert "may not decide for role sre-senior" in str(other_role.value.cause)
 
-            await handle.execute_update(UPDATE_APPROVE, Approval(step="failover", approver="carol"))
+            await approve(handle, "failover", "carol")
             with pytest.raises(WorkflowUpdateFailedError) as twice:
-                await handle.execute_update(
-                    UPDATE_APPROVE, Approval(step="failover", approver="carol")
-                )
+                await approve(handle, "failover", "carol")
             assert "already approved" in str(twice.value.cause)
             assert target.hits("POST", "/failover") == []  # one approval of two is not enough
 
-            await handle.signal(
-                SIGNAL_APPROVE, Approval(step="failover", approver="erin", comment="go")
-            )
+            await approve(handle, "failover", "erin", "go", signal=True)
             result = await handle.result()
             state = await status(handle)
 
@@ -565,10 +548,7 @@ class TestApprovalGates:
                 {"g.yaml": self.PLAYBOOK}, "gated", {"base": target.base_url}
             )
             await until(handle, waiting("failover", StepStatus.awaiting_approval))
-            await handle.execute_update(
-                UPDATE_REJECT,
-                Approval(step="failover", approver="carol", comment="replica is behind"),
-            )
+            await reject(handle, "failover", "carol", "replica is behind")
             failure = await failure_of(handle)
             state = await status(handle)
 
