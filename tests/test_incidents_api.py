@@ -28,6 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from fireline.catalog.model import Catalog
+from fireline.identity.keys import load_decision_key
 from fireline.identity.tokens import TokenStore
 from fireline.incident import (
     INCIDENT_WORKFLOW,
@@ -40,15 +41,18 @@ from fireline.incident import (
     search_attributes,
 )
 from fireline.ingress.alert import Alert, AlertSource, AlertStatus
+from fireline.messages import QUERY_STATUS as RUN_QUERY
+from fireline.messages import RunState
 from fireline.operator.api import create_app
 from fireline.operator.cli import app as cli_app
 from fireline.runtime.settings import Settings
 from tests.support.target import Reply, Target
-from tests.support.workers import fireline_workers
+from tests.support.workers import compile_playbooks, fireline_workers
 
 CATALOG = """
 roles:
   sre-oncall: {tier: 1, members: [alice, bob]}
+  sre-senior: {tier: 2, members: [carol]}
   lead: {tier: 3, members: [dana]}
 services:
   checkout:
@@ -85,7 +89,7 @@ def settings(
 @pytest.fixture
 def tokens(settings: Settings) -> dict[str, str]:
     store = TokenStore.of(settings)
-    return {p: store.issue(p)[0] for p in ("alice", "bob", "dana")}
+    return {p: store.issue(p)[0] for p in ("alice", "bob", "carol", "dana")}
 
 
 @asynccontextmanager
@@ -247,3 +251,86 @@ class TestIncidentApi:
                 finally:
                     await alice.aclose()
                     await anonymous.aclose()
+
+
+GATED = """
+name: fix-checkout
+inputs: {base: {type: string, required: true}}
+steps:
+  - id: restart
+    uses: core.http_request
+    with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
+    approval: {role: sre-senior, timeout: 2h}
+"""
+
+
+class TestRunGateThroughTheIncident:
+    async def test_approve_a_run_gate_signed_as_the_token_person(
+        self,
+        env: WorkflowEnvironment,
+        settings: Settings,
+        tokens: dict[str, str],
+        target: Target,
+        tmp_path: Path,
+    ) -> None:
+        """POST /v1/incidents/{id}/approve for a run step: signed, verified, judged by the run."""
+        target.route("POST", "/restart", Reply(200))
+        release = target.hold("POST", "/restart")  # the run stays busy while we ask again
+        client = env.client
+        plan = compile_playbooks(tmp_path, {"p.yaml": GATED}, "fix-checkout")
+        catalog = Catalog.model_validate(yaml.safe_load(CATALOG))
+        key = f"am/checkout/{uuid.uuid4().hex[:8]}"
+        start = incident_start(
+            catalog,
+            "checkout",
+            key,
+            plan=plan,
+            inputs={"base": target.base_url},
+            task_queue_prefix=settings.task_queue_prefix,
+            trusted_keys=load_decision_key(settings).trusted(),
+        ).model_copy(update={"run_poll_s": 1.0, "run_poll_max_s": 2.0})
+        async with fireline_workers(client, settings.task_queue_prefix):
+            handle = await client.start_workflow(
+                INCIDENT_WORKFLOW,
+                start,
+                id=incident_workflow_id(key),
+                task_queue=settings.task_queue_prefix,
+                result_type=IncidentState,
+            )
+            for _ in range(300):
+                state = await handle.query(QUERY_STATUS, result_type=IncidentState)
+                if state.escalation.gate_step == "restart":
+                    break
+                await asyncio.sleep(0.05)
+            assert state.escalation.gate_step == "restart"
+            async with (
+                serving(settings) as url,
+                httpx.AsyncClient(
+                    base_url=url, headers={"Authorization": f"Bearer {tokens['carol']}"}
+                ) as carol,
+            ):
+                answer = await carol.post(
+                    f"/v1/incidents/{handle.id}/approve",
+                    json={"step": "restart", "comment": "error rate 40%"},
+                )
+                assert answer.status_code == 200, answer.text
+                again = await carol.post(
+                    f"/v1/incidents/{handle.id}/approve", json={"step": "restart"}
+                )
+                assert again.status_code == 409, again.text
+                release.set()
+            run = client.get_workflow_handle(state.run.workflow_id or "")
+            for _ in range(300):
+                run_state = await run.query(RUN_QUERY, result_type=RunState)
+                if run_state.phase.value == "succeeded":
+                    break
+                await asyncio.sleep(0.05)
+
+        (approval,) = run_state.step("restart").approvals
+        assert (approval.by, approval.comment, approval.verified) == (
+            "carol",
+            "error rate 40%",
+            True,
+        )
+        assert run_state.phase.value == "succeeded"
+        assert len(target.hits("POST", "/restart")) == 1
