@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import BaseModel, Field
 
 from fireline.catalog.model import Catalog
 from fireline.compile.compiler import (
@@ -15,7 +19,7 @@ from fireline.compile.compiler import (
     apply_input_defaults,
 )
 from fireline.errors import CompileError
-from fireline.modules import Registry, load_registry
+from fireline.modules import CheckRef, Registry, load_registry, module
 from fireline.plan import (
     WAIT_MODULE,
     IncludeNode,
@@ -1125,3 +1129,160 @@ class TestLibraryLookup:
         assert all(problems == [] for problems in report.values()), report
         plan = library.compile("api-outage")
         assert any(isinstance(node, IncludeNode) for node in plan.walk())
+
+
+# -- declared checks over optional inputs -------------------------------------------------
+
+
+class Mode(StrEnum):
+    gentle = "gentle"
+    hard = "hard"
+
+
+class CordonInput(BaseModel):
+    pool: str
+    keep_healthy: int = 2
+    mode: Mode = Mode.gentle
+    note: str | None = None
+    hosts: list[str] = Field(default_factory=list)
+    stamp: str = Field(default_factory=lambda: "made-per-call")
+    template: str = "${{ inputs.secret }}"
+
+
+class CordonOutput(BaseModel):
+    pool: str
+
+
+def _cordon(name: str, check_with: dict[str, str], when: str | None = None) -> object:
+    @module(
+        name,
+        domain="core",
+        preconditions=[CheckRef(check="test.probe", with_=check_with, when=when)],
+        description="Cordon a pool (a compiler fixture).",
+    )
+    async def cordon(request: CordonInput) -> CordonOutput:
+        return CordonOutput(pool=request.pool)
+
+    return cordon
+
+
+DEFAULTS_REGISTRY = REGISTRY.extended(
+    _cordon("test.cordon", {"target": "${{ input.pool }}", "expect": "${{ input.keep_healthy }}"}),
+    _cordon("test.cordon_mode", {"target": "m-${{ input.mode }}", "expect": "${{ input.hosts }}"}),
+    _cordon("test.cordon_note", {"target": "${{ input.pool }}", "expect": "${{ input.note }}"}),
+    _cordon("test.cordon_stamp", {"target": "${{ input.stamp }}"}),
+    _cordon("test.cordon_template", {"target": "${{ input.template }}"}),
+    _cordon("test.cordon_guarded", {"target": "${{ input.stamp }}"}, when="stamp"),
+)
+
+
+CORDON = """\
+name: cordon
+inputs: {k: {type: integer}, s: {type: string}}
+steps:
+  - id: cordon
+    uses: %s
+    with: {pool: web%s}
+"""
+
+
+def _cordon_step(tmp_path: Path, uses: str, extra: str = "") -> StepNode:
+    folder = _write(tmp_path, {"main.yaml": CORDON % (uses, extra)})
+    library = PlaybookLibrary.load(folder, catalog=CATALOG, registry=DEFAULTS_REGISTRY)
+    node = library.compile("cordon").nodes[0]
+    assert isinstance(node, StepNode)
+    return node
+
+
+def _cordon_problems(tmp_path: Path, uses: str, extra: str = "") -> list[str]:
+    folder = _write(tmp_path, {"main.yaml": CORDON % (uses, extra)})
+    library = PlaybookLibrary.load(folder, catalog=CATALOG, registry=DEFAULTS_REGISTRY)
+    with pytest.raises(CompileError) as caught:
+        library.compile("cordon")
+    return [str(p) for p in caught.value.problems]
+
+
+class TestDeclaredInputDefaults:
+    def test_a_default_the_declared_check_reads_is_written_into_the_step(
+        self, tmp_path: Path
+    ) -> None:
+        """The run resolves input.* against the step's with:, so the default goes there."""
+        step = _cordon_step(tmp_path, "test.cordon")
+        assert step.action.with_ == {"pool": "web", "keep_healthy": 2}
+        assert step.preconditions[0].with_ == {
+            "target": "${{ input.pool }}",
+            "expect": "${{ input.keep_healthy }}",
+        }
+
+    def test_only_the_inputs_read_are_filled_in(self, tmp_path: Path) -> None:
+        """An enum default goes in as its JSON value, an empty-list factory as []; nothing
+        the checks do not read is added (mode and hosts here, keep_healthy not)."""
+        step = _cordon_step(tmp_path, "test.cordon_mode")
+        assert step.action.with_ == {"pool": "web", "mode": "gentle", "hosts": []}
+
+    def test_a_value_the_playbook_writes_is_kept(self, tmp_path: Path) -> None:
+        step = _cordon_step(tmp_path, "test.cordon", ', keep_healthy: "${{ inputs.k }}"')
+        assert step.action.with_ == {"pool": "web", "keep_healthy": "${{ inputs.k }}"}
+
+    def test_a_null_default_is_a_default(self, tmp_path: Path) -> None:
+        """note defaults to null: the check gets null rather than failing 'not found'."""
+        step = _cordon_step(tmp_path, "test.cordon_note")
+        assert step.action.with_ == {"pool": "web", "note": None}
+
+    def test_a_default_made_per_call_is_not_frozen_and_is_reported(self, tmp_path: Path) -> None:
+        """A factory other than list/dict may differ per call: the plan cannot carry it, so a
+        check reading it unset is a compile problem that says what to set."""
+        [problem] = _cordon_problems(tmp_path, "test.cordon_stamp")
+        assert "input.stamp" in problem
+        assert "test.probe that test.cordon_stamp declares" in problem
+        assert "set with.stamp" in problem
+        step = _cordon_step(tmp_path / "set", "test.cordon_stamp", ", stamp: s1")
+        assert step.action.with_ == {"pool": "web", "stamp": "s1"}
+
+    def test_a_default_that_reads_as_an_expression_is_not_written(self, tmp_path: Path) -> None:
+        """A default holding ${{ }} would be resolved against the run: it is refused instead."""
+        [problem] = _cordon_problems(tmp_path, "test.cordon_template")
+        assert "input.template" in problem
+
+    def test_a_check_guarded_by_the_input_it_reads_needs_no_default(self, tmp_path: Path) -> None:
+        """when: stamp — left out, the check does not exist; set, it reads what was set."""
+        without = _cordon_step(tmp_path, "test.cordon_guarded")
+        assert (without.preconditions, without.action.with_) == ([], {"pool": "web"})
+        dynamic = _cordon_step(tmp_path / "d", "test.cordon_guarded", ', stamp: "${{ inputs.s }}"')
+        assert [c.when for c in dynamic.preconditions] == ["input.stamp"]
+
+    def test_the_playbooks_own_check_reads_defaults_too(self, tmp_path: Path) -> None:
+        text = """\
+        name: own
+        steps:
+          - id: look
+            uses: test.read
+            with: {target: t}
+            postconditions:
+              - check: test.probe
+                with: {target: "${{ input.target }}", expect: "${{ input.limit }}"}
+        """
+        step = _compile(tmp_path, text).nodes[0]
+        assert isinstance(step, StepNode)
+        assert step.action.with_ == {"target": "t", "limit": 10}
+
+    def test_the_shipped_playbooks_compile_unchanged(self) -> None:
+        """No shipped playbook's check reads an input it leaves out, so no plan grows."""
+        library = PlaybookLibrary.load(Path(__file__).parent.parent / "playbooks")
+        for name in library.names():
+            plan = library.compile(name)
+            assert plan.source is not None
+            written = _written_with(yaml.safe_load(Path(plan.source.file).read_text())["steps"])
+            for node in plan.walk():
+                if isinstance(node, StepNode):
+                    assert set(node.action.with_) <= written[node.id], (name, node.id)
+
+
+def _written_with(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """The keys each step of a playbook file writes under its with:, by step id."""
+    out: dict[str, set[str]] = {}
+    for entry in entries:
+        out[entry["id"]] = set(entry.get("with") or {})
+        if isinstance(entry.get("parallel"), list):
+            out |= _written_with(entry["parallel"])
+    return out

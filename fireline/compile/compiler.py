@@ -17,10 +17,12 @@ default), so this module never imports implementations and tests can add modules
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from fireline.catalog.model import CATALOG_FILE, Catalog
 from fireline.compile.facts import fact_problems
@@ -444,15 +446,25 @@ class _Unit:
         is_check = spec.kind == "check"
         inputs = field_keys(spec.input_model)
         outputs = _CHECK_FIELDS if is_check else _model_fields(spec.output_model)
-        pre = self._declared_checks(spec, spec.preconditions, with_, path, entry.id)
-        pre += self._own_checks(
+        declared_pre = self._declared_checks(spec, spec.preconditions, with_, path, entry.id)
+        own_pre = self._own_checks(
             entry.preconditions, (*path, "preconditions"), entry.id, visible, inputs, None
         )
-        post = self._declared_checks(spec, spec.postconditions, with_, path, entry.id)
-        post += self._own_checks(
+        declared_post = self._declared_checks(spec, spec.postconditions, with_, path, entry.id)
+        own_post = self._own_checks(
             entry.postconditions, (*path, "postconditions"), entry.id, visible, inputs, outputs
         )
+        pre, post = declared_pre + own_pre, declared_post + own_post
         compensation = self._compensation(entry, spec, with_, path, visible, inputs, outputs)
+        self._fill_defaults(
+            spec,
+            with_,
+            [(c, True) for c in (*declared_pre, *declared_post)]
+            + [(c, False) for c in (*own_pre, *own_post)],
+            (compensation, entry.compensate is None) if compensation else None,
+            path,
+            entry.id,
+        )
         self._gate_or_undo(entry, spec, gate, compensation, path)
         retry = self._retry(spec.retry, entry.retry, (*path, "retry"), entry.id)
         self.lib._uses_lines[(self.file, entry.id)] = self.doc.line_of((*path, "uses"))
@@ -536,8 +548,9 @@ class _Unit:
     ) -> list[CheckCall]:
         """A module's own pre/postconditions, switched on by their ``when`` input."""
         calls: list[CheckCall] = []
+        effective = {**input_defaults(spec.input_model), **with_}
         for ref in refs:
-            present, when = _switch(ref.when, with_)
+            present, when = _switch(ref.when, effective)
             if not present:
                 continue
             check = self.lib.registry.get(ref.check)
@@ -623,7 +636,7 @@ class _Unit:
         ref = spec.compensation
         if not isinstance(ref, CompensationRef):
             return None
-        present, when = _switch(ref.when, with_)
+        present, when = _switch(ref.when, {**input_defaults(spec.input_model), **with_})
         if not present:
             return None
         undo = self.lib.registry.get(ref.module)
@@ -637,6 +650,55 @@ class _Unit:
             return None
         comp_with = {FROM_KEY: ref.with_} if isinstance(ref.with_, str) else dict(ref.with_)
         return _call(undo, comp_with, when=when)
+
+    def _fill_defaults(
+        self,
+        spec: ModuleSpec,
+        with_: dict[str, Any],
+        checks: list[tuple[CheckCall, bool]],
+        compensation: tuple[ActivityCall, bool] | None,
+        path: PathKey,
+        step: str,
+    ) -> None:
+        """Give the step's checks and compensation the input the module validates, not only
+        what the playbook wrote.
+
+        At run time ``input.*`` is the step's resolved ``with:``, so a check reading an optional
+        input the playbook left out would fail with "not found" in the middle of an incident.
+        Each such input with a default is written into ``with_`` (the value the module's model
+        fills in anyway, so the action is unchanged, a retry's new inputs still win, and
+        approvers see the value the check uses); one without a default is a problem here,
+        unless the call exists only when that input is set (its ``when``).
+        ``checks`` and ``compensation`` pair each call with whether the module declares it.
+        """
+        model = spec.input_model
+        keys = field_keys(model)
+        defaults = input_defaults(model)
+        calls: list[tuple[ActivityCall, bool]] = [
+            *checks,
+            *([compensation] if compensation else []),
+        ]
+        for call, declared in calls:
+            guard = _when_field(call.when)
+            for field in _input_fields(call):
+                if field in with_ or field not in keys:
+                    continue
+                if field in defaults:
+                    with_[field] = defaults[field]
+                elif field != guard and not _is_required(model, field):
+                    if isinstance(call, CheckCall):
+                        what = f"the check {call.name}" + (
+                            f" that {spec.name} declares" if declared else ""
+                        )
+                    else:
+                        what = f"{spec.name}'s compensation" if declared else "the compensation"
+                    self.problem(
+                        (*path, "with"),
+                        step,
+                        f"{what} reads input.{field}, which this step does not set and "
+                        f"which has no default, so it would fail when the step runs: set "
+                        f"with.{field}",
+                    )
 
     def _gate_or_undo(
         self,
@@ -803,6 +865,77 @@ def _model_fields(model: type[BaseModel]) -> frozenset[str]:
         if info.alias:
             names.add(info.alias)
     return frozenset(names)
+
+
+def input_defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """The defaults ``model`` fills in for inputs left out, under every key they may be
+    written as, for those that survive the trip through a Plan's JSON unchanged.
+
+    A default made by a factory counts only for the empty containers (``list``, ``dict``):
+    any other factory may give a different value per call (a timestamp, an id), which a
+    compiled plan must not freeze. A default holding ``${{`` would read as an expression.
+    """
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if info.is_required():
+            continue
+        if info.default_factory is not None:
+            if info.default_factory not in (list, dict):
+                continue
+            value: Any = info.default_factory()
+        else:
+            value = info.default
+        try:
+            plain = json.loads(json.dumps(to_jsonable_python(value)))
+        except (TypeError, ValueError, PydanticSerializationError):
+            continue
+        if contains_expression(plain):
+            continue
+        alias = info.validation_alias if isinstance(info.validation_alias, str) else info.alias
+        for key in {name, alias or name}:
+            out[key] = plain
+    return out
+
+
+def _is_required(model: type[BaseModel], key: str) -> bool:
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias, info.validation_alias):
+            return info.is_required()
+    return False
+
+
+def _when_field(when: str | None) -> str | None:
+    """``input.x`` -> ``x``: the field a run-time guard skips the call on."""
+    if when and when.startswith("input."):
+        return when.split(".", 2)[1]
+    return None
+
+
+def _input_fields(call: ActivityCall) -> list[str]:
+    """Fields of the step's own input a call refers to (a whole ``input`` is validated by
+    the module it is given to, so it needs nothing here)."""
+    out = [str(p[1]) for p in _references(call.with_) if len(p) > 1 and p[0] == "input"]
+    field = _when_field(call.when)
+    return [*out, field] if field else out
+
+
+def _references(value: Any) -> list[list[str | int]]:
+    """Well-formed references only: malformed ones are reported where they are written."""
+    out: list[list[str | int]] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, str):
+            for match in EXPRESSION.finditer(item):
+                try:
+                    out.append(parse_path(match.group(1)))
+                except ExpressionError:
+                    continue
+    return out
 
 
 def _input_spec(name: str, decl: InputDecl) -> InputSpec:
