@@ -978,7 +978,7 @@ def render_banner(s: IncidentState) -> str:
     elif e.gate_step:
         act.append(
             f"`{e.gate_step}` waits for approval: "
-            f"`fireline approve {s.run.workflow_id} {e.gate_step} --as NAME`"
+            f"`fireline approve {s.run.workflow_id} {e.gate_step}` (your credential says who)"
         )
     if e.state in ("triggered", "exhausted") and s.resolved_at is None:
         act.append(f"acknowledge: `fireline ack {s.incident_id}`")
