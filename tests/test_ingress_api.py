@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from fireline.identity.signing import generate_key
 from fireline.incident import (
     QUERY_STATUS,
     UPDATE_RESOLVE,
@@ -89,6 +90,8 @@ steps:
 GRAFANA_SECRET = "grafana-hmac-secret"
 PD_SECRET = "pagerduty-signing-secret"
 TOKEN = "generic-token"
+DECISION_KEY = "api-key-1"
+"""The key id the API signs decisions with; incidents it opens must trust it."""
 AUTH: dict[str, dict[str, Any]] = {
     "alertmanager": {"kind": "basic", "users": {"alertmanager": "am-password"}},
     "grafana": {
@@ -147,7 +150,8 @@ async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
 @pytest.fixture
 async def api(settings: Settings, workers: None) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.include_router(alerts_router(settings, ingress_config()))
+    keys = {DECISION_KEY: generate_key()[1]}
+    app.include_router(alerts_router(settings, ingress_config(), trusted_keys=keys))
     server, task, url = await serve(app)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -243,6 +247,8 @@ class TestEndToEnd:
         assert start.plan.name == "restart-api"
         assert start.inputs == {"host": "api-7f9c:8080"}
         assert start.severity == "critical"
+        # the routed run will accept decisions the API signs, and only those
+        assert list(start.trusted_keys) == [DECISION_KEY]
 
     async def test_grafana(self, api: httpx.AsyncClient, client: Client) -> None:
         body = json.dumps(fixture("grafana_firing.json")).encode()

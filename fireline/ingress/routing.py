@@ -44,8 +44,15 @@ def _stamp(folder: Path) -> tuple[tuple[str, float], ...]:
 
 
 class RoutingTable:
-    def __init__(self, settings: Settings, reload_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reload_seconds: float = 5.0,
+        *,
+        trusted_keys: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
+        self.trusted_keys = dict(trusted_keys or {})
         self.reload_seconds = reload_seconds
         self._checked = float("-inf")
         self._stamp: tuple[tuple[str, float], ...] | None = None
@@ -127,4 +134,5 @@ class RoutingTable:
             inputs=inputs,
             previous_incident=previous,
             task_queue_prefix=self.settings.task_queue_prefix,
+            trusted_keys=self.trusted_keys,
         )

@@ -35,6 +35,7 @@ from fireline.ingress.auth import HEADER_SCHEMES, AuthTable, Unauthorized, parse
 from fireline.ingress.config import IngressSettings
 from fireline.ingress.delivery import Ingress, IngressStats, Starter, TemporalStarter
 from fireline.ingress.group_commit import CommitTimeout, Overloaded
+from fireline.ingress.routing import RoutingTable
 from fireline.ingress.unrouted import UnroutedSummary
 from fireline.runtime.settings import Settings
 
@@ -112,10 +113,15 @@ class AlertsDoor:
     """State shared by the routes of one app: credentials, the ingress engine, its client."""
 
     def __init__(
-        self, settings: Settings, config: IngressSettings, starter: Starter | None = None
+        self,
+        settings: Settings,
+        config: IngressSettings,
+        starter: Starter | None = None,
+        trusted_keys: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
+        self.trusted_keys = dict(trusted_keys or {})
         self.auth = auth_table(config)
         self._starter = starter
         self._ingress: Ingress | None = None
@@ -127,7 +133,10 @@ class AlertsDoor:
             starter = self._starter or TemporalStarter(
                 lambda: self._client(request), self.settings.workflow_task_queue
             )
-            self._ingress = Ingress(self.settings, self.config, starter)
+            table = RoutingTable(
+                self.settings, self.config.reload_seconds, trusted_keys=self.trusted_keys
+            )
+            self._ingress = Ingress(self.settings, self.config, starter, table)
         return self._ingress
 
     async def _client(self, request: Request) -> Any:
@@ -241,9 +250,13 @@ def alerts_router(
     config: IngressSettings | None = None,
     *,
     starter: Starter | None = None,
+    trusted_keys: dict[str, str] | None = None,
 ) -> APIRouter:
-    """The alert routes; ``create_app`` includes them. ``starter`` replaces Temporal in tests."""
-    door = AlertsDoor(settings, config or IngressSettings(), starter)
+    """The alert routes; ``create_app`` includes them. ``starter`` replaces Temporal in tests.
+
+    ``trusted_keys`` are the decision keys the API signs with: the routed playbook runs of the
+    incidents these routes open accept signed decisions from this API."""
+    door = AlertsDoor(settings, config or IngressSettings(), starter, trusted_keys)
     router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
     router.door = door  # type: ignore[attr-defined]  # for tests and the bench
 

@@ -421,6 +421,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return CancelAnswer(workflow_id=workflow_id)
 
     app.include_router(ops)
-    app.include_router(alerts_api.alerts_router(settings))
+    app.include_router(alerts_api.alerts_router(settings, trusted_keys=signer.trusted_keys()))
     app.include_router(incidents_api.router)
     return app
