@@ -186,17 +186,40 @@ def worker(
 def api(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8080,
+    head_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            max=300.0,
+            help="seconds a client has to send a request's line and headers before it is "
+            "disconnected (default 10, as under fireline up)",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the operator HTTP API."""
+    """Serve the operator HTTP API, with the same connection limits as `fireline up`'s.
+
+    A client trickling its request head in a byte at a time is cut off after
+    ``--head-timeout``, so a few hundred slow clients cannot hold every connection.
+    """
     import uvicorn
 
     from fireline.operator.api import create_app
+    from fireline.operator.limits import HEAD_TIMEOUT_S, head_deadline_protocol
     from fireline.runtime.logging import configure_logging
     from fireline.runtime.workers import exit_process
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        http=head_deadline_protocol(head_timeout or HEAD_TIMEOUT_S),
+        log_config=None,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+        limit_concurrency=1000,
+    )
     exit_process(0)
 
 
