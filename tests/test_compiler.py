@@ -17,6 +17,7 @@ from fireline.compile.compiler import (
     PlaybookLibrary,
     Problem,
     apply_input_defaults,
+    input_defaults,
 )
 from fireline.errors import CompileError
 from fireline.modules import CheckRef, Registry, load_registry, module
@@ -1286,3 +1287,19 @@ def _written_with(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
         if isinstance(entry.get("parallel"), list):
             out |= _written_with(entry["parallel"])
     return out
+
+
+def test_input_defaults_keep_only_what_survives_a_plan_unchanged() -> None:
+    """JSON values (enums as their value, empty containers); not infinities, which the
+    workflow's JSON would turn into null, nor expressions, nor per-call factories."""
+
+    class Model(BaseModel):
+        need: str
+        mode: Mode = Mode.hard
+        limit: float = float("inf")
+        hosts: dict[str, int] = Field(default_factory=dict)
+        stamp: str = Field(default_factory=lambda: "x")
+        template: str = "${{ inputs.x }}"
+        aliased: int = Field(default=3, alias="aliasedKey")
+
+    assert input_defaults(Model) == {"mode": "hard", "hosts": {}, "aliased": 3, "aliasedKey": 3}

@@ -886,7 +886,7 @@ def input_defaults(model: type[BaseModel]) -> dict[str, Any]:
         else:
             value = info.default
         try:
-            plain = json.loads(json.dumps(to_jsonable_python(value)))
+            plain = json.loads(json.dumps(to_jsonable_python(value), allow_nan=False))
         except (TypeError, ValueError, PydanticSerializationError):
             continue
         if contains_expression(plain):
