@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from workflows.guard import GuardWorkflow
 from workflows.incident import IncidentWorkflow
+from workflows.plan_preview import PlanPreviewWorkflow
 from workflows.playbook import PlaybookWorkflow
 
-WORKFLOWS: list[type] = [PlaybookWorkflow, IncidentWorkflow, GuardWorkflow]
+WORKFLOWS: list[type] = [PlaybookWorkflow, IncidentWorkflow, GuardWorkflow, PlanPreviewWorkflow]
 
 __all__ = ["WORKFLOWS", "PlaybookWorkflow"]

@@ -30,6 +30,7 @@ from fireline.identity.keys import load_decision_key
 from fireline.messages import DecisionAction, RunState, StepState
 from fireline.operator import alerts_api, incidents_api, limits, operations
 from fireline.operator.auth import Authenticator, Principal
+from fireline.operator.plan_preview import PlanPreview
 from fireline.plan import InputSpec
 from fireline.runtime.client import make_client
 from fireline.runtime.settings import DOMAINS, Settings
@@ -363,6 +364,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             requested_by_verified=who.verified,
             trusted_keys=signer.trusted_keys(),
         )
+
+    @ops.post("/plans/preview", response_model=PlanPreview)
+    async def plan_preview(body: StartRunBody, c: Temporal) -> PlanPreview:
+        """What running the playbook now would do, per step, read from the real systems by
+        each mutating module's preview; nothing is changed and no run is started."""
+        return await operations.preview_plan(c, settings, body.playbook, body.inputs)
 
     @ops.get("/runs", response_model=list[operations.RunSummary])
     async def runs(

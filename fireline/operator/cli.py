@@ -405,6 +405,24 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command()
+def plan(
+    playbook: Annotated[str, typer.Argument(help="the playbook's name in the API's library")],
+    inputs: InputOption = None,
+    as_: AsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Preview a playbook against the real systems, changing nothing: per step mutating,
+    read-only or undetermined, its risk, gate and undo, and what each change would do."""
+    settings = _settings()
+    given = parse_assignments(inputs)
+    preview = _api(lambda api: api.preview_plan(playbook, given), settings, as_)
+    if as_json:
+        typer.echo(preview.model_dump_json(indent=2))
+    else:
+        _out().print(render.plan_view(preview))
+
+
 def _print_outcome(state: RunState) -> None:
     style = "green" if state.phase == RunPhase.succeeded else "red"
     line = Text.assemble("outcome: ", (state.phase.value, style))

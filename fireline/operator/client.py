@@ -27,6 +27,7 @@ from fireline.identity.tokens import write_private
 from fireline.messages import RunState, StepState
 from fireline.operator import operations
 from fireline.operator.auth import UNVERIFIED_HEADER, Principal, is_loopback
+from fireline.operator.plan_preview import PlanPreview
 from fireline.runtime.settings import Settings
 
 
@@ -201,6 +202,15 @@ class ApiClient:
         except _UnknownPlaybookAnswer as exc:
             raise operations.UnknownPlaybook(playbook, exc.known) from None
         return operations.StartedRun.model_validate(data)
+
+    def preview_plan(self, playbook: str, inputs: dict[str, Any]) -> PlanPreview:
+        """``fireline plan``: what a run would do, read from the real systems, nothing changed."""
+        body = {"playbook": playbook, "inputs": inputs}
+        try:
+            data = self._call("POST", "/plans/preview", json=body)
+        except _UnknownPlaybookAnswer as exc:
+            raise operations.UnknownPlaybook(playbook, exc.known) from None
+        return PlanPreview.model_validate(data)
 
     def status(self, workflow_id: str) -> RunState:
         return RunState.model_validate(self._call("GET", f"/runs/{quote(workflow_id, safe='')}"))

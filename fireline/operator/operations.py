@@ -54,6 +54,7 @@ from fireline.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from fireline.compile.compiler import PlaybookLibrary
+    from fireline.operator.plan_preview import PlanPreview
 
 _QUERY_TIMEOUT = timedelta(seconds=15)
 
@@ -463,3 +464,83 @@ async def cancel(
     except RPCError as exc:
         raise _decision_error(exc, workflow_id) from exc
     return state
+
+
+# --- planning -------------------------------------------------------------------------------
+
+PLAN_PREVIEW_TIMEOUT_S = 30.0
+"""How long one step's preview may take (a domain worker down answers within it)."""
+
+
+async def preview_plan(
+    client: Client,
+    settings: Settings,
+    playbook: str,
+    inputs: dict[str, Any],
+    *,
+    timeout_s: float = PLAN_PREVIEW_TIMEOUT_S,
+) -> PlanPreview:
+    """What running ``playbook`` with ``inputs`` would do, step by step, changing nothing.
+
+    Compiles and checks inputs as :func:`start_run` does (same errors), classifies every step,
+    and has the domain workers read each determinable mutating step's preview from the real
+    systems through a :data:`PLAN_PREVIEW_WORKFLOW` run. A preview that cannot be read says
+    why on its own step; the plan is returned whatever the previews did.
+    """
+    from fireline.operator import plan_preview
+    from workflows.plan_preview import (
+        PLAN_PREVIEW_WORKFLOW,
+        PlanPreviewRequest,
+        PreviewCall,
+        PreviewOutcome,
+    )
+
+    plan = await asyncio.to_thread(compile_playbook, settings, playbook)
+    if not plan.hash:
+        plan = plan.sealed()
+    resolved = resolve_inputs(plan, inputs)
+    steps = plan_preview.walk(plan, resolved)
+    calls: list[PreviewCall] = []
+    for step in steps:
+        activity = plan_preview.preview_activity_of(plan, step.id)
+        if plan_preview.wants_preview(step) and activity is not None:
+            calls.append(
+                PreviewCall(
+                    step=step.id,
+                    activity=activity,
+                    domain=step.domain,
+                    local=False,
+                    inputs=step.inputs or {},
+                )
+            )
+    outcomes: dict[str, PreviewOutcome] = {}
+    if calls:
+        request = PlanPreviewRequest(
+            task_queue_prefix=settings.task_queue_prefix, calls=calls, timeout_s=timeout_s
+        )
+        try:
+            answer: list[PreviewOutcome] = await client.execute_workflow(
+                PLAN_PREVIEW_WORKFLOW,
+                request,
+                id=f"fireline-plan-{plan.name}-{secrets.token_hex(6)}",
+                task_queue=settings.workflow_task_queue,
+                execution_timeout=timedelta(seconds=timeout_s * 2 + 10),
+                result_type=list[PreviewOutcome],
+                static_summary=f"plan preview of {plan.name} v{plan.version}",
+            )
+            outcomes = {o.step: o for o in answer}
+        except Exception as exc:  # never abort the plan: every preview says why it is missing
+            reason = f"the previews could not be run: {getattr(exc, 'message', '') or exc}"
+            outcomes = {c.step: PreviewOutcome(step=c.step, error=reason[:500]) for c in calls}
+    for step in steps:
+        outcome = outcomes.get(step.id)
+        if outcome is not None:
+            step.preview, step.preview_error = outcome.preview, outcome.error
+    return plan_preview.PlanPreview(
+        playbook=plan.name,
+        version=plan.version,
+        plan_hash=plan.hash,
+        max_risk=plan.max_risk(),
+        inputs=resolved,
+        steps=steps,
+    )

@@ -22,6 +22,8 @@ from fireline.messages import (
     StepState,
     StepStatus,
 )
+from fireline.operator.plan_preview import PlannedStep, PlanPreview, StepKind
+from fireline.plan import Preview
 
 _STATUS_STYLE: dict[str, str] = {
     StepStatus.pending: "dim",
@@ -193,9 +195,48 @@ def header(state: RunState) -> Text:
     return text
 
 
+def preview_lines(preview: Preview | None, error: str | None, *, indent: str = "  ") -> list[str]:
+    """What a step would change, as its module's preview read it: summary, each change as
+    before -> after, blast radius, rollback and warnings (plain text, never markup)."""
+    if error is not None:
+        return [f"{indent}preview unavailable: {_short(error, 300)}"]
+    if preview is None:
+        return []
+    lines = [f"{indent}would change: {_short(preview.summary, 300)}"]
+    for change in preview.changes[:20]:
+        where = f"{_short(change.target, 40)} {_short(change.attribute, 40)}"
+        lines.append(
+            f"{indent}  {where}: {_short(change.before, 60)} -> {_short(change.after, 60)}"
+        )
+    if len(preview.changes) > 20:
+        lines.append(f"{indent}  … and {len(preview.changes) - 20} more")
+    if preview.blast_radius:
+        radius = ", ".join(f"{k} {v}" for k, v in preview.blast_radius.items())
+        lines.append(f"{indent}blast radius: {_short(radius, 200)}")
+    if preview.rollback:
+        lines.append(f"{indent}rollback: {_short(preview.rollback, 300)}")
+    lines += [f"{indent}warning: {_short(w, 300)}" for w in preview.warnings[:10]]
+    return lines
+
+
+def gate_previews(state: RunState) -> list[Text]:
+    """For each step waiting at its gate, what approving it would change."""
+    out: list[Text] = []
+    for step in state.steps:
+        if step.status != StepStatus.awaiting_approval:
+            continue
+        lines = preview_lines(step.preview, step.preview_error)
+        if not lines:
+            continue
+        title = Text(f"{step.id} waits for approval", style="bold yellow")
+        out.append(Text.assemble(title, "\n", "\n".join(lines)))
+    return out
+
+
 def run_view(state: RunState, *, timeline: bool = True) -> Group:
     """The full status page of one run."""
     parts: list[RenderableType] = [header(state), steps_table(state, checks=False)]
+    parts += gate_previews(state)
     if any(step.checks for step in state.steps):
         parts.append(checks_table(state))
     if state.compensations:
@@ -214,7 +255,7 @@ def live_view(state: RunState) -> Group:
         for s in state.steps
         if s.status == StepStatus.awaiting_approval
     ]
-    return Group(header(state), steps_table(state, checks=False), *hints)
+    return Group(header(state), steps_table(state, checks=False), *gate_previews(state), *hints)
 
 
 def changes(previous: RunState | None, current: RunState) -> list[str]:
@@ -381,3 +422,66 @@ def tokens_table(records: Iterable[Any]) -> Table:
             record.expires_at.strftime("%Y-%m-%d %H:%M:%S") if record.expires_at else "never",
         )
     return table
+
+
+_KIND_STYLE: dict[str, str] = {
+    StepKind.mutating: "bold yellow",
+    StepKind.read_only: "green",
+    StepKind.undetermined: "magenta",
+}
+
+
+def _gate_cell(step: PlannedStep) -> str:
+    if step.gate is None:
+        return ""
+    count = f" x{step.gate.min_approvals}" if step.gate.min_approvals > 1 else ""
+    return f"{step.gate.role}{count}"
+
+
+def plan_table(preview: PlanPreview) -> Table:
+    """``fireline plan``: one row per step (id, module and undo stacked in one cell, so the
+    table stays readable at 80 columns)."""
+    counts = preview.counts()
+    title = (
+        f"plan {preview.playbook} v{preview.version}: {counts['mutating']} mutating, "
+        f"{counts['read-only']} read-only, {counts['undetermined']} undetermined"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("step / module / undo", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("risk", no_wrap=True)
+    table.add_column("gate", overflow="fold")
+    for step in preview.steps:
+        pad = "  " * step.depth
+        lines = [f"{pad}{step.id}", f"{pad}  {step.module}"]
+        if step.compensation:
+            lines.append(f"{pad}  undo: {step.compensation}")
+        _row(
+            table,
+            "\n".join(lines),
+            Text(step.kind.value, style=_KIND_STYLE.get(step.kind, "")),
+            step.risk.value,
+            _gate_cell(step),
+        )
+    return table
+
+
+def plan_details(preview: PlanPreview) -> list[str]:
+    """Below the table: each mutating step's preview, and why undetermined ones wait."""
+    lines: list[str] = []
+    for step in preview.steps:
+        if step.kind is StepKind.undetermined:
+            lines.append(f"{step.id}: undetermined, needs {', '.join(step.depends_on)}")
+        elif step.preview is not None or step.preview_error is not None:
+            lines.append(f"{step.id}:")
+            lines += preview_lines(step.preview, step.preview_error)
+    return lines
+
+
+def plan_view(preview: PlanPreview) -> Group:
+    details = [Text(line) for line in plan_details(preview)]
+    footer = Text(
+        f"plan {preview.plan_hash[:12]}, max risk {preview.max_risk.value}; nothing was changed",
+        style="dim",
+    )
+    return Group(plan_table(preview), *details, footer)
