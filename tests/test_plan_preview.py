@@ -338,11 +338,17 @@ class TestPlanAgainstRedis:
 
 class TestGatePreview:
     async def test_status_shows_what_the_gate_would_allow(
-        self, client: Client, workers: Settings, http: httpx.AsyncClient, redis_db: RedisServer
+        self,
+        client: Client,
+        workers: Settings,
+        http: httpx.AsyncClient,
+        redis_db: RedisServer,
+        token: str,
+        tmp_path: Path,
     ) -> None:
-        """A run waiting at ``shed``'s gate: GET /runs/{id} carries the preview read from Redis
-        and ``fireline status``'s view shows summary, before -> after, blast radius, rollback.
-        Cancelled there, the flag was never touched."""
+        """A run waiting at ``shed``'s gate: GET /runs/{id} carries the preview read from Redis,
+        and ``fireline status`` (through a real API server) shows summary, before -> after,
+        blast radius and rollback. Cancelled there, the flag was never touched."""
         redis_db.client().set("flag:shed", "off")
         response = await http.post("/runs", json={"playbook": "shed", "inputs": {"flag": "shed"}})
         assert response.status_code == 201, response.text
@@ -364,6 +370,21 @@ class TestGatePreview:
         assert "redis:cache flag shed: off -> on" in shown
         assert "blast radius: flags 1" in shown
         assert "rollback: application.restore_flag puts back 'off'" in shown
+
+        async with serving(workers) as url:
+            env = {
+                "COLUMNS": "100",
+                "FIRELINE_API_URL": url,
+                "FIRELINE_TOKEN": token,
+                "FIRELINE_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+                "FIRELINE_DATA_DIR": str(tmp_path / "cli-data"),
+            }
+            result = await asyncio.to_thread(
+                CliRunner().invoke, cli_app, ["status", workflow_id], env=env
+            )
+        assert result.exit_code == 0, result.output
+        assert "would change: flag shed: 'off' -> 'on'" in result.stdout
+        assert "redis:cache flag shed: off -> on" in result.stdout
 
         response = await http.post(f"/runs/{workflow_id}/cancel", json={"reason": "test over"})
         assert response.status_code == 202, response.text

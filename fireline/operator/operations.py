@@ -524,7 +524,9 @@ async def preview_plan(
                 request,
                 id=f"fireline-plan-{plan.name}-{secrets.token_hex(6)}",
                 task_queue=settings.workflow_task_queue,
-                execution_timeout=timedelta(seconds=timeout_s * 2 + 10),
+                # Previews run at once, each within timeout_s; no workflow worker: still answer
+                # inside the CLI's 60 s request timeout.
+                execution_timeout=timedelta(seconds=timeout_s + 10),
                 result_type=list[PreviewOutcome],
                 static_summary=f"plan preview of {plan.name} v{plan.version}",
             )
