@@ -18,7 +18,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, Field
 
-from activities.application.targets import TARGET_NAME, HttpTarget, resolve_target
+from activities.application.targets import TARGET_NAME, HttpTarget
 from activities.core.runtime import (
     HttpClientSet,
     bound_bearer,
@@ -26,6 +26,7 @@ from activities.core.runtime import (
     run_headers,
     running,
     status_error,
+    target_settings,
     transport_error,
 )
 from fireline.modules import CheckRef, CheckResult, CompensationRef, check, module, preview
@@ -100,7 +101,7 @@ class MaintenanceModules(HttpClientSet):
     """Maintenance mode of HTTP targets, sharing the worker's HTTP connection pool."""
 
     def target(self, name: str) -> HttpTarget:
-        return resolve_target(self.settings, "http", name, HttpTarget)
+        return target_settings(self.settings, "http", name, HttpTarget)
 
     def _headers(self, name: str, target: HttpTarget, url: str) -> dict[str, str]:
         headers = run_headers()

@@ -20,7 +20,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, Field
 
-from activities.application.targets import TARGET_NAME, PrometheusTarget, resolve_target
+from activities.application.targets import TARGET_NAME, PrometheusTarget
 from activities.core.runtime import (
     HttpClientSet,
     bound_bearer,
@@ -29,6 +29,7 @@ from activities.core.runtime import (
     run_headers,
     running,
     status_error,
+    target_settings,
     transport_error,
     unavailable,
 )
@@ -80,7 +81,7 @@ class PrometheusModules(HttpClientSet):
     """Queries against Prometheus targets over the worker's shared HTTP pool."""
 
     def target(self, name: str) -> PrometheusTarget:
-        return resolve_target(self.settings, "prometheus", name, PrometheusTarget)
+        return target_settings(self.settings, "prometheus", name, PrometheusTarget)
 
     def _auth(self, name: str, target: PrometheusTarget, url: str) -> tuple[dict[str, str], Any]:
         headers = run_headers()

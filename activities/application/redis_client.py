@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio import activity
 
-from activities.application.targets import RedisTarget, resolve_target
-from activities.core.runtime import idempotency_key, refused, unavailable
+from activities.application.targets import RedisTarget
+from activities.core.runtime import idempotency_key, refused, target_settings, unavailable
 from fireline.modules import ModuleSet
 from fireline.runtime.settings import Settings
 
@@ -56,7 +56,7 @@ class RedisSet(ModuleSet):
         self._clients: dict[str, tuple[RedisTarget, Redis]] = {}
 
     def target(self, name: str) -> RedisTarget:
-        return resolve_target(self.settings, "redis", name, RedisTarget)
+        return target_settings(self.settings, "redis", name, RedisTarget)
 
     def client(self, name: str) -> Redis:
         if name not in self._clients:

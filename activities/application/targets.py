@@ -1,19 +1,16 @@
-"""The systems application modules act on, by kind and name, validated from settings.
+"""The settings models of the systems application modules act on, one per kind.
 
-A step names its target (``target: main``); the connection settings and credentials come from
-``settings.targets[KIND][NAME]`` on the worker, so they never enter a playbook or workflow
-history. Each kind has its own model, so a typo in a setting fails loudly at first use.
+A step names its target (``target: main``); ``activities.core.runtime.target_settings`` finds
+``settings.targets[KIND][NAME]`` on the worker and validates it with the kind's model here, so
+a typo in a setting fails loudly at first use.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from activities.core.runtime import host_port, invalid_input, url_problem
-from fireline.runtime.settings import Settings
+from activities.core.runtime import host_port, url_problem
 
 TARGET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """What a step may put in ``target``: a settings key, never a URL or a DSN."""
@@ -91,26 +88,3 @@ class PrometheusTarget(BaseModel):
 
     def credential_hosts(self) -> list[str]:
         return self.allowed_hosts or [host_port(httpx.URL(self.url))]
-
-
-T = TypeVar("T", bound=BaseModel)
-
-
-def resolve_target(settings: Settings, kind: str, name: str, model: type[T]) -> T:
-    """The named target of ``kind``, validated; an unknown name lists the known ones."""
-    known: dict[str, Any] = settings.targets.get(kind, {})
-    if name not in known:
-        names = ", ".join(sorted(known)) or "none configured"
-        raise invalid_input(
-            f"no {kind} target named {name!r} in settings (targets.{kind}: {names})",
-            kind=kind,
-            target=name,
-        )
-    try:
-        return model.model_validate(known[name])
-    except ValidationError as exc:
-        # Field names only: the values may be credentials.
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "?" for e in exc.errors())
-        raise invalid_input(
-            f"settings targets.{kind}.{name} are invalid ({fields})", kind=kind, target=name
-        ) from None

@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.core.runtime import (
     HttpClientSet,
+    configured_target,
     invalid_input,
     require_url,
     running,
@@ -138,16 +139,15 @@ class PagingModules(HttpClientSet):
     """Pages over one pooled HTTP client per worker."""
 
     def _target(self, kind: str, name: str) -> dict[str, Any]:
-        targets = self.settings.targets.get(kind, {})
-        if name in targets:
-            return targets[name]
-        if kind == "webhook" and name == "default" and self.settings.notify_webhook_url:
+        """``targets.KIND.NAME``; the default webhook falls back to ``notify_webhook_url``."""
+        if (
+            kind == "webhook"
+            and name == "default"
+            and name not in self.settings.targets.get(kind, {})
+            and self.settings.notify_webhook_url
+        ):
             return {"url": self.settings.notify_webhook_url}
-        raise invalid_input(
-            f"no {kind} target named {name!r} in settings (targets.{kind}.{name})",
-            kind=kind,
-            target=name,
-        )
+        return configured_target(self.settings, kind, name)
 
     @module(
         "core.page",

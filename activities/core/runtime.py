@@ -1,4 +1,5 @@
-"""What every module does around its real work: keys, headers, log context, heartbeats, errors.
+"""What every module does around its real work: keys, headers, log context, heartbeats,
+errors, and finding the target a step names.
 
 These are the same for every target system, so they live here once and the domain files stay
 about their targets. Other domains import them too (``from activities.core import runtime``).
@@ -10,17 +11,19 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from fireline import errors
 from fireline.modules import ModuleSet
 from fireline.runtime.settings import Settings
+
+T = TypeVar("T", bound=BaseModel)
 
 BODY_EXCERPT_CHARS = 200
 """How much of a refusing target's body goes into an error message."""
@@ -132,6 +135,45 @@ def unavailable(message: str, **details: Any) -> ApplicationError:
 
 def _details(details: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     return (details,) if details else ()
+
+
+def configured_target(settings: Settings, kind: str, name: str) -> dict[str, Any]:
+    """The raw settings of target ``name`` of ``kind`` (``settings.targets[kind][name]``).
+
+    A step names its target; connection settings and credentials stay on the worker. An
+    unknown name is an input error listing what is configured, so a typo in a playbook is
+    found on the first attempt rather than after the retries. Every domain looks targets up
+    here, so all refuse in the same words.
+    """
+    configured: dict[str, Any] = settings.targets.get(kind, {})
+    if name not in configured:
+        known = ", ".join(sorted(configured)) or "none"
+        raise invalid_input(
+            f"unknown {kind} target {name!r}: there is no {kind} target named {name!r} in "
+            f"settings (FIRELINE_TARGETS or [targets.{kind}.{name}] in fireline.toml); "
+            f"configured: {known}",
+            kind=kind,
+            target=name,
+        )
+    return configured[name]
+
+
+def target_settings(settings: Settings, kind: str, name: str, model: type[T]) -> T:
+    """The settings of target ``name`` of ``kind``, validated by the kind's own ``model``."""
+    raw = configured_target(settings, kind, name)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        # Field names only: the values may be credentials.
+        fields = ", ".join(
+            sorted({".".join(str(p) for p in e["loc"]) or "?" for e in exc.errors()})
+        )
+        raise invalid_input(
+            f"{kind} target {name!r} is misconfigured: check {fields} "
+            f"(settings targets.{kind}.{name} are invalid ({fields}); values are not shown)",
+            kind=kind,
+            target=name,
+        ) from None
 
 
 def url_problem(url: str) -> str | None:

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from activities.core.runtime import invalid_input, refused, unavailable
+from activities.core.runtime import invalid_input, refused, target_settings, unavailable
 from fireline.modules import ModuleSet
 from fireline.runtime.settings import Settings
 
@@ -125,24 +125,9 @@ class PostgresClientSet(ModuleSet):
         self._locks: dict[str, asyncio.Lock] = {}
 
     def target(self, name: str) -> PostgresTarget:
+        """Target ``name``, validated once per worker."""
         if name not in self._targets:
-            configured = self.settings.targets.get(TARGET_KIND, {})
-            if name not in configured:
-                known = ", ".join(sorted(configured)) or "none configured"
-                raise invalid_input(
-                    f"unknown postgres target {name!r} (known: {known}); configure it under "
-                    f"[targets.postgres.{name}] or FIRELINE_TARGETS",
-                    target=name,
-                )
-            try:
-                self._targets[name] = PostgresTarget.model_validate(configured[name])
-            except ValidationError as exc:
-                # The message names fields, never values: a password must not reach history.
-                fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-                raise invalid_input(
-                    f"postgres target {name!r} is misconfigured: {', '.join(fields)}",
-                    target=name,
-                ) from None
+            self._targets[name] = target_settings(self.settings, TARGET_KIND, name, PostgresTarget)
         return self._targets[name]
 
     async def _connect(self, name: str, *, operator: bool) -> psycopg.AsyncConnection[Any]:

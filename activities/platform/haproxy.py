@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from temporalio.exceptions import ApplicationError
 
-from activities.core.runtime import refused, unavailable
+from activities.core.runtime import refused, target_settings, unavailable
 from activities.platform.haproxy_api import (
     AdminState,
     HaproxyAdmin,
@@ -28,7 +28,7 @@ from activities.platform.haproxy_api import (
     ServerState,
     Unreachable,
 )
-from activities.platform.runtime import Journal, stepping, target_settings
+from activities.platform.runtime import Journal, stepping
 from fireline.modules import CheckRef, CompensationRef, ModuleSet, check, module, preview
 from fireline.plan import Change, CheckResult, Preview, Risk
 from fireline.runtime.settings import Settings

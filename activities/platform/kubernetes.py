@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
-from activities.core.runtime import idempotency_key, refused, unavailable
+from activities.core.runtime import idempotency_key, refused, target_settings, unavailable
 from activities.platform.kubernetes_api import (
     LAST_CHANGE,
     RESTARTED_AT,
@@ -28,7 +28,7 @@ from activities.platform.kubernetes_api import (
     KubeError,
     KubernetesTarget,
 )
-from activities.platform.runtime import stepping, target_settings
+from activities.platform.runtime import stepping
 from fireline.modules import (
     IRREVERSIBLE,
     CheckRef,

@@ -1,4 +1,4 @@
-"""What the platform modules share: target lookup, and remembering what a step found.
+"""What the platform modules share: remembering what a step found.
 
 A platform step records the state it found before changing anything, and its compensation puts
 exactly that back. A retry of the same step (same idempotency key) must not record its own
@@ -20,36 +20,12 @@ import structlog
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 
-from activities.core.runtime import idempotency_key, invalid_input
-from fireline.runtime.settings import Settings
+from activities.core.runtime import idempotency_key
 
 T = TypeVar("T", bound=BaseModel)
 
 JOURNAL_SIZE = 1024
 """Findings kept per worker; older steps have long finished or will read their heartbeat."""
-
-
-def target_settings(settings: Settings, kind: str, name: str, model: type[T]) -> T:
-    """The connection settings of target ``name`` of ``kind``, validated by ``model``.
-
-    Unknown names and invalid settings are input errors that name what is configured, so a
-    typo in a playbook is found on the first attempt rather than after the retries.
-    """
-    configured = settings.targets.get(kind, {})
-    raw = configured.get(name)
-    if raw is None:
-        known = ", ".join(sorted(configured)) or "none"
-        raise invalid_input(
-            f"no {kind} target named {name!r} in settings (FIRELINE_TARGETS or "
-            f"[targets.{kind}.{name}] in fireline.toml); configured: {known}",
-            target=name,
-        )
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        # The error text is built from field names only: settings may hold credentials.
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
-        raise invalid_input(f"{kind} target {name!r} is misconfigured: check {fields}") from None
 
 
 class Journal:
