@@ -18,10 +18,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
-from fireline.catalog.services import GuardPolicy, PagingChannel, PinnedPolicy, pin_policy
+from fireline.catalog.services import (
+    GuardPolicy,
+    PagingChannel,
+    PinnedPolicy,
+    Service,
+    pin_policy,
+)
+from fireline.identity.signing import SignedDecision
 from fireline.ingress.alert import Alert
 from fireline.messages import SA_PHASE, SA_PLAYBOOK
-from fireline.plan import Plan
+from fireline.plan import Person, Plan, Risk
 
 if TYPE_CHECKING:
     from fireline.catalog.model import Catalog
@@ -100,6 +107,38 @@ class IncidentPhase(StrEnum):
         return self in (IncidentPhase.resolved, IncidentPhase.failed)
 
 
+COMMANDER_ROLE = "incident-commander"
+"""The catalog role whose members may take command of any incident (and ack or cancel it)."""
+COMMAND_MIN_TIER = 1
+"""Responders below this tier may acknowledge but not take command."""
+
+
+class IncidentRights(BaseModel):
+    """Who may ack, command and cancel this incident, pinned from the catalog at opening.
+
+    Judged by :func:`workflows.gate.judge_incident`; like the escalation policy, a catalog
+    edit never changes the rights of an incident already open.
+    """
+
+    people: dict[str, Person] = Field(default_factory=dict)
+    """The roster (name, roles, tier): who the catalog knows at all."""
+    responders: list[str] = Field(default_factory=list)
+    """The service's responders, its rotation (overrides included) and every person its
+    ladder pages: they may acknowledge."""
+    owners: list[str] = Field(default_factory=list)
+    """Members of the owner team's role (``decision_rights.owners[owner_team]``)."""
+    commanders: list[str] = Field(default_factory=list)
+    """Members of :data:`COMMANDER_ROLE`: they may command, ack and cancel any incident."""
+    command_min_tier: int = COMMAND_MIN_TIER
+    open: bool = False
+    """The catalog names nobody for this service (an open role on the ladder, or no roster):
+    anyone named may act, signatures still checked."""
+    unsigned: list[str] = Field(default_factory=list)
+    """Actions accepted without a signature even where the incident trusts keys: ``ack`` when
+    the catalog lets low-risk decisions go unsigned, ``command`` for medium, ``cancel`` when
+    every step of the routed playbook is at an unsigned risk."""
+
+
 class IncidentStart(BaseModel):
     """Workflow input: the routed service, its playbook and the policy pinned at opening."""
 
@@ -120,7 +159,10 @@ class IncidentStart(BaseModel):
     requested_by: str = "ingress"
     trusted_keys: dict[str, str] = Field(default_factory=dict)
     """Public keys whose signed decisions the run accepts (as ``RunRequest.trusted_keys``):
-    the API's signed approvals of the run's gates verify against them."""
+    the API's signed approvals of the run's gates verify against them, and so do its signed
+    acks, commands and cancels of the incident itself."""
+    rights: IncidentRights | None = None
+    """Who may ack, command and cancel; None (incidents opened before rights): anyone."""
     upsert_search_attributes: bool = True
     """Set service, severity, key, playbook and phase as search attributes (the names in
     :data:`fireline.messages.SEARCH_ATTRIBUTES`, which ``fireline up`` registers) unless the
@@ -138,6 +180,8 @@ class IncidentStart(BaseModel):
 class Ack(BaseModel):
     by: str = Field(min_length=1, max_length=128)
     comment: str = Field(default="", max_length=2000)
+    signed: SignedDecision | None = None
+    """The API's signature of ``by``'s decision (claim action ``ack``, step "")."""
 
 
 class Command(BaseModel):
@@ -147,11 +191,19 @@ class Command(BaseModel):
     by: str = Field(min_length=1, max_length=128)
     to: str | None = Field(default=None, min_length=1, max_length=128)
     comment: str = Field(default="", max_length=2000)
+    signed: SignedDecision | None = None
+    """Claim action ``command``, step the command's ``action``, inputs digest over
+    :meth:`claim_inputs` (so a signed handover names its successor)."""
+
+    def claim_inputs(self) -> dict[str, Any] | None:
+        return {"to": self.to} if self.to is not None else None
 
 
 class Resolve(BaseModel):
     by: str = Field(min_length=1, max_length=128)
     comment: str = Field(default="", max_length=2000)
+    signed: SignedDecision | None = None
+    """For a cancel: claim action ``cancel``, step ""."""
 
 
 class TimelineEvent(BaseModel):
@@ -184,6 +236,8 @@ class AckRecord(BaseModel):
     by: str
     comment: str = ""
     source: str = "fireline"
+    verified: bool = False
+    """The acknowledger was proven by a trusted signature."""
 
 
 class AlertCounts(BaseModel):
@@ -300,6 +354,49 @@ def search_attributes(start: IncidentStart) -> TypedSearchAttributes:
     return TypedSearchAttributes(pairs)
 
 
+def pin_rights(catalog: Catalog, service: Service, plan: Plan | None = None) -> IncidentRights:
+    """Snapshot who may ack, command and cancel an incident of ``service`` (see
+    :class:`IncidentRights`); roles are resolved to their members now."""
+    policy = pin_policy(catalog, service)
+    responders: list[str] = list(service.responders)
+    if service.rotation is not None:
+        responders += service.rotation.people + [o.person for o in service.rotation.overrides]
+    open_ladder = False
+    for level in policy.levels:
+        for person in level.people:
+            if person.startswith("role:"):
+                open_ladder = True
+            else:
+                responders.append(person)
+    spec = catalog.decision_rights
+    owner_role = spec.owners.get(service.owner_team) or (
+        service.owner_team if service.owner_team in catalog.roles else None
+    )
+    owners = (catalog.approvers(owner_role) or []) if owner_role else []
+    commanders = (
+        (catalog.approvers(COMMANDER_ROLE) or []) if COMMANDER_ROLE in catalog.roles else []
+    )
+    roster = catalog.roster()
+    unsigned = [
+        action
+        for action, risk in (("ack", Risk.low), ("command", Risk.medium))
+        if risk in spec.unsigned
+    ]
+    if (plan.max_risk() if plan is not None else Risk.low) in spec.unsigned:
+        unsigned.append("cancel")
+    return IncidentRights(
+        people={
+            name: Person(name=name, roles=catalog.roles_of(name), tier=catalog.tier_of(name))
+            for name in roster
+        },
+        responders=list(dict.fromkeys(responders)),
+        owners=owners,
+        commanders=commanders,
+        open=open_ladder or not roster,
+        unsigned=unsigned,
+    )
+
+
 def incident_start(
     catalog: Catalog,
     service: str,
@@ -315,11 +412,10 @@ def incident_start(
     trusted_keys: dict[str, str] | None = None,
 ) -> IncidentStart:
     """The start input for a routed alert, with the service's policy pinned now."""
-    from fireline.catalog.services import Service
-
     raw = catalog.services.get(service)
     svc = raw if isinstance(raw, Service) else Service.model_validate(raw or {})
     return IncidentStart(
+        rights=pin_rights(catalog, svc, plan),
         key=key,
         service=service,
         severity=severity,

@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from fireline.catalog.model import Catalog
+from fireline.identity.signing import DecisionClaim, SignedDecision, inputs_digest, sign_decision
 from fireline.incident import (
     INCIDENT_WORKFLOW,
     QUERY_STATUS,
     SIGNAL_ALERTS,
     UPDATE_ACK,
     UPDATE_APPROVE,
+    UPDATE_CANCEL,
     UPDATE_COMMAND,
     Ack,
     AlertBatch,
@@ -36,16 +39,32 @@ from fireline.incident import (
     IncidentPhase,
     IncidentStart,
     IncidentState,
+    Resolve,
     incident_start,
     incident_workflow_id,
+    pin_rights,
 )
 from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from fireline.messages import QUERY_STATUS as RUN_STATUS
 from fireline.messages import UPDATE_APPROVE as RUN_APPROVE
-from fireline.messages import Approval, RunState
+from fireline.messages import Approval, RunRequest, RunState
 from tests.support.target import Reply, Target
-from tests.support.workers import compile_playbooks, fireline_workers
+from tests.support.workers import (
+    TEST_KEY_ID,
+    TEST_KEYS,
+    TEST_PRIVATE,
+    compile_playbooks,
+    fireline_workers,
+)
 from workflows import WORKFLOWS
+from workflows.gate import (
+    IncidentAttempt,
+    IncidentFacts,
+    judge_incident,
+    may_ack,
+    may_cancel,
+    may_command,
+)
 from workflows.guard import QUERY_LEDGER, GuardLedger, guard_workflow_id
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -715,3 +734,305 @@ class TestLongLived:
             history = await handle.fetch_history()
         replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
         await replayer.replay_workflow(history)
+
+
+# ----------------------------------------------------------------------------- rights
+
+RIGHTS_CATALOG = Catalog.model_validate(
+    {
+        "people": {"erin": {"tier": 1}, "zed": {"tier": 0}},
+        "roles": {
+            "sre-oncall": {"tier": 1, "members": ["alice", "bob"]},
+            "sre-senior": {"tier": 2, "members": ["carol"]},
+            "incident-commander": {"tier": 3, "members": ["dana"]},
+            "api-team": {"tier": 1, "members": ["olga"]},
+            "intern": {"tier": 0, "members": ["ivan"]},
+        },
+        "decision_rights": {"owners": {"team-api": "api-team"}},
+        "services": {
+            "payments": {
+                "owner_team": "team-api",
+                "responders": ["ivan"],
+                "escalation": {
+                    "levels": [
+                        {"tier": 1, "delay": "5m", "targets": [{"role": "sre-oncall"}]},
+                        {"tier": 2, "delay": "5m", "targets": [{"person": "carol"}]},
+                    ]
+                },
+            }
+        },
+    }
+)
+RIGHTS = pin_rights(RIGHTS_CATALOG, RIGHTS_CATALOG.services["payments"])
+FACTS = IncidentFacts(workflow_id="incident-x", rights=RIGHTS)
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def signed_for(
+    action: str,
+    person: str,
+    *,
+    step: str = "",
+    digest: str = "",
+    workflow_id: str = "incident-x",
+    live: bool = False,
+) -> SignedDecision:
+    """A decision signed with the test key; ``live``: valid on the server's clock, not NOW's."""
+    expires = (datetime.now(UTC) + timedelta(hours=1)) if live else NOW + timedelta(minutes=5)
+    claim = DecisionClaim(
+        workflow_id=workflow_id,
+        step=step,
+        action=action,  # type: ignore[arg-type]
+        person=person,
+        inputs_digest=digest,
+        expires_at=expires,
+    )
+    return sign_decision(claim, TEST_PRIVATE, TEST_KEY_ID)
+
+
+class TestIncidentRights:
+    """Who may ack, command and cancel: pure functions over the pinned rights."""
+
+    def test_pinned_from_the_catalog(self) -> None:
+        """Responders, ladder people, owner team and commanders resolved at opening."""
+        assert RIGHTS.responders == ["ivan", "alice", "bob", "carol"]
+        assert RIGHTS.owners == ["olga"]
+        assert RIGHTS.commanders == ["dana"]
+        assert RIGHTS.open is False
+        # ack is low risk (unsigned by default), command medium; cancel takes the playbook's
+        # highest risk, and an incident without a playbook has nothing to roll back.
+        assert RIGHTS.unsigned == ["ack", "cancel"]
+
+    @pytest.mark.parametrize(
+        ("action", "person", "facts", "allowed"),
+        [
+            ("ack", "alice", FACTS, True),  # on the ladder
+            ("ack", "ivan", FACTS, True),  # a service responder
+            ("ack", "olga", FACTS, True),  # the owner team
+            ("ack", "dana", FACTS, True),  # incident commander
+            ("ack", "erin", FACTS, False),  # known, nothing to do with payments
+            ("ack", "erin", replace(FACTS, paged=("erin",)), True),  # paged (an override)
+            ("take", "alice", FACTS, True),  # tier 1 responder
+            ("take", "ivan", FACTS, False),  # responder, but tier 0
+            ("take", "dana", FACTS, True),  # incident commander, not on the ladder
+            ("take", "erin", FACTS, False),  # tier 1 but not a responder
+            ("cancel", "olga", FACTS, True),  # owner team
+            ("cancel", "dana", FACTS, True),  # incident commander
+            ("cancel", "bob", FACTS, False),  # a responder who has done nothing
+            ("cancel", "bob", replace(FACTS, acknowledgers=("bob",)), True),
+            ("cancel", "bob", replace(FACTS, commander="bob"), True),
+            ("cancel", "erin", replace(FACTS, rights=None), True),  # no rights: old rule
+            ("take", "zed", replace(FACTS, rights=RIGHTS.model_copy(update={"open": True})), True),
+        ],
+    )
+    def test_table(self, action: str, person: str, facts: IncidentFacts, allowed: bool) -> None:
+        check = {"ack": may_ack, "take": may_command, "cancel": may_cancel}[action]
+        assert (check(person, facts) is None) is allowed
+
+    @pytest.mark.parametrize(
+        ("attempt", "trusted", "reason", "audited"),
+        [
+            (IncidentAttempt("ack", "mallory"), {}, "not in the catalog", False),
+            (IncidentAttempt("ack", "erin"), {}, "may not acknowledge", True),
+            (IncidentAttempt("ack", "alice"), TEST_KEYS, None, None),  # ack may go unsigned
+            (
+                IncidentAttempt("command", "alice", step="take"),
+                TEST_KEYS,
+                "unsigned command claiming alice refused",
+                True,
+            ),
+            (
+                IncidentAttempt(
+                    "command",
+                    "alice",
+                    step="take",
+                    signed=signed_for("command", "alice", step="take"),
+                ),
+                TEST_KEYS,
+                None,
+                None,
+            ),
+            (  # a signature for another incident
+                IncidentAttempt(
+                    "ack", "alice", signed=signed_for("ack", "alice", workflow_id="incident-y")
+                ),
+                TEST_KEYS,
+                "signed decision is for workflow_id 'incident-y'",
+                True,
+            ),
+            (  # a signature by a key the incident does not trust
+                IncidentAttempt("ack", "alice", signed=signed_for("ack", "alice")),
+                {"other": TEST_KEYS[TEST_KEY_ID][::-1]},
+                "does not trust",
+                True,
+            ),
+            (  # signed for alice, claimed by bob
+                IncidentAttempt("ack", "bob", signed=signed_for("ack", "alice")),
+                TEST_KEYS,
+                "person 'alice', not 'bob'",
+                True,
+            ),
+            (  # a signed handover binds its successor
+                IncidentAttempt(
+                    "command",
+                    "alice",
+                    step="handover",
+                    to="dana",
+                    inputs={"to": "dana"},
+                    signed=signed_for(
+                        "command", "alice", step="handover", digest=inputs_digest({"to": "erin"})
+                    ),
+                ),
+                TEST_KEYS,
+                "signed decision is for inputs_digest",
+                True,
+            ),
+            (
+                IncidentAttempt(
+                    "command", "alice", step="handover", to="ivan", inputs={"to": "ivan"}
+                ),
+                {},
+                "command cannot go to ivan",
+                True,
+            ),
+            (IncidentAttempt("cancel", "bob"), {}, "may not cancel", True),
+            (IncidentAttempt("cancel", "olga"), TEST_KEYS, None, None),
+        ],
+    )
+    def test_judge(
+        self,
+        attempt: IncidentAttempt,
+        trusted: dict[str, str],
+        reason: str | None,
+        audited: bool | None,
+    ) -> None:
+        """Signatures bind incident, action, person and successor; refusals say why."""
+        refusal = judge_incident(attempt, replace(FACTS, trusted_keys=trusted), NOW)
+        if reason is None:
+            assert refusal is None
+        else:
+            assert refusal is not None
+            assert reason in refusal.reason
+            assert refusal.audited is audited
+
+
+class TestIncidentRightsEnforced:
+    def test_cancelling_a_risky_playbook_needs_a_signature(self, tmp_path: Path) -> None:
+        """Cancel rolls the run back: with a medium-risk playbook it is no longer unsigned."""
+        plan = compile_playbooks(tmp_path, {"p.yaml": PLAIN}, "fix-payments")
+        assert plan.max_risk().value != "low"
+        rights = pin_rights(RIGHTS_CATALOG, RIGHTS_CATALOG.services["payments"], plan)
+        assert rights.unsigned == ["ack"]
+        facts = replace(FACTS, rights=rights, trusted_keys=TEST_KEYS)
+        refusal = judge_incident(IncidentAttempt("cancel", "olga"), facts, NOW)
+        assert refusal is not None
+        assert "unsigned cancel claiming olga" in refusal.reason
+        signed = IncidentAttempt("cancel", "olga", signed=signed_for("cancel", "olga"))
+        assert judge_incident(signed, facts, NOW) is None
+
+    async def test_refusals_answered_and_a_known_persons_audited(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """Unknown: refused, nothing recorded; known without the right: refused and in the
+        timeline; an unsigned command where keys are trusted: refused; signed: accepted."""
+        env = time_skipping_env
+        start = incident_start(
+            RIGHTS_CATALOG,
+            "payments",
+            key(),
+            task_queue_prefix=task_queue_prefix,
+            trusted_keys=TEST_KEYS,
+        )
+        workflow_id = incident_workflow_id(start.key)
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
+            with pytest.raises(WorkflowUpdateFailedError) as unknown:
+                await handle.execute_update(UPDATE_ACK, Ack(by="mallory"))
+            assert "not in the catalog" in str(unknown.value.cause)
+            with pytest.raises(WorkflowUpdateFailedError) as stranger:
+                await handle.execute_update(UPDATE_ACK, Ack(by="erin"))
+            assert "may not acknowledge" in str(stranger.value.cause)
+            with pytest.raises(WorkflowUpdateFailedError) as unsigned:
+                await handle.execute_update(UPDATE_COMMAND, Command(action="take", by="alice"))
+            assert "unsigned command claiming alice" in str(unsigned.value.cause)
+            still = await state_of(handle)
+            assert still.acknowledged_by is None
+            assert still.commander is None
+            acked = await handle.execute_update(
+                UPDATE_ACK,
+                Ack(by="bob", signed=signed_for("ack", "bob", workflow_id=workflow_id, live=True)),
+                result_type=IncidentState,
+            )
+            took = await handle.execute_update(
+                UPDATE_COMMAND,
+                Command(
+                    action="take",
+                    by="dana",
+                    signed=signed_for(
+                        "command", "dana", step="take", workflow_id=workflow_id, live=True
+                    ),
+                ),
+                result_type=IncidentState,
+            )
+            with pytest.raises(WorkflowUpdateFailedError) as no_cancel:
+                await handle.execute_update(
+                    UPDATE_CANCEL,
+                    Resolve(
+                        by="carol",
+                        signed=signed_for("cancel", "carol", workflow_id=workflow_id, live=True),
+                    ),
+                )
+            assert "carol may not cancel" in str(no_cancel.value.cause)
+            cancelled = await handle.execute_update(
+                UPDATE_CANCEL,
+                Resolve(
+                    by="bob", signed=signed_for("cancel", "bob", workflow_id=workflow_id, live=True)
+                ),
+                result_type=IncidentState,
+            )
+            final = await handle.result()
+
+        assert acked.acknowledged_by == "bob"
+        assert acked.acks[-1].verified is True
+        assert took.commander == "dana"
+        assert any(e.kind == "command" and e.actor == "dana" for e in cancelled.timeline)
+        assert final.phase is IncidentPhase.failed
+        assert final.resolved_by == "bob"
+        refused = [(e.kind, e.actor) for e in final.timeline if e.kind.endswith("_refused")]
+        assert refused == [
+            ("ack_refused", "erin"),
+            ("command_refused", "alice"),
+            ("cancel_refused", "carol"),
+        ], "the known people without the right are audited; mallory is not"
+        assert all(e.actor != "mallory" for e in final.timeline)
+
+    async def test_the_acknowledger_is_separated_from_the_runs_riskiest_approvals(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """A run started after bob acknowledged (the guard held it) names bob in
+        ``separated_from``, so he may not also approve its high/critical steps."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        service = guarded(blast_budget=0)
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
+            await handle.execute_update(UPDATE_ACK, Ack(by="bob", comment="looking"))
+            await handle.execute_update(UPDATE_APPROVE, Approval(step="guard", approver="alice"))
+            state = await until(handle, lambda s: s.run.workflow_id is not None, "run started")
+            run = env.client.get_workflow_handle(state.run.workflow_id or "")
+            history = await run.fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        (payload,) = started.input.payloads
+        request = pydantic_data_converter.payload_converter.from_payload(payload, RunRequest)
+        assert request.separated_from == ["bob"]

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
@@ -34,7 +34,9 @@ from fireline.incident import (
     INCIDENT_WORKFLOW,
     QUERY_STATUS,
     SIGNAL_ALERTS,
+    UPDATE_COMMAND,
     AlertBatch,
+    Command,
     IncidentState,
     incident_start,
     incident_workflow_id,
@@ -54,6 +56,7 @@ roles:
   sre-oncall: {tier: 1, members: [alice, bob]}
   sre-senior: {tier: 2, members: [carol]}
   lead: {tier: 3, members: [dana]}
+  incident-commander: {tier: 3, members: [erin]}
 services:
   checkout:
     escalation:
@@ -89,7 +92,7 @@ def settings(
 @pytest.fixture
 def tokens(settings: Settings) -> dict[str, str]:
     store = TokenStore.of(settings)
-    return {p: store.issue(p)[0] for p in ("alice", "bob", "carol", "dana")}
+    return {p: store.issue(p)[0] for p in ("alice", "bob", "carol", "dana", "erin")}
 
 
 @asynccontextmanager
@@ -113,8 +116,14 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
 async def open_incident(client: Client, settings: Settings, service: str = "checkout") -> str:
     catalog = Catalog.model_validate(yaml.safe_load(CATALOG))
     key = f"am/{service}/{uuid.uuid4().hex[:8]}"
+    # As ingress opens it: the incident trusts the API's decision key.
     start = incident_start(
-        catalog, service, key, severity="critical", task_queue_prefix=settings.task_queue_prefix
+        catalog,
+        service,
+        key,
+        severity="critical",
+        task_queue_prefix=settings.task_queue_prefix,
+        trusted_keys=load_decision_key(settings).trusted(),
     )
     alert = Alert(
         source=AlertSource.alertmanager,
@@ -251,6 +260,75 @@ class TestIncidentApi:
                 finally:
                     await alice.aclose()
                     await anonymous.aclose()
+
+
+class TestIncidentRights:
+    async def test_ack_command_cancel_are_signed_and_judged(
+        self, env: WorkflowEnvironment, settings: Settings, tokens: dict[str, str]
+    ) -> None:
+        """The API signs each decision for the token's person; the incident verifies and
+        judges it: carol (not on checkout's ladder) may neither ack nor command, and her
+        attempts are in the timeline; an unsigned command sent straight to Temporal is refused;
+        erin (incident commander) takes command, alice acks, bob (neither) may not cancel."""
+        client = env.client
+        async with fireline_workers(client, settings.task_queue_prefix):
+            incident = await open_incident(client, settings)
+            async with serving(settings) as url:
+                people = {
+                    p: httpx.AsyncClient(
+                        base_url=url, headers={"Authorization": f"Bearer {tokens[p]}"}
+                    )
+                    for p in ("alice", "bob", "carol", "erin")
+                }
+                try:
+                    carol_ack = await people["carol"].post(f"/v1/incidents/{incident}/ack")
+                    assert carol_ack.status_code == 409
+                    assert "carol may not acknowledge" in carol_ack.json()["detail"]
+                    carol_cmd = await people["carol"].post(f"/v1/incidents/{incident}/command")
+                    assert carol_cmd.status_code == 409
+                    assert "carol (tier 2) may not command" in carol_cmd.json()["detail"]
+                    with pytest.raises(WorkflowUpdateFailedError) as forged:
+                        await client.get_workflow_handle(incident).execute_update(
+                            UPDATE_COMMAND, Command(action="take", by="erin")
+                        )
+                    assert "unsigned command claiming erin" in str(forged.value.cause)
+                    acked = await people["alice"].post(
+                        f"/v1/incidents/{incident}/ack", json={"comment": "looking"}
+                    )
+                    assert acked.status_code == 200, acked.text
+                    assert acked.json()["acks"][-1]["verified"] is True
+                    took = await people["erin"].post(f"/v1/incidents/{incident}/command")
+                    assert took.status_code == 200, took.text
+                    assert took.json()["commander"] == "erin"
+                    handed = await people["erin"].post(
+                        f"/v1/incidents/{incident}/command",
+                        json={"action": "handover", "to": "carol"},
+                    )
+                    assert handed.status_code == 409, "carol may not hold command"
+                    bob_cancel = await people["bob"].post(f"/v1/incidents/{incident}/cancel")
+                    assert bob_cancel.status_code == 409
+                    assert "bob may not cancel" in bob_cancel.json()["detail"]
+                    cancelled = await people["alice"].post(
+                        f"/v1/incidents/{incident}/cancel", json={"comment": "false alarm"}
+                    )
+                    assert cancelled.status_code == 200, cancelled.text
+                finally:
+                    for c in people.values():
+                        await c.aclose()
+            final = await client.get_workflow_handle(incident, result_type=IncidentState).result()
+
+        assert final.resolved_by == "alice"
+        assert final.commander == "erin"
+        refused = [(e.kind, e.actor) for e in final.timeline if e.kind.endswith("_refused")]
+        assert refused == [
+            ("ack_refused", "carol"),
+            ("command_refused", "carol"),
+            ("command_refused", "erin"),  # the unsigned one sent straight to Temporal
+            ("command_refused", "erin"),  # the handover to carol
+            ("cancel_refused", "bob"),
+        ]
+        commands = [e.message for e in final.timeline if e.kind == "command"]
+        assert commands == ["erin took command"]
 
 
 GATED = """

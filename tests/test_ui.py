@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,16 +16,18 @@ from typing import TypeVar
 
 import pytest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from fireline.messages import SEARCH_ATTRIBUTES, RunPhase, RunState
+from fireline.messages import RunPhase, RunState
 from fireline.operator import operations
-from fireline.runtime.binaries import temporal_cli
 from fireline.runtime.settings import Settings
-from fireline.runtime.stack import TUNING_FLAGS
-from tests.support.browser import MISSING, Browser, chromium_path, png_colours
+from tests.support.browser import (
+    MISSING,
+    Browser,
+    chromium_path,
+    dev_server_with_ui,
+    png_colours,
+)
 from tests.support.target import Reply, Target
 from tests.support.workers import fireline_workers
 
@@ -55,13 +56,6 @@ roles:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
     """Debian's Chromium; CI must have it, elsewhere its absence skips with the fix."""
@@ -76,20 +70,8 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 async def ui_env(chromium: str) -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
     """Its own dev server with the Web UI on a free port, Fireline's search attributes added."""
-    ui_port = _free_port()
-    environment = await WorkflowEnvironment.start_local(
-        ip="127.0.0.1",
-        ui=True,
-        ui_port=ui_port,
-        data_converter=pydantic_data_converter,
-        search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
-        dev_server_existing_path=str(temporal_cli()),
-        dev_server_extra_args=list(TUNING_FLAGS),
-    )
-    try:
-        yield environment, f"http://127.0.0.1:{ui_port}"
-    finally:
-        await environment.shutdown()
+    async with dev_server_with_ui() as served:
+        yield served
 
 
 async def _reach(client: Client, workflow_id: str, phase: RunPhase) -> RunState:

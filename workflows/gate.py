@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fireline.identity.signing import SignedDecision, inputs_digest, verify_decision
+from fireline.incident import IncidentRights
 from fireline.messages import StepState, StepStatus
 from fireline.plan import DecisionRights, GateSpec, Risk
 
@@ -383,3 +384,158 @@ def counted_approvals(step: StepState, rights: DecisionRights | None) -> int:
         return len(approved)
     digest = inputs_digest(step.inputs or {})
     return sum(a.inputs_digest == digest for a in approved)
+
+
+# ------------------------------------------------------------------------ incidents
+
+IncidentAction = Literal["ack", "command", "cancel"]
+
+
+@dataclass(frozen=True)
+class IncidentAttempt:
+    """An ack, a command (``step`` take/handover/release) or a cancel of an incident."""
+
+    action: IncidentAction
+    person: str
+    step: str = ""
+    signed: SignedDecision | None = None
+    inputs: Mapping[str, Any] | None = None
+    """For a handover: ``{"to": successor}``; the signature's digest covers it."""
+    to: str | None = None
+
+    def digest(self) -> str:
+        return inputs_digest(self.inputs) if self.inputs is not None else ""
+
+
+@dataclass(frozen=True)
+class IncidentFacts:
+    """What the incident judge needs: the pinned rights and who has acted so far."""
+
+    workflow_id: str
+    rights: IncidentRights | None
+    trusted_keys: Mapping[str, str] = field(default_factory=dict)
+    paged: tuple[str, ...] = ()
+    """Everyone the ladder has paged for this incident."""
+    acknowledgers: tuple[str, ...] = ()
+    commander: str | None = None
+
+
+def _responding(person: str, rights: IncidentRights, facts: IncidentFacts) -> bool:
+    return (
+        person in rights.responders
+        or person in facts.paged
+        or person in rights.owners
+        or person in rights.commanders
+    )
+
+
+def may_ack(person: str, facts: IncidentFacts) -> str | None:
+    """Responders (the service's, its rotation's, the ladder's, whoever was paged), the owner
+    team and incident commanders may acknowledge; None when ``person`` may."""
+    rights = facts.rights
+    if rights is None or rights.open or _responding(person, rights, facts):
+        return None
+    return (
+        f"{person} may not acknowledge this incident: its responders, the people paged, the "
+        "owner team and incident commanders may"
+    )
+
+
+def may_command(person: str, facts: IncidentFacts) -> str | None:
+    """Responders of at least ``command_min_tier`` and incident commanders may take command."""
+    rights = facts.rights
+    if rights is None or rights.open or person in rights.commanders:
+        return None
+    known = rights.people.get(person)
+    tier = known.tier if known is not None else 0
+    if _responding(person, rights, facts) and tier >= rights.command_min_tier:
+        return None
+    return (
+        f"{person} (tier {tier}) may not command this incident: responders of tier "
+        f"{rights.command_min_tier} or more and incident commanders "
+        f"({', '.join(rights.commanders) or 'none named'}) may"
+    )
+
+
+def may_cancel(person: str, facts: IncidentFacts) -> str | None:
+    """As a run's cancel (its starter, its owners, its approvers): the commander, whoever
+    acknowledged, the owner team and incident commanders may cancel (which rolls back)."""
+    rights = facts.rights
+    if rights is None or rights.open:
+        return None
+    allowed = [
+        *([facts.commander] if facts.commander else []),
+        *facts.acknowledgers,
+        *rights.owners,
+        *rights.commanders,
+    ]
+    if person in allowed:
+        return None
+    names = ", ".join(dict.fromkeys(allowed)) or "nobody yet"
+    return (
+        f"{person} may not cancel this incident: its commander, its acknowledgers, the owner "
+        f"team and incident commanders may ({names})"
+    )
+
+
+def screen_incident(attempt: IncidentAttempt, facts: IncidentFacts) -> Refusal | None:
+    """The refusals that judge nobody (what the update validators answer): a person the
+    catalog does not know at all."""
+    rights = facts.rights
+    if rights is None or rights.open:
+        return None
+    if attempt.person not in rights.people and not _responding(attempt.person, rights, facts):
+        return Refusal(f"{attempt.person} is not in the catalog", audited=False)
+    return None
+
+
+def judge_incident(attempt: IncidentAttempt, facts: IncidentFacts, now: datetime) -> Refusal | None:
+    """May this person ack, command or cancel the incident? None when they may.
+
+    A known person's refusals are audited. A signature is checked when given (it must be
+    about this incident, this action and this person, by a trusted key, unexpired); an
+    unsigned decision passes only where the incident trusts no key (started by something that
+    signs nothing) or the pinned rights let the action go unsigned.
+    """
+    refusal = screen_incident(attempt, facts)
+    if refusal is not None:
+        return refusal
+    rights = facts.rights
+    signed = attempt.signed
+    if signed is not None:
+        claim = signed.claim
+        expected = {
+            "workflow_id": facts.workflow_id,
+            "step": attempt.step,
+            "action": attempt.action,
+            "person": attempt.person,
+            "inputs_digest": attempt.digest(),
+        }
+        for name, value in expected.items():
+            if getattr(claim, name) != value:
+                return Refusal(
+                    f"the signed decision is for {name} {getattr(claim, name)!r}, not {value!r}",
+                    audited=True,
+                )
+        reason = verify_decision(signed, facts.trusted_keys, now)
+        if reason is not None:
+            return Refusal(f"{attempt.action} by {attempt.person} refused: {reason}", audited=True)
+    elif facts.trusted_keys and rights is not None and attempt.action not in rights.unsigned:
+        return Refusal(
+            f"unsigned {attempt.action} claiming {attempt.person} refused: it needs a decision "
+            "signed by the Fireline API (use `fireline` or the API, not Temporal directly)",
+            audited=True,
+        )
+    if attempt.action == "ack":
+        reason = may_ack(attempt.person, facts)
+    elif attempt.action == "cancel":
+        reason = may_cancel(attempt.person, facts)
+    elif attempt.step == "take":
+        reason = may_command(attempt.person, facts)
+    elif attempt.step == "handover" and attempt.to is not None:
+        reason = may_command(attempt.to, facts)
+        if reason is not None:
+            reason = f"command cannot go to {attempt.to}: {reason}"
+    else:
+        reason = None  # release: the current commander only, checked by the workflow
+    return Refusal(reason, audited=True) if reason is not None else None

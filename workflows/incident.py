@@ -60,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
     from fireline.messages import Approval, RunRequest, start_attributes
     from fireline.plan import IncludeNode, Plan, StepNode
     from workflows import escalation
+    from workflows.gate import IncidentAttempt, IncidentFacts, Refusal, judge_incident
+    from workflows.gate import screen_incident as screen_incident_attempt
     from workflows.guard import (
         SIGNAL_OUTCOME,
         AdmitRequest,
@@ -714,10 +716,12 @@ class IncidentWorkflow:
             self._event("alert", f"{alert.event_type or 'event'}: {alert.name}", actor="source")
         s.firing = sorted(self._firing)
 
-    def _acknowledge(self, ack: Ack, source: str) -> None:
+    def _acknowledge(self, ack: Ack, source: str, verified: bool = False) -> None:
         s = self._s
         now = workflow.now()
-        s.acks.append(AckRecord(at=now, by=ack.by, comment=ack.comment, source=source))
+        s.acks.append(
+            AckRecord(at=now, by=ack.by, comment=ack.comment, source=source, verified=verified)
+        )
         s.acks = s.acks[-100:]
         s.acknowledged_at = now
         s.acknowledged_by = ack.by
@@ -725,7 +729,12 @@ class IncidentWorkflow:
             s.escalation.state = "acknowledged"
         if s.escalation.gate_step is None:
             s.escalation.next_at = None
-        self._event("ack", ack.comment or "acknowledged", actor=ack.by)
+        self._event(
+            "ack",
+            (ack.comment or "acknowledged")
+            + ("" if verified or source != "fireline" else " (unverified)"),
+            actor=ack.by,
+        )
         self._changed = True
         self._refresh()
 
@@ -733,24 +742,85 @@ class IncidentWorkflow:
         if self._closed():
             raise _refused(f"incident {self._s.incident_id} is closed ({self._s.phase.value})")
 
+    # -------------------------------------------------------------- rights
+
+    def _facts(self) -> IncidentFacts:
+        s = self._s
+        return IncidentFacts(
+            workflow_id=s.incident_id,
+            rights=self._start.rights,
+            trusted_keys=self._start.trusted_keys,
+            paged=tuple(sorted({p.person for p in s.pages} | set(s.escalation.paged))),
+            acknowledgers=tuple(dict.fromkeys(a.by for a in s.acks if a.source == "fireline")),
+            commander=s.commander,
+        )
+
+    def _screen(self, attempt: IncidentAttempt) -> None:
+        """Validator: refusals that judge nobody are answered without entering history."""
+        refusal = screen_incident_attempt(attempt, self._facts())
+        if refusal is not None:
+            raise _refused(refusal.reason)
+
+    def _judge(self, attempt: IncidentAttempt) -> bool:
+        """Handler: judge in full; a known person's refusal is audited, then answered.
+
+        Returns whether the decision was proven by a signature.
+        """
+        refusal: Refusal | None = judge_incident(attempt, self._facts(), workflow.now())
+        if refusal is not None:
+            if refusal.audited:
+                self._event(
+                    f"{attempt.action}_refused",
+                    refusal.reason,
+                    actor=attempt.person,
+                    data={"action": attempt.action, "step": attempt.step},
+                )
+                self._changed = True
+                self._refresh()
+            raise _refused(refusal.reason)
+        return attempt.signed is not None
+
+    @staticmethod
+    def _ack_attempt(ack: Ack) -> IncidentAttempt:
+        return IncidentAttempt(action="ack", person=ack.by, signed=ack.signed)
+
+    @staticmethod
+    def _command_attempt(cmd: Command) -> IncidentAttempt:
+        return IncidentAttempt(
+            action="command",
+            person=cmd.by,
+            step=cmd.action,
+            signed=cmd.signed,
+            inputs=cmd.claim_inputs(),
+            to=cmd.to,
+        )
+
+    @staticmethod
+    def _cancel_attempt(req: Resolve) -> IncidentAttempt:
+        return IncidentAttempt(action="cancel", person=req.by, signed=req.signed)
+
     @workflow.update(name=UPDATE_ACK)
     def ack(self, ack: Ack) -> IncidentState:
-        self._acknowledge(ack, "fireline")
+        verified = self._judge(self._ack_attempt(ack))
+        self._acknowledge(ack, "fireline", verified)
         return self._s
 
     @ack.validator
     def _validate_ack(self, ack: Ack) -> None:
         self._refuse_closed()
+        self._screen(self._ack_attempt(ack))
 
     @workflow.update(name=UPDATE_COMMAND)
     def command(self, cmd: Command) -> IncidentState:
+        verified = self._judge(self._command_attempt(cmd))
+        mark = "" if verified else " (unverified)"
         s = self._s
         before = s.commander
         if cmd.action == "take":
             s.commander = cmd.by
             verb = f"{cmd.by} took command" + (f" from {before}" if before else "")
             if s.acknowledged_at is None:
-                self._acknowledge(Ack(by=cmd.by, comment="took command"), "fireline")
+                self._acknowledge(Ack(by=cmd.by, comment="took command"), "fireline", verified)
         elif cmd.action == "handover":
             assert cmd.to is not None
             s.commander = cmd.to
@@ -765,7 +835,9 @@ class IncidentWorkflow:
         if s.commander is not None:
             s.escalation.state = "commanded"
             s.escalation.next_at = None
-        self._event("command", verb + (f" — {cmd.comment}" if cmd.comment else ""), actor=cmd.by)
+        self._event(
+            "command", verb + (f" — {cmd.comment}" if cmd.comment else "") + mark, actor=cmd.by
+        )
         self._changed = True
         self._refresh()
         return s
@@ -784,6 +856,7 @@ class IncidentWorkflow:
             raise _refused(
                 f"only the commander ({self._s.commander or 'nobody'}) can hand command back"
             )
+        self._screen(self._command_attempt(cmd))
 
     @workflow.update(name=UPDATE_RESOLVE)
     def resolve(self, req: Resolve) -> IncidentState:
@@ -807,8 +880,9 @@ class IncidentWorkflow:
 
     @workflow.update(name=UPDATE_CANCEL)
     def cancel(self, req: Resolve) -> IncidentState:
+        verified = self._judge(self._cancel_attempt(req))
         self._cancel_pending = (req.by, req.comment)
-        self._cancel_run(f"cancelled by {req.by}")
+        self._cancel_run(f"cancelled by {req.by}" + ("" if verified else " (unverified)"))
         if self._s.phase is IncidentPhase.awaiting_approval and self._s.run.workflow_id is None:
             self._guard_rejected = True
         self._changed = True
@@ -817,6 +891,7 @@ class IncidentWorkflow:
     @cancel.validator
     def _validate_cancel(self, req: Resolve) -> None:
         self._refuse_closed()
+        self._screen(self._cancel_attempt(req))
 
     def _decide(self, approval: Approval, decision: str) -> None:
         if approval.step == GUARD_STEP:

@@ -212,22 +212,42 @@ async def show_incident(incident_id: IncidentId, c: Temporal) -> IncidentState:
     return await _state(c, incident_id)
 
 
+def _signer(request: Request) -> Any:
+    """The run API's signer (one per app): the incident's own decisions are signed the same
+    way as a run's, with the decision key the incident trusts."""
+    signer = getattr(request.app.state, "incident_signer", None)
+    if signer is None:
+        from fireline.operator import api
+
+        signer = request.app.state.incident_signer = api.Signer(request.app.state.settings)
+    return signer
+
+
 @router.post("/incidents/{incident_id}/ack", response_model=IncidentState)
 async def ack(
-    incident_id: IncidentId, who: Who, c: Temporal, body: Comment | None = None
+    request: Request, incident_id: IncidentId, who: Who, c: Temporal, body: Comment | None = None
 ) -> IncidentState:
+    """Acknowledge as the credential's person (signed), judged by the incident's rights."""
     comment = body.comment if body else ""
-    return await _update(c, incident_id, UPDATE_ACK, Ack(by=who.person, comment=comment))
+    signed = _signer(request).sign(who, incident_id, "", "ack", None)
+    return await _update(
+        c, incident_id, UPDATE_ACK, Ack(by=who.person, comment=comment, signed=signed)
+    )
 
 
 @router.post("/incidents/{incident_id}/command", response_model=IncidentState)
 async def command(
-    incident_id: IncidentId, who: Who, c: Temporal, body: CommandBody | None = None
+    request: Request,
+    incident_id: IncidentId,
+    who: Who,
+    c: Temporal,
+    body: CommandBody | None = None,
 ) -> IncidentState:
     """Take command (default), hand it over to ``to``, or hand it back (``release``)."""
     body = body or CommandBody()
     cmd = Command(action=body.action, by=who.person, to=body.to, comment=body.comment)
-    return await _update(c, incident_id, UPDATE_COMMAND, cmd)
+    signed = _signer(request).sign(who, incident_id, body.action, "command", cmd.claim_inputs())
+    return await _update(c, incident_id, UPDATE_COMMAND, cmd.model_copy(update={"signed": signed}))
 
 
 @router.post("/incidents/{incident_id}/resolve", response_model=IncidentState)
@@ -240,10 +260,14 @@ async def resolve(
 
 @router.post("/incidents/{incident_id}/cancel", response_model=IncidentState)
 async def cancel(
-    incident_id: IncidentId, who: Who, c: Temporal, body: Comment | None = None
+    request: Request, incident_id: IncidentId, who: Who, c: Temporal, body: Comment | None = None
 ) -> IncidentState:
+    """Cancel the incident's run (it compensates) and close the incident; signed, judged."""
     comment = (body.comment if body else "") + _mark(who)
-    return await _update(c, incident_id, UPDATE_CANCEL, Resolve(by=who.person, comment=comment))
+    signed = _signer(request).sign(who, incident_id, "", "cancel", None)
+    return await _update(
+        c, incident_id, UPDATE_CANCEL, Resolve(by=who.person, comment=comment, signed=signed)
+    )
 
 
 async def _decide(
@@ -261,9 +285,7 @@ async def _decide(
     # The run's own approval route signs the decision over the step's inputs; reuse it.
     from fireline.operator import api
 
-    signer = getattr(request.app.state, "incident_signer", None)
-    if signer is None:
-        signer = request.app.state.incident_signer = api.Signer(request.app.state.settings)
+    signer = _signer(request)
     inputs = await api._step_inputs(c, run_id, body.step)
     signed = signer.sign(
         who, run_id, body.step, "approve" if verb == "approve" else "reject", inputs

@@ -14,14 +14,24 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import threading
 import time
 import zlib
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from fireline.messages import SEARCH_ATTRIBUTES
+from fireline.runtime.binaries import temporal_cli
+from fireline.runtime.stack import TUNING_FLAGS
 
 FLAGS: tuple[str, ...] = (
     "--headless",
@@ -345,3 +355,30 @@ def _unfilter(kind: int, line: bytearray, above: bytearray, bpp: int) -> bytearr
             pred = left if pa <= pb and pa <= pc else up if pb <= pc else corner
             line[i] = (line[i] + pred) & 0xFF
     return line
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def dev_server_with_ui() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
+    """A dev server of its own with the Web UI on a free port and Fireline's search
+    attributes registered (as ``fireline up`` registers them); yields it and the UI's URL."""
+    ui_port = free_port()
+    environment = await WorkflowEnvironment.start_local(
+        ip="127.0.0.1",
+        ui=True,
+        ui_port=ui_port,
+        data_converter=pydantic_data_converter,
+        search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
+        dev_server_existing_path=str(temporal_cli()),
+        dev_server_extra_args=list(TUNING_FLAGS),
+    )
+    try:
+        yield environment, f"http://127.0.0.1:{ui_port}"
+    finally:
+        await environment.shutdown()
