@@ -16,6 +16,7 @@ import structlog
 from pydantic import BaseModel, Field
 
 from activities.application.redis_client import JOURNAL_TTL_S, RedisSet, journal_key, text
+from activities.core.evidence import setting_preview, state_result
 from activities.core.runtime import running
 from fireline.modules import CheckRef, CheckResult, CompensationRef, check, module, preview
 from fireline.plan import Change, Preview, Risk
@@ -222,29 +223,29 @@ class FlagModules(RedisSet):
         current = None if raw is None else text(raw)
         satisfied = current == probe.value
         where = f"flag {probe.flag} on redis target {probe.target}"
-        return CheckResult(
+        return state_result(
+            where,
+            _show(current),
+            _show(probe.value),
             satisfied=satisfied,
             observed={"value": current, "present": current is not None},
             expected={"value": probe.value, "present": probe.value is not None},
-            detail=f"{where} is {_show(current)}"
-            + (", as expected" if satisfied else f"; expected {_show(probe.value)}"),
         )
 
     async def _preview(self, ref: FlagRef, after: str | None) -> Preview:
         async with self.talking(ref.target) as client:
             raw = await client.get(self.key(ref))
         before = None if raw is None else text(raw)
-        change = Change(
-            target=f"redis:{ref.target}", attribute=f"flag {ref.flag}", before=before, after=after
-        )
-        same = before == after
-        return Preview(
-            mutates=not same,
-            summary=f"flag {ref.flag}: {_show(before)} -> {_show(after)}"
-            + (" (already so: nothing to change)" if same else ""),
-            changes=[] if same else [change],
-            blast_radius={"flags": 0 if same else 1},
-            rollback=f"application.restore_flag puts back {_show(before)}",
+        return setting_preview(
+            Change(
+                target=f"redis:{ref.target}",
+                attribute=f"flag {ref.flag}",
+                before=before,
+                after=after,
+            ),
+            f"flag {ref.flag}: {_show(before)} -> {_show(after)}",
+            "flags",
+            f"application.restore_flag puts back {_show(before)}",
         )
 
     @preview("application.set_flag")

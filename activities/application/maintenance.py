@@ -19,13 +19,13 @@ import structlog
 from pydantic import BaseModel, Field
 
 from activities.application.targets import TARGET_NAME, HttpTarget
+from activities.core.evidence import setting_preview, state_result
 from activities.core.runtime import (
     HttpClientSet,
-    bound_bearer,
     refused,
-    run_headers,
     running,
     status_error,
+    target_headers,
     target_settings,
     transport_error,
 )
@@ -104,17 +104,12 @@ class MaintenanceModules(HttpClientSet):
         return target_settings(self.settings, "http", name, HttpTarget)
 
     def _headers(self, name: str, target: HttpTarget, url: str) -> dict[str, str]:
-        headers = run_headers()
-        if target.bearer_token is not None:
-            headers.update(
-                bound_bearer(
-                    target.bearer_token,
-                    url,
-                    target.credential_hosts(),
-                    f"targets.http.{name}.allowed_hosts",
-                )
-            )
-        return headers
+        return target_headers(
+            target.bearer_token,
+            url,
+            target.credential_hosts(),
+            f"targets.http.{name}.allowed_hosts",
+        )
 
     async def _send(self, name: str, method: str, json_body: Any = None) -> httpx.Response:
         target = self.target(name)
@@ -193,34 +188,28 @@ class MaintenanceModules(HttpClientSet):
         async with running("application.maintenance_is"):
             current = await self.read(probe.target)
         satisfied = current == probe.enabled
-        return CheckResult(
+        return state_result(
+            f"maintenance mode of {probe.target}",
+            _state(current),
+            _state(probe.enabled),
             satisfied=satisfied,
             observed={"enabled": current},
             expected={"enabled": probe.enabled},
-            detail=f"maintenance mode of {probe.target} is {_state(current)}"
-            + (", as expected" if satisfied else f"; expected {_state(probe.enabled)}"),
         )
 
     async def _preview(self, request: MaintenanceInput, enabled: bool) -> Preview:
         current = await self.read(request.target)
         after = enabled if request.apply else current
-        same = current == after
-        return Preview(
-            mutates=not same,
-            summary=f"maintenance mode of {request.target}: {_state(current)} -> {_state(after)}"
-            + (" (already so: nothing to change)" if same else ""),
-            changes=[]
-            if same
-            else [
-                Change(
-                    target=f"http:{request.target}",
-                    attribute="maintenance",
-                    before=current,
-                    after=after,
-                )
-            ],
-            blast_radius={"services": 0 if same else 1},
-            rollback=f"switch it back {_state(current)}" if not same else "nothing to undo",
+        return setting_preview(
+            Change(
+                target=f"http:{request.target}",
+                attribute="maintenance",
+                before=current,
+                after=after,
+            ),
+            f"maintenance mode of {request.target}: {_state(current)} -> {_state(after)}",
+            "services",
+            f"switch it back {_state(current)}" if current != after else "nothing to undo",
         )
 
     @preview("application.maintenance_on")

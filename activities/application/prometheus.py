@@ -26,9 +26,9 @@ from activities.core.runtime import (
     bound_bearer,
     invalid_input,
     refused,
-    run_headers,
     running,
     status_error,
+    target_headers,
     target_settings,
     transport_error,
     unavailable,
@@ -84,18 +84,14 @@ class PrometheusModules(HttpClientSet):
         return target_settings(self.settings, "prometheus", name, PrometheusTarget)
 
     def _auth(self, name: str, target: PrometheusTarget, url: str) -> tuple[dict[str, str], Any]:
-        headers = run_headers()
+        headers = target_headers(
+            target.bearer_token,
+            url,
+            target.credential_hosts(),
+            f"targets.prometheus.{name}.allowed_hosts",
+        )
         auth: Any = None
-        if target.bearer_token is not None:
-            headers.update(
-                bound_bearer(
-                    target.bearer_token,
-                    url,
-                    target.credential_hosts(),
-                    f"targets.prometheus.{name}.allowed_hosts",
-                )
-            )
-        elif target.password is not None:
+        if target.bearer_token is None and target.password is not None:
             # Basic credentials are bound the same way as a bearer token.
             bound_bearer(
                 target.password, url, target.credential_hosts(), f"targets.prometheus.{name}"

@@ -16,6 +16,11 @@ TARGET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """What a step may put in ``target``: a settings key, never a URL or a DSN."""
 
 
+def credential_hosts(allowed_hosts: list[str], url: str) -> list[str]:
+    """Where a target's credential may be sent: ``allowed_hosts``, else its URL's own host."""
+    return allowed_hosts or [host_port(httpx.URL(url))]
+
+
 class RedisTarget(BaseModel):
     """``[targets.redis.NAME]``: a ``url`` (``redis://`` or ``rediss://``), or host and port."""
 
@@ -62,7 +67,7 @@ class HttpTarget(BaseModel):
         return self.base_url.rstrip("/") + path
 
     def credential_hosts(self) -> list[str]:
-        return self.allowed_hosts or [host_port(httpx.URL(self.base_url))]
+        return credential_hosts(self.allowed_hosts, self.base_url)
 
 
 class PrometheusTarget(BaseModel):
@@ -87,4 +92,4 @@ class PrometheusTarget(BaseModel):
         return self
 
     def credential_hosts(self) -> list[str]:
-        return self.allowed_hosts or [host_port(httpx.URL(self.url))]
+        return credential_hosts(self.allowed_hosts, self.url)

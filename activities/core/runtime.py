@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -75,43 +75,60 @@ def _earlier_details(module: str) -> dict[str, Any] | None:
     return None
 
 
-@contextlib.asynccontextmanager
-async def running(module: str) -> AsyncIterator[Progress]:
-    """Bind the step's identity to every log line and heartbeat while the body runs.
-
-    The heartbeat loop only starts when the activity was scheduled with a heartbeat timeout; a
-    slow target then does not look like a dead worker, and a cancelled run reaches us quickly.
-    """
+@contextlib.contextmanager
+def step_logging(module: str, **context: Any) -> Iterator[None]:
+    """Bind the step's identity (and ``context``) to every log line while the body runs."""
     info = activity.info()
-    progress = Progress(module, _earlier_details(module))
     with structlog.contextvars.bound_contextvars(
         workflow_id=info.workflow_id,
         run_id=info.workflow_run_id,
         activity_id=info.activity_id,
         attempt=info.attempt,
         module=module,
+        **context,
     ):
-        if not info.heartbeat_timeout:
-            yield progress
-            return
-        interval = max(info.heartbeat_timeout.total_seconds() / 3, 0.05)
-        beat = asyncio.create_task(_heartbeat(progress, interval))
+        yield
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(beat: Callable[[], tuple[Any, ...]]) -> AsyncIterator[None]:
+    """Heartbeat ``beat()`` three times per heartbeat timeout while the body runs.
+
+    The loop only starts when the activity was scheduled with a heartbeat timeout; a slow
+    target then does not look like a dead worker, and a cancelled run reaches us quickly.
+    """
+    timeout = activity.info().heartbeat_timeout
+    if not timeout:
+        yield
+        return
+    interval = max(timeout.total_seconds() / 3, 0.05)
+    task = asyncio.create_task(_heartbeat(beat, interval))
+    try:
+        yield
+    finally:
+        task.cancel()
         try:
-            yield progress
-        finally:
-            beat.cancel()
-            try:
-                await beat
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
 
 
-async def _heartbeat(progress: Progress, interval: float) -> None:
+async def _heartbeat(beat: Callable[[], tuple[Any, ...]], interval: float) -> None:
     while True:
-        activity.heartbeat(*progress.beat())
+        activity.heartbeat(*beat())
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(module: str) -> AsyncIterator[Progress]:
+    """Bind the step's identity to every log line and heartbeat while the body runs; the
+    heartbeats carry what the step recorded (see :class:`Progress`)."""
+    progress = Progress(module, _earlier_details(module))
+    with step_logging(module):
+        async with heartbeating(progress.beat):
+            yield progress
 
 
 def invalid_input(message: str, **details: Any) -> ApplicationError:
@@ -255,6 +272,17 @@ def bound_bearer(
     if problem:
         raise invalid_input(f"refusing to send a bearer token to {url}: {problem}", url=url)
     return {"Authorization": f"Bearer {token.get_secret_value()}"}
+
+
+def target_headers(
+    token: SecretStr | None, url: str, allowed_hosts: list[str], setting: str
+) -> dict[str, str]:
+    """The run headers for a request to a target, and its bearer token when it has one
+    (bound to ``allowed_hosts`` as :func:`bound_bearer` says)."""
+    headers = run_headers()
+    if token is not None:
+        headers.update(bound_bearer(token, url, allowed_hosts, setting))
+    return headers
 
 
 TRANSIENT_4XX = frozenset({408, 425, 429})

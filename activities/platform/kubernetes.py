@@ -18,6 +18,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
+from activities.core.evidence import setting_preview, state_result
 from activities.core.runtime import idempotency_key, refused, target_settings, unavailable
 from activities.platform.kubernetes_api import (
     LAST_CHANGE,
@@ -196,10 +197,10 @@ class SchedulableInput(BaseModel):
 
 def rollout_status(deployment: dict[str, Any]) -> RolloutStatus:
     """kubectl rollout status's rules: observed, updated, old pods gone, available."""
-    meta, spec, status = (deployment.get(k) or {} for k in ("metadata", "spec", "status"))
+    meta, status = (deployment.get(k) or {} for k in ("metadata", "status"))
     generation = int(meta.get("generation") or 0)
     observed = int(status.get("observedGeneration") or 0)
-    replicas = int(spec.get("replicas", 1))
+    replicas = spec_replicas(deployment)
     updated = int(status.get("updatedReplicas") or 0)
     total = int(status.get("replicas") or 0)
     available = int(status.get("availableReplicas") or 0)
@@ -263,6 +264,25 @@ def change_record(module_name: str, **found: Any) -> str:
     return json.dumps(
         {"key": idempotency_key(), "module": module_name, **found}, separators=(",", ":")
     )
+
+
+def recording(
+    patch: dict[str, Any], record: dict[str, Any] | None, module_name: str, **found: Any
+) -> dict[str, Any]:
+    """``patch`` (a merge patch) that also records ``found`` on the object, unless this step
+    recorded it already: the compensation restores what the first attempt found."""
+    if record is None:
+        patch["metadata"] = {"annotations": {LAST_CHANGE: change_record(module_name, **found)}}
+    return patch
+
+
+def spec_replicas(deployment: dict[str, Any]) -> int:
+    """``spec.replicas``, with the API server's default of 1 when it is unset."""
+    return int((deployment.get("spec") or {}).get("replicas", 1))
+
+
+def is_unschedulable(node: dict[str, Any]) -> bool:
+    return bool((node.get("spec") or {}).get("unschedulable"))
 
 
 def images(template: dict[str, Any]) -> list[str]:
@@ -357,7 +377,7 @@ class KubernetesModules(ModuleSet):
         """Replace every pod of a deployment (the restartedAt annotation) and wait for it."""
         async with stepping("platform.k8s_rollout_restart", deployment=request.deployment):
             kube, ns = self.kube(request.target), self._ns(request)
-            found = await _do(kube.get("deployment", request.deployment, ns), request)
+            found = await _deployment(kube, request, ns)
             template_annotations = _template_annotations(found)
             record = last_change(found, "platform.k8s_rollout_restart")
             if record is not None:
@@ -413,19 +433,18 @@ class KubernetesModules(ModuleSet):
         """Set a deployment's replicas and wait until they are available."""
         async with stepping("platform.k8s_scale", deployment=request.deployment):
             kube, ns = self.kube(request.target), self._ns(request)
-            found = await _do(kube.get("deployment", request.deployment, ns), request)
-            current = int((found.get("spec") or {}).get("replicas", 1))
+            found = await _deployment(kube, request, ns)
+            current = spec_replicas(found)
             record = last_change(found, "platform.k8s_scale")
             previous = int(record["previous"]) if record is not None else current
             changed = current != request.replicas
             if changed:
-                patch: dict[str, Any] = {"spec": {"replicas": request.replicas}}
-                if record is None:
-                    patch["metadata"] = {
-                        "annotations": {
-                            LAST_CHANGE: change_record("platform.k8s_scale", previous=previous)
-                        }
-                    }
+                patch = recording(
+                    {"spec": {"replicas": request.replicas}},
+                    record,
+                    "platform.k8s_scale",
+                    previous=previous,
+                )
                 await _do(kube.patch("deployment", request.deployment, ns, patch), request)
                 log.info("scaled", previous=previous, replicas=request.replicas)
             rollout = await self._wait(kube, request, ns)
@@ -462,7 +481,7 @@ class KubernetesModules(ModuleSet):
         undo): the ReplicaSet of that revision is found by its revision annotation."""
         async with stepping("platform.k8s_rollback", deployment=request.deployment):
             kube, ns = self.kube(request.target), self._ns(request)
-            found = await _do(kube.get("deployment", request.deployment, ns), request)
+            found = await _deployment(kube, request, ns)
             record = last_change(found, "platform.k8s_rollback")
             if record is not None:
                 current, chosen = int(record["from_revision"]), int(record["to_revision"])
@@ -545,10 +564,8 @@ class KubernetesModules(ModuleSet):
     async def preview_rollout_restart(self, request: RestartInput) -> Preview:
         async with stepping("preview", deployment=request.deployment):
             ns = self._ns(request)
-            found = await _do(
-                self.kube(request.target).get("deployment", request.deployment, ns), request
-            )
-            replicas = int((found.get("spec") or {}).get("replicas", 1))
+            found = await _deployment(self.kube(request.target), request, ns)
+            replicas = spec_replicas(found)
             status = rollout_status(found)
             return Preview(
                 mutates=True,
@@ -571,10 +588,8 @@ class KubernetesModules(ModuleSet):
     async def preview_scale(self, request: ScaleInput) -> Preview:
         async with stepping("preview", deployment=request.deployment):
             ns = self._ns(request)
-            found = await _do(
-                self.kube(request.target).get("deployment", request.deployment, ns), request
-            )
-            current = int((found.get("spec") or {}).get("replicas", 1))
+            found = await _deployment(self.kube(request.target), request, ns)
+            current = spec_replicas(found)
             changes = (
                 [
                     Change(
@@ -603,12 +618,12 @@ class KubernetesModules(ModuleSet):
     async def preview_rollback(self, request: RollbackInput) -> Preview:
         async with stepping("preview", deployment=request.deployment):
             kube, ns = self.kube(request.target), self._ns(request)
-            found = await _do(kube.get("deployment", request.deployment, ns), request)
+            found = await _deployment(kube, request, ns)
             selector = ((found.get("spec") or {}).get("selector") or {}).get("matchLabels")
             replicasets = await _do(kube.replicasets(ns, selector or {}), request)
             current, chosen, template = rollback_target(found, replicasets, request.to_revision)
             where = f"{request.target}:{ns}/deployment/{request.deployment}"
-            replicas = int((found.get("spec") or {}).get("replicas", 1))
+            replicas = spec_replicas(found)
             return Preview(
                 mutates=True,
                 summary=f"roll {ns}/{request.deployment} back from revision {current} to {chosen}",
@@ -645,9 +660,7 @@ class KubernetesModules(ModuleSet):
         """A deployment's rollout is complete (and, if asked, at the expected replicas)."""
         async with stepping("platform.k8s_rollout_complete", deployment=request.deployment):
             ns = self._ns(request)
-            found = await _do(
-                self.kube(request.target).get("deployment", request.deployment, ns), request
-            )
+            found = await _deployment(self.kube(request.target), request, ns)
             status = rollout_status(found)
             satisfied = status.complete and (
                 request.replicas is None or status.replicas == request.replicas
@@ -672,15 +685,16 @@ class KubernetesModules(ModuleSet):
         """A node is (or is not) schedulable, as expected."""
         async with stepping("platform.k8s_node_schedulable", node=request.node):
             found = await _do(self.kube(request.target).get("node", request.node, None), request)
-            schedulable = not bool((found.get("spec") or {}).get("unschedulable"))
+            schedulable = not is_unschedulable(found)
             want = "schedulable" if request.schedulable else "cordoned"
             seen = "schedulable" if schedulable else "cordoned"
-            return CheckResult(
+            return state_result(
+                f"node {request.node}",
+                seen,
+                want,
                 satisfied=schedulable == request.schedulable,
                 observed={"schedulable": schedulable},
                 expected={"schedulable": request.schedulable},
-                detail=f"node {request.node} is {seen}"
-                + (", as expected" if schedulable == request.schedulable else f"; expected {want}"),
             )
 
     # -- shared -------------------------------------------------------------------------------
@@ -693,9 +707,7 @@ class KubernetesModules(ModuleSet):
         deadline = time.monotonic() + request.wait_s
         seen = ""
         while True:
-            status = rollout_status(
-                await _do(kube.get("deployment", request.deployment, ns), request)
-            )
+            status = rollout_status(await _deployment(kube, request, ns))
             if status.failed:
                 raise refused(status.detail, deployment=request.deployment)
             if status.complete:
@@ -715,7 +727,7 @@ class KubernetesModules(ModuleSet):
     ) -> NodeOutput:
         kube = self.kube(request.target)
         found = await _do(kube.get("node", request.node, None), request)
-        current = bool((found.get("spec") or {}).get("unschedulable"))
+        current = is_unschedulable(found)
         record = last_change(found, module_name)
         previous = bool(record["previous"]) if record is not None else current
         if not request.apply:
@@ -728,11 +740,9 @@ class KubernetesModules(ModuleSet):
             )
         changed = current != unschedulable
         if changed:
-            patch: dict[str, Any] = {"spec": {"unschedulable": unschedulable}}
-            if record is None:
-                patch["metadata"] = {
-                    "annotations": {LAST_CHANGE: change_record(module_name, previous=previous)}
-                }
+            patch = recording(
+                {"spec": {"unschedulable": unschedulable}}, record, module_name, previous=previous
+            )
             await _do(kube.patch("node", request.node, None, patch), request)
             log.info("node scheduling changed", unschedulable=unschedulable)
         return NodeOutput(
@@ -746,35 +756,32 @@ class KubernetesModules(ModuleSet):
     async def _preview_node(self, request: NodeInput, *, unschedulable: bool) -> Preview:
         async with stepping("preview", node=request.node):
             found = await _do(self.kube(request.target).get("node", request.node, None), request)
-            current = bool((found.get("spec") or {}).get("unschedulable"))
+            current = is_unschedulable(found)
+            after = unschedulable if request.apply else current
             verb = "cordon" if unschedulable else "uncordon"
-            changes = (
-                [
-                    Change(
-                        target=f"{request.target}:node/{request.node}",
-                        attribute="spec.unschedulable",
-                        before=current,
-                        after=unschedulable,
-                    )
-                ]
-                if request.apply and current != unschedulable
-                else []
-            )
-            return Preview(
-                mutates=bool(changes),
-                summary=f"{verb} node {request.node}"
-                + ("" if changes else " (already so: nothing to change)"),
-                changes=changes,
-                blast_radius={"nodes": len(changes)},
-                rollback=(
-                    f"set spec.unschedulable back to {current}" if changes else "nothing to undo"
+            return setting_preview(
+                Change(
+                    target=f"{request.target}:node/{request.node}",
+                    attribute="spec.unschedulable",
+                    before=current,
+                    after=after,
                 ),
+                f"{verb} node {request.node}",
+                "nodes",
+                f"set spec.unschedulable back to {current}"
+                if after != current
+                else "nothing to undo",
             )
 
 
 def _template_annotations(deployment: dict[str, Any]) -> dict[str, Any]:
     template = (deployment.get("spec") or {}).get("template") or {}
     return dict((template.get("metadata") or {}).get("annotations") or {})
+
+
+async def _deployment(kube: Kube, request: DeploymentRef, ns: str) -> dict[str, Any]:
+    found: dict[str, Any] = await _do(kube.get("deployment", request.deployment, ns), request)
+    return found
 
 
 async def _do(call: Any, request: BaseModel) -> Any:

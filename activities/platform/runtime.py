@@ -9,18 +9,16 @@ activity's heartbeat details, which Temporal hands to the next attempt on any wo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-import structlog
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 
-from activities.core.runtime import idempotency_key
+from activities.core.runtime import heartbeating, idempotency_key, step_logging
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -85,33 +83,8 @@ async def stepping(module: str, **context: Any) -> AsyncIterator[None]:
     details: dict[str, Any] = dict(earlier) if isinstance(earlier, dict) else {}
     token = _details.set(details)
     try:
-        with structlog.contextvars.bound_contextvars(
-            workflow_id=info.workflow_id,
-            activity_id=info.activity_id,
-            attempt=info.attempt,
-            module=module,
-            **context,
-        ):
-            if not info.heartbeat_timeout:
+        with step_logging(module, **context):
+            async with heartbeating(lambda: (dict(details),)):
                 yield
-                return
-            interval = max(info.heartbeat_timeout.total_seconds() / 3, 0.05)
-            beat = asyncio.create_task(_heartbeats(details, interval))
-            try:
-                yield
-            finally:
-                beat.cancel()
-                try:
-                    await beat
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise
     finally:
         _details.reset(token)
-
-
-async def _heartbeats(details: dict[str, Any], interval: float) -> None:
-    while True:
-        activity.heartbeat(dict(details))
-        await asyncio.sleep(interval)
