@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
 import structlog
 from pydantic import BaseModel, Field
 from temporalio import activity
@@ -21,8 +20,6 @@ from activities.core.runtime import (
     require_url,
     run_headers,
     running,
-    status_error,
-    transport_error,
 )
 from fireline.modules import module
 from fireline.plan import Risk
@@ -69,15 +66,7 @@ class NotifyModules(HttpClientSet):
                 "activity_id": info.activity_id,
                 "sent_at": datetime.now(UTC).isoformat(),
             }
-            timeout_s = self.settings.http_timeout_seconds
-            try:
-                response = await self.http.post(
-                    url, json=payload, headers=run_headers(), timeout=timeout_s
-                )
-            except httpx.RequestError as exc:
-                raise transport_error("POST", url, exc, timeout_s) from exc
-            if not 200 <= response.status_code < 300:
-                raise status_error("POST", url, response.status_code, response.text, "2xx")
+            response = await self.deliver(url, payload, run_headers())
             log.info(
                 "notification delivered",
                 url=url,

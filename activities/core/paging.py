@@ -19,7 +19,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
 import structlog
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from temporalio import activity
@@ -33,8 +32,6 @@ from activities.core.runtime import (
     invalid_input,
     require_url,
     running,
-    status_error,
-    transport_error,
 )
 from fireline.incident import GUARD_WORKFLOW, GuardStatus
 from fireline.messages import QUERY_STATUS, RunState, StepStatus
@@ -177,15 +174,9 @@ class PagingModules(HttpClientSet):
                     f"settings for {request.channel} target {request.target!r}: {err}"
                 ) from None
             require_url(url, f"targets.{request.channel}.{request.target}.url")
-            timeout_s = self.settings.http_timeout_seconds
+            # A refusal's body may echo what we sent; never the routing key (it is not in the URL).
             headers = {"X-Fireline-Thread": request.incident_id[:255]}
-            try:
-                response = await self.http.post(url, json=body, headers=headers, timeout=timeout_s)
-            except httpx.RequestError as exc:
-                raise transport_error("POST", url, exc, timeout_s) from exc
-            if not 200 <= response.status_code < 300:
-                # The body may echo what we sent; never the routing key (it is not in the URL).
-                raise status_error("POST", url, response.status_code, response.text, "2xx")
+            response = await self.deliver(url, body, headers)
             log.info(
                 "page delivered",
                 channel=request.channel,

@@ -346,6 +346,18 @@ class HttpClientSet(ModuleSet):
             token, url, self.settings.http_bearer_hosts, "FIRELINE_HTTP_BEARER_HOSTS"
         )
 
+    async def deliver(self, url: str, body: Any, headers: dict[str, str]) -> httpx.Response:
+        """POST ``body`` as JSON; anything but a 2xx answer raises, typed by what a retry
+        could do, so a delivery nobody received is never reported as made."""
+        timeout_s = self.settings.http_timeout_seconds
+        try:
+            response = await self.http.post(url, json=body, headers=headers, timeout=timeout_s)
+        except httpx.RequestError as exc:
+            raise transport_error("POST", url, exc, timeout_s) from exc
+        if not 200 <= response.status_code < 300:
+            raise status_error("POST", url, response.status_code, response.text, "2xx")
+        return response
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
