@@ -1,8 +1,9 @@
 """What a step shows people, worded the same in every domain: previews and check results.
 
 A gate shows a preview of the change; a check records what it saw. Where a step moves one
-setting, or a check compares one state with the expected one, these build the answer, so
-approvers and the audit trail read one phrasing whichever system the step acts on.
+setting, or a check compares one state with the expected one or lists what is wrong, these
+build the answer, so approvers and the audit trail read one phrasing whichever system the step
+acts on.
 """
 
 from __future__ import annotations
@@ -39,4 +40,17 @@ def state_result(
         observed=observed,
         expected=expected,
         detail=f"{subject} is {seen}" + (", as expected" if satisfied else f"; expected {wanted}"),
+    )
+
+
+def problems_result(
+    detail: str, problems: list[str], *, observed: Any, expected: Any
+) -> CheckResult:
+    """A check that lists what is wrong: satisfied when nothing is; ``detail`` (what was seen)
+    followed by each problem."""
+    return CheckResult(
+        satisfied=not problems,
+        observed=observed,
+        expected=expected,
+        detail=detail + (f"; {'; '.join(problems)}" if problems else ""),
     )

@@ -15,6 +15,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from temporalio.exceptions import ApplicationError
 
+from activities.core.evidence import problems_result
 from activities.core.runtime import idempotency_key, refused, running, unavailable
 from activities.database.connection import PostgresClientSet, excerpt
 from fireline import errors
@@ -927,12 +928,7 @@ def _judge_standby(request: ReplicationInput, row: Any) -> CheckResult:
         f"{request.target} is a standby, replay at {replay}, {lag} bytes behind receive "
         f"(receiver {receiver or 'stopped'})"
     )
-    return CheckResult(
-        satisfied=not problems,
-        observed=observed,
-        expected=_expected(request),
-        detail=detail + (f"; {'; '.join(problems)}" if problems else ""),
-    )
+    return problems_result(detail, problems, observed=observed, expected=_expected(request))
 
 
 def _judge_primary(request: ReplicationInput, rows: list[Any], lsn: str) -> CheckResult:
@@ -977,12 +973,7 @@ def _judge_primary(request: ReplicationInput, rows: list[Any], lsn: str) -> Chec
         f"{s.application_name} {s.state} {s.replay_lag_bytes} bytes behind" for s in standbys[:5]
     )
     detail = f"{request.target} is a primary at {lsn}; standbys: {summary or 'none'}"
-    return CheckResult(
-        satisfied=not problems,
-        observed=observed,
-        expected=_expected(request),
-        detail=detail + (f"; {'; '.join(problems)}" if problems else ""),
-    )
+    return problems_result(detail, problems, observed=observed, expected=_expected(request))
 
 
 __all__ = [
