@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -52,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="tiny sizes (5 steps, 2 repeats, 20 concurrent)"
     )
     parser.add_argument(
+        "--scenarios",
+        default="core,incidents,approvals",
+        help="comma-separated groups: core, incidents, approvals, storm (the storm alone); "
+        "default: core,incidents,approvals",
+    )
+    parser.add_argument(
+        "--workers",
+        choices=["tuned", "sdk"],
+        default="tuned",
+        help="worker tuning for both sides: Fireline's (default) or the SDK's defaults",
+    )
+    parser.add_argument("--scale", type=int, help="incidents/approvals per scale scenario")
+    parser.add_argument(
         "--output", type=Path, default=RESULTS, help=f"where the JSON goes (default {RESULTS})"
     )
     return parser
@@ -66,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.dont_write_bytecode = False
     from bench.report import render
     from bench.runner import Options, run_bench
+    from bench.scale import QUICK_SIZES, ScaleSizes
 
     sizes = QUICK if args.quick else FULL
     options = Options(
@@ -75,12 +90,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeat=args.repeat or sizes["repeat"],
         concurrent=args.concurrent or sizes["concurrent"],
         quick=args.quick,
+        scenarios=tuple(x.strip() for x in args.scenarios.split(",") if x.strip()),
+        sizes=QUICK_SIZES if args.quick else ScaleSizes(),
+        worker_tuning=args.workers,
     )
+    if args.scale:
+        n = args.scale
+        options.sizes = dataclasses.replace(
+            options.sizes, storm=n, waiting=n, timers=n, approvals=n
+        )
+    unknown = set(options.scenarios) - {"core", "incidents", "approvals", "storm"}
+    if unknown or not options.scenarios:
+        parser.error(
+            f"--scenarios: choose from core, incidents, approvals, storm: {args.scenarios}"
+        )
     if options.steps < 1 or options.repeat < 1 or options.concurrent < 1:
         parser.error("--steps, --repeat and --concurrent must be at least 1")
     progress = Console(stderr=True)
     # bench.fail fails on purpose in every saga run; its tracebacks would bury the progress.
     logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+    # Fireline logs every page it delivers at info; thousands of them would bury the progress.
+    from fireline.runtime.logging import configure_logging
+
+    configure_logging("console", "WARNING")
     with _stdout_to_stderr():
         report = asyncio.run(run_bench(options, progress))
     text = report.model_dump_json(indent=2)

@@ -14,7 +14,16 @@ from fireline.compile.compiler import PlaybookLibrary
 from fireline.plan import Plan
 
 ROLE = "bench"
-CATALOG = Catalog.model_validate({"roles": {ROLE: {"tier": 1}}})
+APPROVERS = ["alice", "bob"]
+CATALOG = Catalog.model_validate(
+    {
+        "roles": {ROLE: {"tier": 1, "members": APPROVERS}},
+        # Decision rights as a production catalog states them: every risk needs a signed
+        # decision by a member of the role, so the bench's gates run the judge and the
+        # Ed25519 check (the default lets low-risk steps be approved unsigned).
+        "decision_rights": {"unsigned": [], "risks": {"low": {"roles": [ROLE], "min_tier": 1}}},
+    }
+)
 GATED_STEP = "act"
 
 
@@ -22,9 +31,16 @@ def _step(i: int, uses: str, **extra: Any) -> dict[str, Any]:
     return {"id": f"s{i}", "uses": uses, "with": {"key": f"s{i}"}, **extra}
 
 
+TARGET_INPUT = {
+    "target": {"type": "string", "default": "bench", "description": "what the run acts on"}
+}
+"""An incident's guard admits one run per target at a time: each bench incident names its own."""
+
+
 def noop(steps: int) -> dict[str, Any]:
     return {
         "name": f"bench-noop-{steps}",
+        "inputs": TARGET_INPUT,
         "steps": [_step(i + 1, "bench.noop") for i in range(steps)],
     }
 
@@ -41,6 +57,7 @@ def checked(steps: int) -> dict[str, Any]:
 def gated() -> dict[str, Any]:
     return {
         "name": "bench-gate",
+        "inputs": TARGET_INPUT,
         "steps": [
             {
                 "id": GATED_STEP,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel
 from temporalio import activity, workflow
@@ -23,7 +24,11 @@ SEQUENTIAL = "BenchRawSequential"
 GATE = "BenchRawGate"
 SAGA = "BenchRawSaga"
 SIGNAL_APPROVE = "approve"
+UPDATE_APPROVE = "approve_update"
 QUERY_WAITING = "waiting"
+INCIDENT = "BenchRawIncident"
+LADDER = "BenchRawLadder"
+SIGNAL_ALERTS = "alerts"
 
 TIMEOUT = timedelta(seconds=60)
 RETRY = RetryPolicy(
@@ -55,6 +60,45 @@ class RawApproval(BaseModel):
     approver: str
 
 
+class RawAlerts(BaseModel):
+    """What the raw incident twin is signalled with: an opaque batch of alert ids."""
+
+    batch_id: str
+    alerts: list[str] = []
+
+
+class RawLadderRequest(BaseModel):
+    """Page, wait ``delay_s`` on a timer, page again (to ``url``, as Fireline's webhook)."""
+
+    url: str
+    delay_s: float
+    task_queue: str
+
+
+class RawPage(BaseModel):
+    url: str
+    thread: str
+
+
+_http: Any = None
+"""An ``httpx.AsyncClient``, made on first use (httpx stays out of the workflow sandbox)."""
+
+
+@activity.defn(name="bench.raw.page")
+async def raw_page(request: RawPage) -> bool:
+    """One webhook POST, as ``core.page`` sends it (one pooled client per worker)."""
+    global _http
+    if _http is None:
+        import httpx
+
+        _http = httpx.AsyncClient(timeout=10.0)
+    response = await _http.post(
+        request.url, json={"thread": request.thread}, headers={"X-Fireline-Thread": request.thread}
+    )
+    response.raise_for_status()
+    return True
+
+
 @activity.defn(name="bench.raw.noop")
 async def raw_noop(request: Token) -> Token:
     clock.mark(activity.info().workflow_id)
@@ -71,7 +115,7 @@ async def raw_fail(request: Token) -> Token:
     raise ApplicationError(f"bench step {request.key} fails", type=FAILURE_TYPE, non_retryable=True)
 
 
-RAW_ACTIVITIES = [raw_noop, raw_undo, raw_fail]
+RAW_ACTIVITIES: list[Callable[..., Any]] = [raw_noop, raw_undo, raw_fail, raw_page]
 
 
 async def _step(
@@ -120,6 +164,12 @@ class RawGate:
     def approve(self, approval: RawApproval) -> None:
         self._approved = True
 
+    @workflow.update(name=UPDATE_APPROVE)
+    def approve_update(self, approval: RawApproval) -> bool:
+        """The update twin of Fireline's approve update: no signature, no judge."""
+        self._approved = True
+        return True
+
     @workflow.query(name=QUERY_WAITING)
     def waiting(self) -> bool:
         return self._waiting
@@ -147,4 +197,42 @@ class RawSaga:
         return RawResult(done=request.steps)
 
 
-RAW_WORKFLOWS = [RawSequential, RawGate, RawSaga]
+@workflow.defn(name=INCIDENT)
+class RawIncident:
+    """Signal-with-start twin of an incident: wait for the alerts signal, then act once."""
+
+    def __init__(self) -> None:
+        self._alerts = 0
+
+    @workflow.run
+    async def run(self, request: RawRequest) -> RawResult:
+        await workflow.wait_condition(lambda: self._alerts > 0)
+        await _step(request, raw_noop, "first")
+        return RawResult(done=1)
+
+    @workflow.signal(name=SIGNAL_ALERTS)
+    def alerts(self, batch: RawAlerts) -> None:
+        self._alerts += 1
+
+
+@workflow.defn(name=LADDER)
+class RawLadder:
+    """An escalation by hand: page, a timer, page again."""
+
+    @workflow.run
+    async def run(self, request: RawLadderRequest) -> RawResult:
+        page = RawPage(url=request.url, thread=workflow.info().workflow_id)
+        for i in range(2):
+            if i:
+                await workflow.sleep(timedelta(seconds=request.delay_s))
+            await workflow.execute_activity(
+                raw_page,
+                page,
+                task_queue=request.task_queue,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RETRY,
+            )
+        return RawResult(done=2)
+
+
+RAW_WORKFLOWS = [RawSequential, RawGate, RawSaga, RawIncident, RawLadder]

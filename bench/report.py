@@ -79,6 +79,39 @@ class Metric(BaseModel):
         return "meets" if value <= self.target.limit else "misses"
 
 
+class Scale(BaseModel):
+    """A figure measured once per side at scale (a storm, a burst): value, raw twin, verdict.
+
+    ``unit`` ``/s`` is a rate (higher is better); the others are costs (lower is better).
+    """
+
+    name: str
+    label: str
+    unit: Literal["ms", "/s", "MB"]
+    fireline: float | None
+    """None: the scenario did not finish (``note`` says why)."""
+    raw: float | None
+    target: Target
+    note: str = ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ratio(self) -> float | None:
+        if self.fireline is None or not self.raw:
+            return None
+        return self.fireline / self.raw
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def verdict(self) -> Literal["meets", "misses", "n/a"]:
+        if self.target.kind == "none" or self.target.limit is None or self.ratio is None:
+            return "n/a"
+        value = (
+            self.ratio if self.target.kind == "ratio" else (self.fireline or 0) - (self.raw or 0)
+        )
+        return "meets" if value <= self.target.limit else "misses"
+
+
 class HistoryCount(BaseModel):
     """Events and workflow tasks one run of a scenario wrote: what each step costs the server."""
 
@@ -107,6 +140,11 @@ class BenchReport(BaseModel):
     quick: bool
     metrics: dict[str, Metric]
     history: list[HistoryCount]
+    scale: list[Scale] = Field(default_factory=list)
+    """Incident and bulk-approval figures, one measurement per side (see bench/scale.py)."""
+    worker_tuning: str = "tuned"
+    """``tuned`` (``fireline.runtime.workers.TUNED``) or ``sdk`` (the SDK's defaults)."""
+    scenarios: list[str] = Field(default_factory=list)
     duration_s: float
     load_average_end: tuple[float, float, float]
     """Load when the bench finished; with ``server.load_average``, how busy the machine was."""
@@ -123,6 +161,34 @@ def _cell(summary: Summary) -> str:
     return f"{_ms(summary.p50_ms)}{p90}"
 
 
+def _value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return _ms(value)
+    return f"{value:.0f}{unit}" if unit == "/s" else f"{value:.0f} {unit}"
+
+
+def render_scale(report: BenchReport, console: Console) -> None:
+    if not report.scale:
+        return
+    table = Table(caption="one measurement per side; ratio = fireline / raw")
+    for column in ("at scale", "fireline", "raw", "ratio", "target", "verdict"):
+        table.add_column(column, justify="left" if column == "at scale" else "right")
+    for s in report.scale:
+        colour = {"meets": "green", "misses": "red"}.get(s.verdict, "dim")
+        label = f"{s.label} [dim]({s.note})[/dim]" if s.note else s.label
+        table.add_row(
+            label,
+            _value(s.fireline, s.unit),
+            _value(s.raw, s.unit),
+            "-" if s.ratio is None else f"{s.ratio:.2f}x",
+            s.target.text(),
+            f"[{colour}]{s.verdict}[/{colour}]",
+        )
+    console.print(table)
+
+
 def render(report: BenchReport, console: Console) -> None:
     s = report.server
     console.print(
@@ -131,6 +197,7 @@ def render(report: BenchReport, console: Console) -> None:
         f"{report.load_average_end[0]:.2f} at end ({report.duration_s:.0f} s); "
         f"steps {report.steps}, repeat {report.repeat}, "
         f"concurrent {report.concurrent}{' (quick)' if report.quick else ''}; "
+        f"workers {report.worker_tuning}; "
         f"Python {report.python}, temporalio {report.temporalio}"
     )
     table = Table(
@@ -175,3 +242,4 @@ def render(report: BenchReport, console: Console) -> None:
             f"{h.fireline_task_ms:.1f} vs {h.raw_task_ms:.1f} ms",
         )
     console.print(history)
+    render_scale(report, console)

@@ -28,16 +28,16 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from bench import clock, playbooks, raw
+from bench import clock, incidents, playbooks, raw, scale
 from bench import modules as bench_modules
-from bench.report import BenchReport, CpuFigures, HistoryCount, Metric, Summary, Target
+from bench.report import BenchReport, CpuFigures, HistoryCount, Metric, Scale, Summary, Target
 from bench.server import DbName, ProfileName, dev_server
+from bench.sink import PageSink, page_sink
 from fireline import errors
 from fireline.messages import (
     QUERY_STATUS,
     SIGNAL_APPROVE,
     WORKFLOW_NAME,
-    Approval,
     RunPhase,
     RunRequest,
     RunResult,
@@ -48,7 +48,7 @@ from fireline.messages import (
 from fireline.operator.operations import plan_details
 from fireline.plan import Plan
 from fireline.runtime.settings import Settings
-from fireline.runtime.workers import build_workers
+from fireline.runtime.workers import SDK_DEFAULTS, TUNED, WorkerTuning, build_workers
 
 RUN_TIMEOUT_S = 300.0
 """No single run (or burst of runs) may take longer than this; the bench fails instead."""
@@ -71,6 +71,16 @@ class Options:
     repeat: int = 5
     concurrent: int = 500
     quick: bool = False
+    scenarios: tuple[str, ...] = ("core", "incidents", "approvals")
+    """``core``: the per-step, gate, saga and concurrency figures; ``incidents``: alert to first
+    step, storm, waiting incidents, timers; ``approvals``: signed approvals in bulk."""
+    sizes: scale.ScaleSizes = field(default_factory=scale.ScaleSizes)
+    worker_tuning: str = "tuned"
+    """``tuned``: the product's :data:`TUNED`; ``sdk``: the SDK's defaults (both sides)."""
+
+    @property
+    def tuning(self) -> WorkerTuning:
+        return TUNED if self.worker_tuning == "tuned" else SDK_DEFAULTS
 
 
 @dataclass
@@ -87,7 +97,13 @@ class Rig:
     def fireline(self, plan_name: str) -> Start:
         plan = self.plans[plan_name]
         attributes = start_attributes(plan, "bench")
-        request = RunRequest(plan=plan, requested_by="bench", task_queue_prefix=self.fireline_queue)
+        # Trusting the bench's signing key, as a run started through the API trusts the API's.
+        request = RunRequest(
+            plan=plan,
+            requested_by="bench",
+            task_queue_prefix=self.fireline_queue,
+            trusted_keys=incidents.TRUSTED,
+        )
         details = plan_details(plan)
 
         async def start(workflow_id: str) -> WorkflowHandle[Any, Any]:
@@ -176,12 +192,14 @@ async def timed_run(rig: Rig, key: str, start: Start, failure_type: str | None =
     return Timing(wall_ms=_ms(ended - began), cpu_ms=_ms(cpu), first_ms=_ms(first - began))
 
 
-async def _until_fireline_gate(handle: WorkflowHandle[Any, Any]) -> None:
+async def _until_fireline_gate(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+    """Wait for the gate; the gated step's inputs, which a decision is signed over."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         state = await handle.query(QUERY_STATUS, result_type=RunState)
-        if state.step(playbooks.GATED_STEP).status is StepStatus.awaiting_approval:
-            return
+        step = state.step(playbooks.GATED_STEP)
+        if step.status is StepStatus.awaiting_approval:
+            return step.inputs or {}
         await asyncio.sleep(GATE_POLL_S)
     raise BenchFailure(f"{handle.id} never reached its gate")
 
@@ -196,13 +214,18 @@ async def _until_raw_gate(handle: WorkflowHandle[Any, Any]) -> None:
 
 
 async def gate_sample(rig: Rig, side: str) -> float:
-    """Time from sending the approval signal to the gated activity starting, in ms."""
+    """Time from sending the approval signal to the gated activity starting, in ms.
+
+    Fireline's approval is signed as the API signs it (before the clock starts: that is the
+    API's cost), so the run's judge checks the approver's rights and the Ed25519 signature.
+    """
     workflow_id = _new_id(f"gate-{side}")
     if side == "fireline":
         handle = await rig.fireline("bench-gate")(workflow_id)
-        await _until_fireline_gate(handle)
+        inputs = await _until_fireline_gate(handle)
+        approval = incidents.signed_approval(workflow_id, playbooks.GATED_STEP, inputs)
         sent = time.monotonic()
-        await handle.signal(SIGNAL_APPROVE, Approval(step=playbooks.GATED_STEP, approver="bench"))
+        await handle.signal(SIGNAL_APPROVE, approval)
     else:
         handle = await rig.raw(raw.GATE, 1)(workflow_id)
         await _until_raw_gate(handle)
@@ -272,15 +295,28 @@ async def count_history(
 
 
 @asynccontextmanager
-async def workers(client: Client, fireline_queue: str, raw_queue: str) -> AsyncIterator[None]:
-    """Fireline's workers as the product builds them, and the raw twins' laid out alike."""
-    settings = Settings(task_queue_prefix=fireline_queue)
+async def workers(
+    client: Client, fireline_queue: str, raw_queue: str, sink: PageSink, tuning: WorkerTuning
+) -> AsyncIterator[None]:
+    """Fireline's workers as the product builds them, and the raw twins' laid out alike, with
+    the same tuning. Fireline pages by webhook to the sink, as the raw twins do."""
+    settings = Settings(task_queue_prefix=fireline_queue, notify_webhook_url=sink.url)
     fireline_workers, module_sets = build_workers(
-        client, settings, ["core"], registry=bench_modules.REGISTRY
+        client, settings, ["core"], registry=bench_modules.REGISTRY, tuning=tuning
     )
     raw_workers = [
-        Worker(client, task_queue=raw_queue, workflows=raw.RAW_WORKFLOWS),
-        Worker(client, task_queue=f"{raw_queue}-core", activities=raw.RAW_ACTIVITIES),
+        Worker(
+            client,
+            task_queue=raw_queue,
+            workflows=raw.RAW_WORKFLOWS,
+            **tuning.workflow_worker(),
+        ),
+        Worker(
+            client,
+            task_queue=f"{raw_queue}-core",
+            activities=raw.RAW_ACTIVITIES,
+            **tuning.activity_worker(),
+        ),
     ]
     async with AsyncExitStack() as stack:
         for module_set in module_sets:
@@ -441,6 +477,81 @@ async def measure(rig: Rig, options: Options) -> tuple[dict[str, Metric], list[H
     return {m.name: m for m in metrics}, history
 
 
+async def _guarded(
+    name: str, work: Awaitable[list[Scale]], say: Callable[[str], None]
+) -> list[Scale]:
+    """Run one scale scenario; one that fails or overruns is reported as such, not hidden."""
+    try:
+        return await asyncio.wait_for(work, scale.SCENARIO_TIMEOUT_S)
+    except Exception as err:  # a scenario's failure is a figure too
+        why = "timed out" if isinstance(err, TimeoutError) else f"{type(err).__name__}: {err}"
+        say(f"  [red]{name} did not finish[/red]: {why}")
+        return [
+            Scale(
+                name=f"{name}_failed",
+                label=f"{name}: did not finish within {scale.SCENARIO_TIMEOUT_S:.0f} s",
+                unit="ms",
+                fireline=None,
+                raw=None,
+                target=Target(kind="none"),
+                note=why[:300],
+            )
+        ]
+
+
+async def measure_scale(
+    rig: Rig, sink: PageSink, options: Options
+) -> tuple[dict[str, Metric], list[Scale]]:
+    """The incident scenarios (issue 6) and signed approvals in bulk (issue 5)."""
+    say = rig.console.print
+    srig = scale.ScaleRig(
+        client=rig.client,
+        fireline_queue=rig.fireline_queue,
+        raw_queue=rig.raw_queue,
+        plans=rig.plans,
+        sink=sink,
+        console=rig.console,
+    )
+    sizes = options.sizes
+    metrics: dict[str, Metric] = {}
+    figures: list[Scale] = []
+    if "approvals" in options.scenarios:
+        say(f"approvals: {sizes.approvals} signed approvals in a burst")
+        figures += await _guarded(
+            "bulk_approvals",
+            scale.bulk_approvals(srig, rig.fireline("bench-gate"), sizes.approvals),
+            say,
+        )
+    if "incidents" in options.scenarios:
+        say("incidents: alert -> first playbook step")
+        opened: list[WorkflowHandle[Any, Any]] = []
+        for side in ("raw", "fireline"):  # warm-up
+            await scale.alert_to_first_step(srig, side, opened)
+        samples: dict[str, list[float]] = {"raw": [], "fireline": []}
+        for r in range(options.repeat):
+            for side in _ordered(r, ["raw", "fireline"]):
+                samples[side].append(await scale.alert_to_first_step(srig, side, opened))
+        await incidents.terminate_all([h for h in opened if not h.id.startswith("raw-")])
+        metrics["alert_to_first_step"] = Metric(
+            name="alert_to_first_step",
+            label="alert (signal-with-start) -> first playbook step",
+            fireline=Summary(samples_ms=samples["fireline"]),
+            raw=Summary(samples_ms=samples["raw"]),
+            target=Target(kind="delta", limit=15),
+        )
+        # Heaviest last: a scenario that wedges the workflow worker would spoil the ones after.
+        say(f"incidents: {sizes.timers} escalation timers ({sizes.timer_delay_s:g} s)")
+        figures += await _guarded(
+            "timers", scale.timers_firing(srig, sizes.timers, sizes.timer_delay_s), say
+        )
+        say(f"incidents: {sizes.waiting} waiting at gates")
+        figures += await _guarded("waiting", scale.waiting_at_gates(srig, sizes.waiting), say)
+    if "incidents" in options.scenarios or "storm" in options.scenarios:
+        say(f"incidents: a storm of {sizes.storm}")
+        figures += await _guarded("storm", scale.storm(srig, sizes.storm), say)
+    return metrics, figures
+
+
 async def run_bench(options: Options, console: Console) -> BenchReport:
     began = time.monotonic()
     n = options.steps
@@ -450,11 +561,15 @@ async def run_bench(options: Options, console: Console) -> BenchReport:
         playbooks.gated(),
         playbooks.saga(10),
     ]
-    if n != 5:
-        docs.append(playbooks.noop(5))
+    docs += [playbooks.noop(k) for k in (5, 1) if k != n]
     plans = await asyncio.to_thread(playbooks.compile_all, docs)
-    console.print(f"starting a {options.profile}/{options.db} dev server")
-    async with dev_server(options.profile, options.db) as (env, profile):
+    console.print(
+        f"starting a {options.profile}/{options.db} dev server (load {os.getloadavg()[0]:.2f})"
+    )
+    metrics: dict[str, Metric] = {}
+    history: list[HistoryCount] = []
+    figures: list[Scale] = []
+    async with dev_server(options.profile, options.db) as (env, profile), page_sink() as sink:
         suffix = uuid.uuid4().hex[:8]
         rig = Rig(
             client=env.client,
@@ -463,8 +578,11 @@ async def run_bench(options: Options, console: Console) -> BenchReport:
             plans=plans,
             console=console,
         )
-        async with workers(env.client, rig.fireline_queue, rig.raw_queue):
-            metrics, history = await measure(rig, options)
+        async with workers(env.client, rig.fireline_queue, rig.raw_queue, sink, options.tuning):
+            if "core" in options.scenarios:
+                metrics, history = await measure(rig, options)
+            more, figures = await measure_scale(rig, sink, options)
+            metrics.update(more)
     clock.reset()
     return BenchReport(
         server=profile,
@@ -477,6 +595,9 @@ async def run_bench(options: Options, console: Console) -> BenchReport:
         quick=options.quick,
         metrics=metrics,
         history=history,
+        scale=figures,
+        worker_tuning=options.worker_tuning,
+        scenarios=list(options.scenarios),
         duration_s=time.monotonic() - began,
         load_average_end=os.getloadavg(),
     )

@@ -22,6 +22,19 @@ METRICS = {
     "signal_to_next_step",
     "saga_compensation",
     "concurrent_runs",
+    "alert_to_first_step",
+}
+SCALE = {
+    "bulk_approvals_rate",
+    "bulk_approvals_p95",
+    "bulk_approvals_p50",
+    "timers_all_paged",
+    "timers_worst_lateness",
+    "waiting_worker_rss",
+    "waiting_server_rss",
+    "waiting_all_held",
+    "storm_all_first_steps",
+    "storm_open_rate",
 }
 
 
@@ -44,7 +57,7 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
 class TestBenchQuick:
     @pytest.mark.timeout(300)
     def test_every_metric_has_positive_figures_for_both_sides(self, quick_report):
-        """Each of the six figures has positive fireline and raw samples, one per repeat."""
+        """Each figure has positive fireline and raw samples, one per repeat."""
         printed, _ = quick_report
         assert set(printed["metrics"]) == METRICS
         for name, metric in printed["metrics"].items():
@@ -53,7 +66,7 @@ class TestBenchQuick:
                 assert len(samples) == printed["repeat"] == 2, name
                 assert all(s > 0 for s in samples), (name, side, samples)
                 assert metric[side]["p50_ms"] > 0
-            if name not in ("start_to_first_step", "signal_to_next_step"):  # whole runs only
+            if name not in ("start_to_first_step", "signal_to_next_step", "alert_to_first_step"):
                 assert all(s > 0 for s in metric["cpu"]["fireline"]["samples_ms"]), name
                 assert all(s > 0 for s in metric["cpu"]["raw"]["samples_ms"]), name
 
@@ -74,6 +87,28 @@ class TestBenchQuick:
         limits = {n: m["target"]["limit"] for n, m in printed["metrics"].items()}
         assert limits["per_step_noop"] == 1.1
         assert limits["signal_to_next_step"] == 10
+        assert limits["alert_to_first_step"] == 15
+
+    @pytest.mark.timeout(300)
+    def test_every_scale_scenario_finished_on_both_sides(self, quick_report):
+        """Incidents and bulk approvals: every figure measured (none reported as not finished),
+        positive on both sides, and its ratio and verdict follow from the two values."""
+        printed, _ = quick_report
+        scale = {s["name"]: s for s in printed["scale"]}
+        assert set(scale) == SCALE, [s.get("note") for s in printed["scale"]]
+        for name, figure in scale.items():
+            assert figure["fireline"] > 0, name
+            if name == "waiting_all_held":
+                assert figure["raw"] is None
+                continue
+            assert figure["raw"] > 0, name
+            assert figure["ratio"] == pytest.approx(figure["fireline"] / figure["raw"]), name
+            if figure["target"]["kind"] == "ratio":
+                meets = figure["ratio"] <= figure["target"]["limit"]
+                assert figure["verdict"] == ("meets" if meets else "misses"), name
+        assert scale["storm_all_first_steps"]["target"]["limit"] == 1.2
+        assert scale["timers_all_paged"]["target"]["limit"] == 1.2
+        assert printed["worker_tuning"] == "tuned"
 
     @pytest.mark.timeout(300)
     def test_report_names_the_server_and_is_written_to_the_output_file(self, quick_report):

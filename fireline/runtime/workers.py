@@ -17,8 +17,9 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import structlog
 from temporalio.client import Client
@@ -33,6 +34,9 @@ from fireline.runtime.settings import DOMAINS, Settings, get_settings
 
 __all__ = [
     "GRACEFUL_SHUTDOWN",
+    "SDK_DEFAULTS",
+    "TUNED",
+    "WorkerTuning",
     "build_workers",
     "exit_process",
     "main",
@@ -45,6 +49,66 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 """How long running activities get to finish after a stop before they are cancelled."""
 
 log = structlog.get_logger("fireline.worker")
+
+
+@dataclass(frozen=True)
+class WorkerTuning:
+    """Poller, cache and sticky-queue settings of the workers, chosen with ``bench/``'s storm.
+
+    - ``workflow_task_polls=8`` (SDK: 5): a storm of new incidents puts a thousand workflow
+      tasks on the shared (non-sticky) queue at once; each poll is a long-poll round trip to
+      the server, so five pollers leave the worker idle between tasks while the queue is full.
+      More than eight buys nothing on two cores: the worker's own CPU (one interpreter running
+      every workflow activation) is then the limit.
+    - ``workflow_task_slots=None`` (SDK: 100 at once), deliberately not lower: an incident's
+      ``core.guard_admit`` is a local activity, which keeps its workflow task (and slot) open
+      while it waits for an update on the GuardWorkflow, whose task needs a slot on this same
+      worker. With 8 slots a storm of 20 incidents starved the guards and stalled for the
+      local activity's 30 s timeout.
+    - ``max_cached_workflows=2500`` (SDK: 1000): an open incident with a run is two workflows,
+      so a thousand open incidents are two thousand; a cache smaller than that evicts and
+      replays whole histories on every signal, timer and poll. The cost is memory, which the
+      bench reports (worker RSS with N incidents waiting at gates).
+    - ``sticky_queue_schedule_to_start_timeout=3 s`` (SDK: 10 s): after a worker dies
+      (SIGKILL, OOM) the server keeps offering a decision of a run it had cached to that
+      worker's sticky queue until this passes; 10 s is ten seconds of an incident standing
+      still. Much lower would fall back (and replay from scratch) whenever a busy worker on two
+      cores is slow to poll in a storm, so 3 s, not 1 s.
+    - ``activity_task_polls=8`` (SDK: 5): the domain queues get the same burst (a first step per
+      run, a page per incident); activities are short, so polling, not running, is the limit.
+    """
+
+    workflow_task_polls: int | None = 8
+    workflow_task_slots: int | None = None
+    max_cached_workflows: int = 2500
+    sticky_queue_schedule_to_start_timeout: timedelta = timedelta(seconds=3)
+    activity_task_polls: int | None = 8
+
+    def workflow_worker(self) -> dict[str, Any]:
+        """Keyword arguments for a workflow worker (``Worker(**...)``)."""
+        return {
+            "max_concurrent_workflow_task_polls": self.workflow_task_polls,
+            "max_concurrent_workflow_tasks": self.workflow_task_slots,
+            "max_cached_workflows": self.max_cached_workflows,
+            "sticky_queue_schedule_to_start_timeout": self.sticky_queue_schedule_to_start_timeout,
+            "max_concurrent_activity_task_polls": self.activity_task_polls,
+        }
+
+    def activity_worker(self) -> dict[str, Any]:
+        """Keyword arguments for an activity-only worker."""
+        return {"max_concurrent_activity_task_polls": self.activity_task_polls}
+
+
+TUNED = WorkerTuning()
+"""What the product runs with (see :class:`WorkerTuning` for why)."""
+SDK_DEFAULTS = WorkerTuning(
+    workflow_task_polls=None,
+    workflow_task_slots=None,
+    max_cached_workflows=1000,
+    sticky_queue_schedule_to_start_timeout=timedelta(seconds=10),
+    activity_task_polls=None,
+)
+"""The SDK's own defaults, for the bench's before/after comparison."""
 
 
 def parse_domains(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -83,10 +147,12 @@ def build_workers(
     *,
     workflows: bool = True,
     registry: Registry | None = None,
+    tuning: WorkerTuning = TUNED,
 ) -> tuple[list[Worker], list[ModuleSet]]:
     """Construct (not start) the workers, and the module sets they hold for closing later.
 
-    ``registry`` defaults to the installed domain packages; the bench passes its own."""
+    ``registry`` defaults to the installed domain packages; the bench passes its own (and
+    ``tuning``, to compare with the SDK's defaults)."""
     domains = parse_domains(domains) if domains else ()
     # The workflow worker serves the local checks of every domain, so it loads them all.
     if registry is None:
@@ -112,6 +178,7 @@ def build_workers(
                 ),
                 interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                **tuning.workflow_worker(),
             )
         )
     for domain in domains:
@@ -130,6 +197,7 @@ def build_workers(
                 activities=activities,
                 interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                **tuning.activity_worker(),
             )
         )
     if not workers:
