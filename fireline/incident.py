@@ -135,8 +135,9 @@ class IncidentRights(BaseModel):
     anyone named may act, signatures still checked."""
     unsigned: list[str] = Field(default_factory=list)
     """Actions accepted without a signature even where the incident trusts keys: ``ack`` when
-    the catalog lets low-risk decisions go unsigned, ``command`` for medium, ``cancel`` when
-    every step of the routed playbook is at an unsigned risk."""
+    the catalog lets low-risk decisions go unsigned, ``command`` for medium, ``cancel`` and the
+    guard gate's ``approve``/``reject`` when every step of the routed playbook is at an
+    unsigned risk."""
 
 
 class IncidentStart(BaseModel):
@@ -383,7 +384,9 @@ def pin_rights(catalog: Catalog, service: Service, plan: Plan | None = None) -> 
         if risk in spec.unsigned
     ]
     if (plan.max_risk() if plan is not None else Risk.low) in spec.unsigned:
-        unsigned.append("cancel")
+        # Cancelling rolls the run back, and the guard's gate lets it run: as risky as its
+        # riskiest step.
+        unsigned += ["cancel", "approve", "reject"]
     return IncidentRights(
         people={
             name: Person(name=name, roles=catalog.roles_of(name), tier=catalog.tier_of(name))

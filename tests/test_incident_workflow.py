@@ -29,6 +29,7 @@ from fireline.incident import (
     INCIDENT_WORKFLOW,
     QUERY_STATUS,
     SIGNAL_ALERTS,
+    SIGNAL_APPROVE,
     UPDATE_ACK,
     UPDATE_APPROVE,
     UPDATE_CANCEL,
@@ -64,6 +65,7 @@ from workflows.gate import (
     may_ack,
     may_cancel,
     may_command,
+    may_decide_guard,
 )
 from workflows.guard import QUERY_LEDGER, GuardLedger, guard_workflow_id
 
@@ -801,7 +803,7 @@ class TestIncidentRights:
         assert RIGHTS.open is False
         # ack is low risk (unsigned by default), command medium; cancel takes the playbook's
         # highest risk, and an incident without a playbook has nothing to roll back.
-        assert RIGHTS.unsigned == ["ack", "cancel"]
+        assert RIGHTS.unsigned == ["ack", "cancel", "approve", "reject"]
 
     @pytest.mark.parametrize(
         ("action", "person", "facts", "allowed"),
@@ -822,11 +824,19 @@ class TestIncidentRights:
             ("cancel", "bob", replace(FACTS, acknowledgers=("bob",)), True),
             ("cancel", "bob", replace(FACTS, commander="bob"), True),
             ("cancel", "erin", replace(FACTS, rights=None), True),  # no rights: old rule
+            ("guard", "alice", FACTS, True),  # the guard's gate: as command
+            ("guard", "ivan", FACTS, False),
+            ("guard", "dana", FACTS, True),
             ("take", "zed", replace(FACTS, rights=RIGHTS.model_copy(update={"open": True})), True),
         ],
     )
     def test_table(self, action: str, person: str, facts: IncidentFacts, allowed: bool) -> None:
-        check = {"ack": may_ack, "take": may_command, "cancel": may_cancel}[action]
+        check = {
+            "ack": may_ack,
+            "take": may_command,
+            "cancel": may_cancel,
+            "guard": may_decide_guard,
+        }[action]
         assert (check(person, facts) is None) is allowed
 
     @pytest.mark.parametrize(
@@ -922,7 +932,7 @@ class TestIncidentRightsEnforced:
         plan = compile_playbooks(tmp_path, {"p.yaml": PLAIN}, "fix-payments")
         assert plan.max_risk().value != "low"
         rights = pin_rights(RIGHTS_CATALOG, RIGHTS_CATALOG.services["payments"], plan)
-        assert rights.unsigned == ["ack"]
+        assert rights.unsigned == ["ack"], "the guard's gate and cancel need signatures too"
         facts = replace(FACTS, rights=rights, trusted_keys=TEST_KEYS)
         refusal = judge_incident(IncidentAttempt("cancel", "olga"), facts, NOW)
         assert refusal is not None
@@ -1006,6 +1016,47 @@ class TestIncidentRightsEnforced:
             ("cancel_refused", "carol"),
         ], "the known people without the right are audited; mallory is not"
         assert all(e.actor != "mallory" for e in final.timeline)
+
+    async def test_the_guards_gate_is_judged(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """At the guard's gate: an unknown name is refused unrecorded, a tier-0 responder is
+        refused and audited (by update and by signal alike), a tier-1 responder lets it run."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        raw = RIGHTS_CATALOG.model_dump(mode="json", exclude_none=True)
+        raw["services"]["payments"]["guard"] = {"blast_budget": 0}
+        plan = compile_playbooks(tmp_path, {"p.yaml": PLAIN}, "fix-payments")
+        start = incident_start(
+            Catalog.model_validate(raw),
+            "payments",
+            key(),
+            plan=plan,
+            inputs={"base": paging.base_url},
+            task_queue_prefix=task_queue_prefix,
+        ).model_copy(update={"run_poll_s": 1.0, "run_poll_max_s": 2.0})
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
+            with pytest.raises(WorkflowUpdateFailedError) as unknown:
+                await handle.execute_update(
+                    UPDATE_APPROVE, Approval(step="guard", approver="mallory")
+                )
+            assert "not in the catalog" in str(unknown.value.cause)
+            with pytest.raises(WorkflowUpdateFailedError) as junior:
+                await handle.execute_update(UPDATE_APPROVE, Approval(step="guard", approver="ivan"))
+            assert "ivan (tier 0) may not decide at the guard's gate" in str(junior.value.cause)
+            await handle.signal(SIGNAL_APPROVE, Approval(step="guard", approver="ivan"))
+            await handle.execute_update(UPDATE_APPROVE, Approval(step="guard", approver="alice"))
+            done = await until(handle, lambda s: s.run.phase == "succeeded", "run done")
+
+        assert done.guard_approved_by == "alice"
+        refused = [(e.kind, e.actor) for e in done.timeline if "refused" in e.kind]
+        assert refused == [("approve_refused", "ivan"), ("approve_refused", "ivan")]
 
     async def test_the_acknowledger_is_separated_from_the_runs_riskiest_approvals(
         self,

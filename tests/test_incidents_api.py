@@ -342,6 +342,87 @@ steps:
 """
 
 
+class TestGuardGateThroughTheIncident:
+    async def test_guard_decisions_are_signed_and_judged(
+        self,
+        env: WorkflowEnvironment,
+        settings: Settings,
+        tokens: dict[str, str],
+        target: Target,
+        tmp_path: Path,
+    ) -> None:
+        """The guard holds the run (budget 0): carol, not on the service's ladder, may not let it
+        go; alice's signed approval starts it; erin (incident commander) cancels."""
+        client = env.client
+        plan = compile_playbooks(tmp_path, {"p.yaml": GATED}, "fix-checkout")
+        raw = yaml.safe_load(CATALOG)
+        # A service of its own: the guard's ledger is one workflow per service on the shared
+        # server, bound to the task queue of the test that first used it.
+        service = f"guarded-{uuid.uuid4().hex[:8]}"
+        raw["services"][service] = {**raw["services"]["checkout"], "guard": {"blast_budget": 0}}
+        key = f"am/{service}/{uuid.uuid4().hex[:8]}"
+        start = incident_start(
+            Catalog.model_validate(raw),
+            service,
+            key,
+            plan=plan,
+            inputs={"base": target.base_url},
+            task_queue_prefix=settings.task_queue_prefix,
+            trusted_keys=load_decision_key(settings).trusted(),
+        ).model_copy(update={"run_poll_s": 1.0, "run_poll_max_s": 2.0})
+        async with fireline_workers(client, settings.task_queue_prefix):
+            handle = await client.start_workflow(
+                INCIDENT_WORKFLOW,
+                start,
+                id=incident_workflow_id(key),
+                task_queue=settings.task_queue_prefix,
+                result_type=IncidentState,
+            )
+            for _ in range(300):
+                state = await handle.query(QUERY_STATUS, result_type=IncidentState)
+                if state.escalation.gate_step == "guard":
+                    break
+                await asyncio.sleep(0.05)
+            assert state.escalation.gate_step == "guard"
+            async with serving(settings) as url:
+                people = {
+                    p: httpx.AsyncClient(
+                        base_url=url, headers={"Authorization": f"Bearer {tokens[p]}"}
+                    )
+                    for p in ("alice", "carol", "erin")
+                }
+                try:
+                    carol = await people["carol"].post(
+                        f"/v1/incidents/{handle.id}/approve", json={"step": "guard"}
+                    )
+                    assert carol.status_code == 409
+                    assert "may not decide at the guard's gate" in carol.json()["detail"]
+                    alice = await people["alice"].post(
+                        f"/v1/incidents/{handle.id}/approve",
+                        json={"step": "guard", "comment": "budget is for bulk changes"},
+                    )
+                    assert alice.status_code == 200, alice.text
+                    for _ in range(300):
+                        state = await handle.query(QUERY_STATUS, result_type=IncidentState)
+                        if state.run.workflow_id is not None:
+                            break
+                        await asyncio.sleep(0.05)
+                    erin = await people["erin"].post(
+                        f"/v1/incidents/{handle.id}/cancel", json={"comment": "drill over"}
+                    )
+                    assert erin.status_code == 200, erin.text
+                finally:
+                    for c in people.values():
+                        await c.aclose()
+            final = await handle.result()
+
+        assert final.guard_approved_by == "alice"
+        assert final.run.workflow_id is not None
+        assert final.resolved_by == "erin"
+        refused = [(e.kind, e.actor) for e in final.timeline if e.kind.endswith("_refused")]
+        assert refused == [("approve_refused", "carol")]
+
+
 class TestRunGateThroughTheIncident:
     async def test_approve_a_run_gate_signed_as_the_token_person(
         self,

@@ -388,12 +388,14 @@ def counted_approvals(step: StepState, rights: DecisionRights | None) -> int:
 
 # ------------------------------------------------------------------------ incidents
 
-IncidentAction = Literal["ack", "command", "cancel"]
+IncidentAction = Literal["ack", "command", "cancel", "approve", "reject"]
+"""``approve``/``reject`` here are of the guard's gate (step "guard"), the incident's own."""
 
 
 @dataclass(frozen=True)
 class IncidentAttempt:
-    """An ack, a command (``step`` take/handover/release) or a cancel of an incident."""
+    """An ack, a command (``step`` take/handover/release), a cancel of an incident, or a
+    decision at its guard's gate (``step`` "guard")."""
 
     action: IncidentAction
     person: str
@@ -455,6 +457,15 @@ def may_command(person: str, facts: IncidentFacts) -> str | None:
         f"{rights.command_min_tier} or more and incident commanders "
         f"({', '.join(rights.commanders) or 'none named'}) may"
     )
+
+
+def may_decide_guard(person: str, facts: IncidentFacts) -> str | None:
+    """The guard held the automatic run for a human: whoever may command may let it go (or
+    turn it down)."""
+    reason = may_command(person, facts)
+    if reason is None:
+        return None
+    return reason.replace("may not command this incident", "may not decide at the guard's gate")
 
 
 def may_cancel(person: str, facts: IncidentFacts) -> str | None:
@@ -530,6 +541,8 @@ def judge_incident(attempt: IncidentAttempt, facts: IncidentFacts, now: datetime
         reason = may_ack(attempt.person, facts)
     elif attempt.action == "cancel":
         reason = may_cancel(attempt.person, facts)
+    elif attempt.action in ("approve", "reject"):
+        reason = may_decide_guard(attempt.person, facts)
     elif attempt.step == "take":
         reason = may_command(attempt.person, facts)
     elif attempt.step == "handover" and attempt.to is not None:

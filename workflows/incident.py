@@ -214,7 +214,11 @@ class IncidentWorkflow:
         )
 
     async def _sleep(self) -> None:
-        wake = [t for t in (self._s.escalation.next_at, self._next_poll) if t is not None]
+        # A finished run is not polled again (see _step): its last poll time, now in the past,
+        # would make the wait below time out at once, every pass, without ever yielding.
+        polling = self._s.run.workflow_id is not None and self._s.run.phase not in _TERMINAL_RUN
+        next_poll = self._next_poll if polling else None
+        wake = [t for t in (self._s.escalation.next_at, next_poll) if t is not None]
         if self._s.escalation.state == "acknowledged" and self._s.acknowledged_at:
             lapse = self._policy.ack_timeout
             if lapse is not None and not self._s.commander:
@@ -938,41 +942,62 @@ class IncidentWorkflow:
         if self._s.run.workflow_id is None:
             raise _refused("this incident has no run yet")
 
+    def _guard_attempt(self, approval: Approval, decision: str) -> IncidentAttempt | None:
+        if approval.step != GUARD_STEP:
+            return None  # a run's step: the run judges it
+        return IncidentAttempt(
+            action="approve" if decision == "approved" else "reject",
+            person=approval.approver,
+            step=GUARD_STEP,
+            signed=approval.signed,
+        )
+
+    def _screen_decision(self, approval: Approval, decision: str) -> None:
+        self._validate_decision(approval)
+        attempt = self._guard_attempt(approval, decision)
+        if attempt is not None:
+            self._screen(attempt)
+
+    def _judged_decide(self, approval: Approval, decision: str) -> None:
+        attempt = self._guard_attempt(approval, decision)
+        if attempt is not None:
+            self._judge(attempt)
+        self._decide(approval, decision)
+
     @workflow.update(name=UPDATE_APPROVE)
     def approve(self, approval: Approval) -> IncidentState:
-        self._decide(approval, "approved")
+        self._judged_decide(approval, "approved")
         return self._s
 
     @approve.validator
     def _validate_approve(self, approval: Approval) -> None:
-        self._validate_decision(approval)
+        self._screen_decision(approval, "approved")
 
     @workflow.update(name=UPDATE_REJECT)
     def reject(self, approval: Approval) -> IncidentState:
-        self._decide(approval, "rejected")
+        self._judged_decide(approval, "rejected")
         return self._s
 
     @reject.validator
     def _validate_reject(self, approval: Approval) -> None:
-        self._validate_decision(approval)
+        self._screen_decision(approval, "rejected")
+
+    def _decision_signal(self, approval: Approval, decision: str) -> None:
+        try:
+            self._screen_decision(approval, decision)
+        except ApplicationError as err:
+            self._event("decision_refused", str(err), step=approval.step, actor=approval.approver)
+            return
+        with contextlib.suppress(ApplicationError):  # the judge audited its refusal
+            self._judged_decide(approval, decision)
 
     @workflow.signal(name=SIGNAL_APPROVE)
     def approve_signal(self, approval: Approval) -> None:
-        try:
-            self._validate_decision(approval)
-        except ApplicationError as err:
-            self._event("decision_refused", str(err), step=approval.step, actor=approval.approver)
-            return
-        self._decide(approval, "approved")
+        self._decision_signal(approval, "approved")
 
     @workflow.signal(name=SIGNAL_REJECT)
     def reject_signal(self, approval: Approval) -> None:
-        try:
-            self._validate_decision(approval)
-        except ApplicationError as err:
-            self._event("decision_refused", str(err), step=approval.step, actor=approval.approver)
-            return
-        self._decide(approval, "rejected")
+        self._decision_signal(approval, "rejected")
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> IncidentState:

@@ -276,7 +276,11 @@ async def _decide(
     """The guard's gate is the incident's own; any other step is the run's, judged there."""
     if body.step == GUARD_STEP:
         name = UPDATE_APPROVE if verb == "approve" else UPDATE_REJECT
-        approval = Approval(step=GUARD_STEP, approver=who.person, comment=body.comment)
+        action: Literal["approve", "reject"] = "approve" if verb == "approve" else "reject"
+        signed = _signer(request).sign(who, incident_id, GUARD_STEP, action, None)
+        approval = Approval(
+            step=GUARD_STEP, approver=who.person, comment=body.comment, signed=signed
+        )
         return await _update(c, incident_id, name, approval)
     state = await _state(c, incident_id)
     run_id = state.run.workflow_id
