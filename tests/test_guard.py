@@ -119,6 +119,9 @@ class TestBreaker:
             _, _, ledger = ask(ledger, n, T0, policy={"max_runs": 5})
         assert len(ledger.entries) <= 1000
 
-    def test_guard_ids_are_per_service(self) -> None:
-        assert guard_workflow_id("payments") == "guard-payments"
-        assert guard_workflow_id("a/b") != guard_workflow_id("a_b")
+    def test_guard_ids_are_per_service_and_deployment(self) -> None:
+        assert guard_workflow_id("payments", "fireline") != guard_workflow_id("search", "fireline")
+        assert guard_workflow_id("a/b", "fireline") != guard_workflow_id("a_b", "fireline")
+        # the same service in another deployment (another queue prefix) has a ledger of its own
+        assert guard_workflow_id("payments", "fireline") != guard_workflow_id("payments", "t-1")
+        assert guard_workflow_id("payments", "fireline").startswith("guard-")

@@ -534,8 +534,8 @@ def guarded(**guard: Any) -> dict[str, Any]:
     return {**LADDER, "guard": guard}
 
 
-async def ledger(env: WorkflowEnvironment) -> GuardLedger:
-    handle = env.client.get_workflow_handle(guard_workflow_id("payments"))
+async def ledger(env: WorkflowEnvironment, prefix: str) -> GuardLedger:
+    handle = env.client.get_workflow_handle(guard_workflow_id("payments", prefix))
     return await handle.query(QUERY_LEDGER, result_type=GuardLedger)
 
 
@@ -574,7 +574,7 @@ class TestGuard:
             )
             assert any(e.kind == "approval" and e.actor == "alice" for e in answer.timeline)
             done = await until(two, lambda s: s.run.phase == "succeeded", "second run done")
-            book = await ledger(env)
+            book = await ledger(env, task_queue_prefix)
 
         assert first.guard.allowed is True
         assert held.guard.allowed is False
@@ -639,7 +639,7 @@ class TestGuard:
                 alert(),
             )
             failed = await until(one, lambda s: s.phase is IncidentPhase.failed, "run failed")
-            opened = await ledger(env)
+            opened = await ledger(env, task_queue_prefix)
             paging.route("GET", "/health", Reply(200))
             two = await open_incident(
                 env.client,
@@ -651,7 +651,7 @@ class TestGuard:
             await two.execute_update(UPDATE_APPROVE, Approval(step="guard", approver="carol"))
             await until(two, lambda s: s.run.verified is True, "verified")
             await asyncio.sleep(0.5)
-            closed = await ledger(env)
+            closed = await ledger(env, task_queue_prefix)
 
         assert failed.run.verified is False
         assert opened.breaker_open is True

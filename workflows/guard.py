@@ -31,10 +31,15 @@ MAX_ENTRIES = 1000
 HISTORY_LIMIT = 2000
 
 
-def guard_workflow_id(service: str) -> str:
+def guard_workflow_id(service: str, task_queue_prefix: str) -> str:
+    """One guard per service *and deployment*: the task-queue prefix names the deployment, so
+    two Fireline installations on one Temporal namespace (or tests on one server) never share
+    a ledger, nor wait on a guard whose workers belong to someone else."""
     from fireline.incident import incident_workflow_id
 
-    return "guard-" + incident_workflow_id(service).removeprefix("incident-")
+    return "guard-" + incident_workflow_id(f"{task_queue_prefix}/{service}").removeprefix(
+        "incident-"
+    )
 
 
 class GuardEntry(BaseModel):

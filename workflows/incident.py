@@ -267,7 +267,7 @@ class IncidentWorkflow:
         status: GuardStatus = await workflow.execute_local_activity(
             "core.guard_admit",
             {
-                "workflow_id": guard_workflow_id(self._start.service),
+                "workflow_id": self._guard_id(),
                 "task_queue": self._start.task_queue_prefix,
                 "request": request.model_dump(mode="json"),
             },
@@ -293,6 +293,9 @@ class IncidentWorkflow:
             data=status.model_dump(mode="json"),
         )
         self._open_gate(GUARD_STEP, tier=1)
+
+    def _guard_id(self) -> str:
+        return guard_workflow_id(self._start.service, self._start.task_queue_prefix)
 
     def _incident_ref(self) -> str:
         opened = self._s.opened_at.isoformat() if self._s.opened_at else ""
@@ -418,7 +421,7 @@ class IncidentWorkflow:
                 run.verified = False
         for step_id in sorted(self._gate_steps - {GUARD_STEP}):
             self._close_gate(step_id)
-        handle = workflow.get_external_workflow_handle(guard_workflow_id(self._start.service))
+        handle = workflow.get_external_workflow_handle(self._guard_id())
         outcome = Outcome(
             incident_id=self._incident_ref(),
             verified=run.verified,
@@ -912,9 +915,7 @@ class IncidentWorkflow:
                 self._close_gate(GUARD_STEP)
                 self._s.phase = IncidentPhase.triaging
                 self._spawn(
-                    workflow.get_external_workflow_handle(
-                        guard_workflow_id(self._start.service)
-                    ).signal(
+                    workflow.get_external_workflow_handle(self._guard_id()).signal(
                         SIGNAL_OUTCOME,
                         Outcome(incident_id=self._incident_ref(), verified=None, ran=False),
                     )
