@@ -53,29 +53,29 @@ log = structlog.get_logger("fireline.worker")
 
 @dataclass(frozen=True)
 class WorkerTuning:
-    """Poller, cache and sticky-queue settings of the workers, chosen with ``bench/``'s storm.
+    """Poller, cache and sticky-queue settings of the workers (``bench/`` storm scenario).
 
-    - ``workflow_task_polls=8`` (SDK: 5): a storm of new incidents puts a thousand workflow
+    - ``workflow_task_polls=8`` (SDK: 5): a storm of new incidents puts hundreds of workflow
       tasks on the shared (non-sticky) queue at once; each poll is a long-poll round trip to
-      the server, so five pollers leave the worker idle between tasks while the queue is full.
-      More than eight buys nothing on two cores: the worker's own CPU (one interpreter running
-      every workflow activation) is then the limit.
+      the server, so more pollers keep the worker fed while the queue is full. Not many more:
+      on two cores the worker's own CPU (one interpreter running every activation) is the
+      limit, and each extra poller is one more concurrent activation competing for it.
     - ``workflow_task_slots=None`` (SDK: 100 at once), deliberately not lower: an incident's
       ``core.guard_admit`` is a local activity, which keeps its workflow task (and slot) open
       while it waits for an update on the GuardWorkflow, whose task needs a slot on this same
-      worker. With 8 slots a storm of 20 incidents starved the guards and stalled for the
+      worker. With 8 slots a storm of 20 incidents starved the guards and stalled until the
       local activity's 30 s timeout.
-    - ``max_cached_workflows=2500`` (SDK: 1000): an open incident with a run is two workflows,
-      so a thousand open incidents are two thousand; a cache smaller than that evicts and
-      replays whole histories on every signal, timer and poll. The cost is memory, which the
-      bench reports (worker RSS with N incidents waiting at gates).
+    - ``max_cached_workflows=2500`` (SDK: 1000): an open incident with a run is two workflows
+      (plus a guard per service), so a thousand open incidents are over two thousand; a
+      smaller cache evicts and replays whole histories on every signal, timer and poll. The
+      cost is memory, which the bench reports (RSS with incidents waiting at gates).
     - ``sticky_queue_schedule_to_start_timeout=3 s`` (SDK: 10 s): after a worker dies
       (SIGKILL, OOM) the server keeps offering a decision of a run it had cached to that
       worker's sticky queue until this passes; 10 s is ten seconds of an incident standing
       still. Much lower would fall back (and replay from scratch) whenever a busy worker on two
       cores is slow to poll in a storm, so 3 s, not 1 s.
     - ``activity_task_polls=8`` (SDK: 5): the domain queues get the same burst (a first step per
-      run, a page per incident); activities are short, so polling, not running, is the limit.
+      run, a page per incident); the activities are short, so polling is what limits them.
     """
 
     workflow_task_polls: int | None = 8
