@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
@@ -22,6 +22,7 @@ WORKFLOW_NAME = "PlaybookWorkflow"
 SIGNAL_APPROVE = "approve"
 SIGNAL_REJECT = "reject"
 SIGNAL_DECIDE = "decide"
+SIGNAL_SEPARATE = "separate"
 # Updates: the same decisions with an answer, refused (and audited) when not allowed.
 UPDATE_APPROVE = "approve_step"
 UPDATE_REJECT = "reject_step"
@@ -79,6 +80,17 @@ class RunRequest(BaseModel):
 MAX_NAME = 200
 """Longest step id or person name a decision may carry (a signal is hostile input too)."""
 MAX_COMMENT = 4000
+
+
+class Separate(BaseModel):
+    """People who may no longer approve this run's high/critical steps (separation of duties),
+    e.g. whoever acknowledged the incident the run remediates. It can only add restrictions,
+    so it needs no signature."""
+
+    people: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME)]] = Field(
+        min_length=1, max_length=50
+    )
+    reason: str = Field(default="", max_length=500)
 
 
 class Approval(BaseModel):

@@ -1087,3 +1087,34 @@ class TestIncidentRightsEnforced:
         (payload,) = started.input.payloads
         request = pydantic_data_converter.payload_converter.from_payload(payload, RunRequest)
         assert request.separated_from == ["bob"]
+
+    async def test_an_ack_after_the_run_started_reaches_the_run(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """Bob acknowledges while the run already waits at its gate: the run is told, so bob
+        is barred from its high/critical approvals from then on (the timeline says so)."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        start = with_plan(tmp_path, GATED, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            state = await until(handle, lambda s: s.escalation.gate_step == "restart", "at gate")
+            await handle.execute_update(UPDATE_ACK, Ack(by="bob", comment="on it"))
+            run = env.client.get_workflow_handle(state.run.workflow_id or "")
+
+            async def separated() -> RunState:
+                for _ in range(100):
+                    got: RunState = await run.query(RUN_STATUS, result_type=RunState)
+                    if any(e.kind == "separated" for e in got.events):
+                        return got
+                    await asyncio.sleep(0.1)
+                raise AssertionError("the run never heard of the acknowledger")
+
+            got = await separated()
+            await run.cancel()
+        [event] = [e for e in got.events if e.kind == "separated"]
+        assert event.message.startswith("bob may not approve high/critical steps")

@@ -57,7 +57,13 @@ with workflow.unsafe.imports_passed_through():
         TimelineEvent,
     )
     from fireline.ingress.alert import Alert, AlertStatus
-    from fireline.messages import Approval, RunRequest, start_attributes
+    from fireline.messages import (
+        SIGNAL_SEPARATE,
+        Approval,
+        RunRequest,
+        Separate,
+        start_attributes,
+    )
     from fireline.plan import IncludeNode, Plan, StepNode
     from workflows import escalation
     from workflows.gate import IncidentAttempt, IncidentFacts, Refusal, judge_incident
@@ -732,6 +738,21 @@ class IncidentWorkflow:
         s.acks = s.acks[-100:]
         s.acknowledged_at = now
         s.acknowledged_by = ack.by
+        run_id = s.run.workflow_id
+        if (
+            source == "fireline"
+            and run_id is not None
+            and s.run.phase not in _TERMINAL_RUN
+            and workflow.patched("separate-late-acknowledger")
+        ):
+            # The run was started before this ack: tell it, so the acknowledger may not also
+            # approve its high/critical steps (separation of duties).
+            self._spawn(
+                workflow.get_external_workflow_handle(run_id).signal(
+                    SIGNAL_SEPARATE,
+                    Separate(people=[ack.by], reason=f"acknowledged {self._incident_ref()}"),
+                )
+            )
         if s.escalation.state in ("triggered", "exhausted"):
             s.escalation.state = "acknowledged"
         if s.escalation.gate_step is None:

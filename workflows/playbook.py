@@ -20,7 +20,7 @@ signal has nobody to answer, so every refused signal is recorded.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_APPROVE,
         SIGNAL_DECIDE,
         SIGNAL_REJECT,
+        SIGNAL_SEPARATE,
         UPDATE_APPROVE,
         UPDATE_CANCEL,
         UPDATE_DECIDE,
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         RunRequest,
         RunResult,
         RunState,
+        Separate,
         StepState,
         StepStatus,
         start_attributes,
@@ -789,6 +791,20 @@ class PlaybookWorkflow:
     @workflow.signal(name=SIGNAL_DECIDE)
     def decide_signal(self, decision: Decision) -> None:
         self._record_decision(decision, signal=True)
+
+    @workflow.signal(name=SIGNAL_SEPARATE)
+    def separate_signal(self, separate: Separate) -> None:
+        """Bar more people from approving high/critical steps (an incident's acknowledger, who
+        joined after the run started). Only ever adds a restriction, so it is not judged."""
+        added = sorted(set(separate.people) - set(self._facts.separated))
+        if not added:
+            return
+        self._facts = replace(self._facts, separated=(*self._facts.separated, *added))
+        self._event(
+            "separated",
+            f"{', '.join(added)} may not approve high/critical steps"
+            + (f": {separate.reason}" if separate.reason else ""),
+        )
 
     @workflow.update(name=UPDATE_DECIDE)
     def decide_update(self, decision: Decision) -> StepState:
