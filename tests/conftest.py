@@ -8,10 +8,12 @@ time-skipping server (``time_skipping_env``), because it skips time for everyone
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -34,6 +36,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _search_attribute_keys() -> list[SearchAttributeKey]:
     assert set(SEARCH_ATTRIBUTES.values()) == {"Keyword"}
     return [SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES]
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A command run in-process (``fireline api`` under CliRunner) configures logging for the
+    whole process, binding the root handler to that test's captured stderr; put logging back,
+    so one test's log lines never land in another test's command output."""
+    root = logging.getLogger()
+    before, level, config = set(root.handlers), root.level, structlog.get_config()
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and type(handler).__module__ != "_pytest.logging":
+            root.removeHandler(handler)
+    root.setLevel(level)
+    structlog.configure(**config)
 
 
 @pytest.fixture(scope="session")
