@@ -22,6 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from fireline.messages import SEARCH_ATTRIBUTES
 from fireline.runtime.binaries import temporal_cli, temporal_test_server
 from fireline.runtime.stack import TUNING_FLAGS
+from tests.support.browser import chromium  # noqa: F401  (Debian's Chromium, for the UI tests)
 from tests.support.target import target  # noqa: F401  (the recording HTTP target fixture)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -38,10 +37,8 @@ from fireline.incident import (
 )
 from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from tests.support.browser import (
-    MISSING,
     Browser,
     BrowserError,
-    chromium_path,
     dev_server_with_ui,
     png_colours,
 )
@@ -71,17 +68,6 @@ CATALOG = Catalog.model_validate(
         },
     }
 )
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium; CI must have it, elsewhere its absence skips with the fix."""
-    path = chromium_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide the browser for the UI test. {MISSING}")
-        pytest.skip(MISSING)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ asserted is the text the page renders, Markdown frames included, and a screensho
 from __future__ import annotations
 
 import asyncio
-import os
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,9 +21,7 @@ from fireline.messages import RunPhase, RunState
 from fireline.operator import operations
 from fireline.runtime.settings import Settings
 from tests.support.browser import (
-    MISSING,
     Browser,
-    chromium_path,
     dev_server_with_ui,
     png_colours,
 )
@@ -54,17 +51,6 @@ CATALOG = """
 roles:
   sre-oncall: {tier: 1, members: [alice]}
 """
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium; CI must have it, elsewhere its absence skips with the fix."""
-    path = chromium_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide the browser for the UI test. {MISSING}")
-        pytest.skip(MISSING)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -382,3 +383,14 @@ async def dev_server_with_ui() -> AsyncIterator[tuple[WorkflowEnvironment, str]]
         yield environment, f"http://127.0.0.1:{ui_port}"
     finally:
         await environment.shutdown()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's Chromium; CI must have it, elsewhere its absence skips with the fix."""
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide the browser for the UI test. {MISSING}")
+        pytest.skip(MISSING)
+    return path
