@@ -13,8 +13,18 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.core.paging import PageInput, PagingModules, pagerduty_event, webhook_body
+from activities.core.paging import (
+    PREVIEW_CHARS,
+    PageInput,
+    PagingModules,
+    pagerduty_event,
+    preview_line,
+    summarise,
+    webhook_body,
+)
 from fireline import errors
+from fireline.messages import RunState, StepState, StepStatus
+from fireline.plan import Preview
 from fireline.runtime.settings import Settings
 from tests.support.target import Reply, Target
 
@@ -146,3 +156,36 @@ class TestDelivery:
         with pytest.raises(ApplicationError) as caught:
             await run(PagingModules(settings), page())
         assert caught.value.type == errors.INVALID_INPUT
+
+
+class TestGatePreviewInPages:
+    """What the incident reads of its run: a waiting gate carries its preview's gist, so the
+    page that asks someone to decide says what the step would change."""
+
+    def _run(self, step: StepState) -> RunState:
+        return RunState(playbook="p", version="1", plan_hash="h", steps=[step])
+
+    def test_a_waiting_gate_carries_its_preview(self) -> None:
+        preview = Preview(
+            mutates=True, summary="flag checkout.shed: off -> on", blast_radius={"keys": 1}
+        )
+        step = StepState(
+            id="shed", name="shed", status=StepStatus.awaiting_approval, preview=preview
+        )
+        [view] = summarise(self._run(step)).steps
+        assert view.preview == "flag checkout.shed: off -> on (1 keys)"
+
+    def test_a_failed_preview_says_so_and_a_decided_step_carries_none(self) -> None:
+        waiting = StepState(
+            id="s", name="s", status=StepStatus.awaiting_approval, preview_error="boom"
+        )
+        assert preview_line(waiting) == "preview unavailable: boom"
+        done = StepState(
+            id="s",
+            name="s",
+            status=StepStatus.succeeded,
+            preview=Preview(mutates=True, summary="x" * 1000),
+        )
+        [view] = summarise(self._run(done)).steps
+        assert view.preview is None
+        assert len(preview_line(done) or "") == PREVIEW_CHARS

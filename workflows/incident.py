@@ -155,6 +155,8 @@ class IncidentWorkflow:
         self._guard_decision: Approval | None = None
         self._guard_rejected = False
         self._gate_steps: set[str] = set()
+        self._gate_previews: dict[str, str] = {}
+        """One-line previews of the run's waiting gates, from its status (for the pages)."""
         self._sa_phase: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._poll_every = start.run_poll_s
@@ -384,6 +386,7 @@ class IncidentWorkflow:
         elif phase == "succeeded" and any(s.get("post_passed") for s in verification):
             run.verified = True
         gates = {s["id"]: s for s in steps if s["status"] == "awaiting_approval"}
+        self._gate_previews = {k: str(g["preview"]) for k, g in gates.items() if g.get("preview")}
         for step_id, s in gates.items():
             if step_id not in self._gate_steps:
                 self._event(
@@ -656,6 +659,9 @@ class IncidentWorkflow:
             parts.append(f"commander {s.commander}")
         if s.escalation.gate_step:
             parts.append(f"waiting for a decision on `{s.escalation.gate_step}`")
+            preview = self._gate_previews.get(s.escalation.gate_step)
+            if preview:
+                parts.append(f"it would: {preview}")
         parts.append(f"ack: fireline ack {s.incident_id}")
         return "; ".join(parts)
 

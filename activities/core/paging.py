@@ -34,7 +34,7 @@ from activities.core.runtime import (
     running,
 )
 from fireline.incident import GUARD_WORKFLOW, GuardStatus
-from fireline.messages import QUERY_STATUS, RunState, StepStatus
+from fireline.messages import QUERY_STATUS, RunState, StepState, StepStatus
 from fireline.modules import check, module
 from fireline.plan import RetrySpec, Risk
 
@@ -207,6 +207,24 @@ class RunStepView(BaseModel):
     approvers: list[str] | None = None
     post_failed: bool = False
     post_passed: bool = False
+    preview: str | None = None
+    """What the step would change, in one line, while it waits at its gate (for the pages)."""
+
+
+PREVIEW_CHARS = 300
+"""A page carries the preview's gist; the whole preview is in the run's status."""
+
+
+def preview_line(step: StepState) -> str | None:
+    """One line an approver can read in a page: the change and how far it reaches."""
+    if step.preview is not None:
+        reach = ", ".join(f"{n} {what}" for what, n in sorted(step.preview.blast_radius.items()))
+        line = step.preview.summary + (f" ({reach})" if reach else "")
+    elif step.preview_error:
+        line = f"preview unavailable: {step.preview_error}"
+    else:
+        return None
+    return line[:PREVIEW_CHARS]
 
 
 class RunStatusView(BaseModel):
@@ -234,6 +252,7 @@ def summarise(state: RunState) -> RunStatusView:
                 post_failed=any(not c.satisfied for c in posts)
                 or (s.status is StepStatus.failed and bool(posts)),
                 post_passed=bool(posts) and all(c.satisfied for c in posts),
+                preview=preview_line(s) if s.status is StepStatus.awaiting_approval else None,
             )
         )
     return RunStatusView(found=True, phase=state.phase.value, reason=state.reason, steps=steps)
