@@ -623,7 +623,8 @@ class TestPromQL:
         )
         prometheus.app.set_rates(200, 0)
         assert result.satisfied is False
-        assert result.observed["value"] > 0.1
+        # past the 1% threshold; the exact figure moves with the 5s window between queries
+        assert result.observed["value"] > 0.01
         assert _ratio(seen) is not None
         assert result.detail.startswith(f"{ERR_RATE_5S} = ")
         assert result.detail.endswith("; expected < 0.01")
