@@ -29,6 +29,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from fireline.catalog.model import Catalog
 from fireline.identity.signing import (
     DecisionClaim,
     SignedDecision,
@@ -36,6 +37,17 @@ from fireline.identity.signing import (
     inputs_digest,
     sign_decision,
 )
+from fireline.incident import (
+    INCIDENT_WORKFLOW,
+    SIGNAL_ALERTS,
+    UPDATE_ACK,
+    Ack,
+    AlertBatch,
+    IncidentState,
+    incident_start,
+)
+from fireline.incident import QUERY_STATUS as INCIDENT_STATUS
+from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from fireline.messages import (
     QUERY_STATUS,
     SEARCH_ATTRIBUTES,
@@ -49,6 +61,7 @@ from fireline.messages import (
     StepStatus,
 )
 from fireline.runtime.binaries import temporal_cli
+from fireline.runtime.settings import Settings
 from fireline.runtime.stack import TUNING_FLAGS
 from tests.support.target import Reply, Target, start_target
 from tests.support.workers import compile_playbooks, fireline_workers, start_run
@@ -260,6 +273,77 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
     print(f"recorded {out.name}: {len(history.events)} events")
 
 
+INCIDENT = "incident_guarded"
+"""An incident with a routed run: opened, paged, admitted by the guard, acknowledged, its run
+succeeded, resolved by its alert."""
+INCIDENT_CATALOG = {
+    "roles": {"sre-oncall": {"tier": 1, "members": ["alice", "bob"]}},
+    "services": {
+        "payments": {
+            "escalation": {
+                "levels": [{"tier": 1, "delay": "5m", "targets": [{"role": "sre-oncall"}]}]
+            },
+            "guard": {"max_runs": 3, "window": "1h"},
+        }
+    },
+}
+
+
+def _alert(status: str) -> AlertBatch:
+    alert = Alert(
+        source=AlertSource.alertmanager,
+        notification_id=f"rec-{status}",
+        group_key="payments",
+        status=AlertStatus(status),
+        name="HighErrorRate",
+        fingerprint="fp-rec",
+        received_at=datetime.now(UTC),
+    )
+    return AlertBatch(batch_id=f"rec-{status}", alerts=[alert])
+
+
+async def until_incident(
+    handle: WorkflowHandle[Any, Any], done: Callable[[IncidentState], bool]
+) -> None:
+    while not done(await handle.query(INCIDENT_STATUS, result_type=IncidentState)):  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+
+
+async def record_incident(client: Client, target: Target, out: Path) -> None:
+    target.route("POST", "/page", Reply(200))
+    target.route("POST", "/a", Reply(200))
+    prefix = f"rec-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = compile_playbooks(Path(tmp), {"p.yaml": playbook("fix", STEP.format(id="a"))}, "fix")
+    start = incident_start(
+        Catalog.model_validate(INCIDENT_CATALOG),
+        "payments",
+        "am/payments/rec",
+        severity="critical",
+        plan=plan,
+        inputs={"base": target.base_url},
+        task_queue_prefix=prefix,
+    ).model_copy(update={"upsert_search_attributes": False, "run_poll_s": 1.0})
+    settings = Settings(targets={"webhook": {"default": {"url": target.url("/page")}}})
+    async with fireline_workers(client, prefix, settings=settings):
+        handle = await client.start_workflow(
+            INCIDENT_WORKFLOW,
+            start,
+            id=history_id(INCIDENT),
+            task_queue=prefix,
+            start_signal=SIGNAL_ALERTS,
+            start_signal_args=[_alert("firing")],
+        )
+        await until_incident(handle, lambda s: len(s.pages) == 2)
+        await handle.execute_update(UPDATE_ACK, Ack(by="alice"), result_type=IncidentState)
+        await until_incident(handle, lambda s: s.run.phase == "succeeded")
+        await handle.signal(SIGNAL_ALERTS, _alert("resolved"))
+        await handle.result()
+        history = await handle.fetch_history()
+    out.write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")  # noqa: ASYNC240
+    print(f"recorded {out.name}: {len(history.events)} events")
+
+
 async def main(names: list[str]) -> None:
     HERE.mkdir(exist_ok=True)
     # A fresh in-memory server each time, so the fixed workflow ids are free.
@@ -277,6 +361,12 @@ async def main(names: list[str]) -> None:
             target = start_target()
             try:
                 await record(env.client, target, scenario, HERE / f"{scenario.name}.json")
+            finally:
+                target.close()
+        if not names or INCIDENT in names:
+            target = start_target()
+            try:
+                await record_incident(env.client, target, HERE / f"{INCIDENT}.json")
             finally:
                 target.close()
     finally:

@@ -39,8 +39,9 @@ class SkipsEverything:
 
 class TestReplay:
     def test_every_main_path_has_a_recorded_history(self):
-        """Histories exist for success, rollback, gates, ask, parallel/include, cancel, and a
-        run judged by decision rights (forged signal, signed approvals, a reopened gate)."""
+        """Histories exist for success, rollback, gates, ask, parallel/include, cancel, a run
+        judged by decision rights (forged signal, signed approvals, a reopened gate), and an
+        incident (paged, admitted by the guard, acknowledged, its run done, resolved)."""
         assert {p.stem for p in HISTORIES} >= {
             "succeeded",
             "compensated",
@@ -49,6 +50,7 @@ class TestReplay:
             "parallel_include",
             "cancelled",
             "rights_reopened",
+            "incident_guarded",
         }
 
     @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
