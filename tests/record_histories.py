@@ -65,6 +65,7 @@ from fireline.runtime.settings import Settings
 from fireline.runtime.stack import TUNING_FLAGS
 from tests.support.target import Reply, Target, start_target
 from tests.support.workers import compile_playbooks, fireline_workers, start_run
+from workflows.guard import guard_workflow_id
 
 HERE = Path(__file__).parent / "histories"
 
@@ -276,6 +277,8 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
 INCIDENT = "incident_guarded"
 """An incident with a routed run: opened, paged, admitted by the guard, acknowledged, its run
 succeeded, resolved by its alert."""
+GUARD = "guard_ledger"
+"""The service's guard as that incident left it: an admission and the run's outcome."""
 INCIDENT_CATALOG = {
     "roles": {"sre-oncall": {"tier": 1, "members": ["alice", "bob"]}},
     "services": {
@@ -340,8 +343,12 @@ async def record_incident(client: Client, target: Target, out: Path) -> None:
         await handle.signal(SIGNAL_ALERTS, _alert("resolved"))
         await handle.result()
         history = await handle.fetch_history()
-    out.write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")  # noqa: ASYNC240
-    print(f"recorded {out.name}: {len(history.events)} events")
+        guard = await client.get_workflow_handle(
+            guard_workflow_id("payments", prefix)
+        ).fetch_history()
+    for path, recorded in ((out, history), (out.with_name(f"{GUARD}.json"), guard)):
+        path.write_text(json.dumps(recorded.to_json_dict(), indent=1) + "\n")
+        print(f"recorded {path.name}: {len(recorded.events)} events")
 
 
 async def main(names: list[str]) -> None:

@@ -41,7 +41,8 @@ class TestReplay:
     def test_every_main_path_has_a_recorded_history(self):
         """Histories exist for success, rollback, gates, ask, parallel/include, cancel, a run
         judged by decision rights (forged signal, signed approvals, a reopened gate), and an
-        incident (paged, admitted by the guard, acknowledged, its run done, resolved)."""
+        incident (paged, admitted by the guard, acknowledged, its run done, resolved) with the
+        guard it asked."""
         assert {p.stem for p in HISTORIES} >= {
             "succeeded",
             "compensated",
@@ -51,6 +52,7 @@ class TestReplay:
             "cancelled",
             "rights_reopened",
             "incident_guarded",
+            "guard_ledger",
         }
 
     @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
