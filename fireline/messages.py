@@ -75,7 +75,13 @@ class RunRequest(BaseModel):
     separated_from: list[str] = Field(default_factory=list)
     """People besides the requester who may not approve this run's high/critical steps (an
     incident's acknowledger, when an incident starts the run)."""
+    report_to: str | None = None
+    """Workflow id of the incident that started this run: the run signals it its status view
+    (:class:`fireline.run_view.RunReport`) on every change, so the incident need not poll."""
 
+
+SIGNAL_RUN_STATUS = "run_status"
+"""Signal a run sends to ``report_to``: a :class:`fireline.run_view.RunReport`."""
 
 MAX_NAME = 200
 """Longest step id or person name a decision may carry (a signal is hostile input too)."""

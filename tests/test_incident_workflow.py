@@ -17,19 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, Worker
 
 from fireline.catalog.model import Catalog
 from fireline.identity.signing import DecisionClaim, SignedDecision, inputs_digest, sign_decision
 from fireline.incident import (
+    GUARD_WORKFLOW,
     INCIDENT_WORKFLOW,
     QUERY_STATUS,
     SIGNAL_ALERTS,
     SIGNAL_APPROVE,
+    SIGNAL_GUARD_REPLY,
     UPDATE_ACK,
     UPDATE_APPROVE,
     UPDATE_CANCEL,
@@ -37,6 +40,8 @@ from fireline.incident import (
     Ack,
     AlertBatch,
     Command,
+    GuardReply,
+    GuardStatus,
     IncidentPhase,
     IncidentStart,
     IncidentState,
@@ -68,6 +73,7 @@ from workflows.gate import (
     may_decide_guard,
 )
 from workflows.guard import QUERY_LEDGER, GuardLedger, guard_workflow_id
+from workflows.incident import GUARD_REPLY_WAIT_S, GUARD_TRIES
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -539,6 +545,19 @@ async def ledger(env: WorkflowEnvironment, prefix: str) -> GuardLedger:
     return await handle.query(QUERY_LEDGER, result_type=GuardLedger)
 
 
+@workflow.defn(name=GUARD_WORKFLOW, sandboxed=False)
+class SilentGuard:
+    """A guard that takes admission requests and never answers (a hung or broken guard)."""
+
+    @workflow.run
+    async def run(self, ledger: GuardLedger) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal(name="request")
+    def request(self, ask: dict[str, Any]) -> None:
+        pass
+
+
 class TestGuard:
     async def test_rate_limit_holds_the_second_run_for_a_human(
         self,
@@ -658,6 +677,137 @@ class TestGuard:
         assert any("breaker open" in r for r in held.guard.reasons)
         assert closed.breaker_open is False
 
+    async def test_a_storm_on_one_service_is_admitted_exactly(
+        self, client: Client, task_queue_prefix: str, paging: Target, tmp_path: Path
+    ) -> None:
+        """30 incidents open at once on one service allowed 20 automatic runs: exactly 20 run
+        and 10 wait for a person. On the dev server, which refuses more than ten in-flight
+        updates per workflow: a guard asked by update made such a storm retry and back off."""
+        paging.route("POST", "/restart", Reply(200))
+        service = guarded(max_runs=20, blast_budget=100)
+        playbook = PLAIN.replace("inputs: {", "inputs: {target: {type: string}, ")
+        starts = [
+            with_plan(tmp_path, playbook, service, task_queue_prefix, paging.base_url, key())
+            for _ in range(30)
+        ]
+        # Thirty different hosts: none is busy with another run (that rule holds one back too).
+        starts = [
+            s.model_copy(update={"inputs": {**s.inputs, "target": f"host-{i}"}})
+            for i, s in enumerate(starts)
+        ]
+        async with fireline_workers(client, task_queue_prefix):
+            handles = await asyncio.gather(
+                *(open_incident(client, task_queue_prefix, s, alert()) for s in starts)
+            )
+            states = await asyncio.gather(
+                *(
+                    until(
+                        h,
+                        lambda s: (
+                            s.run.workflow_id is not None or s.escalation.gate_step == "guard"
+                        ),
+                        "admitted or held",
+                    )
+                    for h in handles
+                )
+            )
+            guard = client.get_workflow_handle(guard_workflow_id("payments", task_queue_prefix))
+            book = await guard.query(QUERY_LEDGER, result_type=GuardLedger)
+            for h in handles:
+                await h.terminate()
+            await guard.terminate()
+
+        ran = [s for s in states if s.run.workflow_id is not None]
+        held = [s for s in states if s.escalation.gate_step == "guard"]
+        assert (len(ran), len(held)) == (20, 10)
+        assert all(s.guard.allowed for s in ran)
+        assert all(any("rate limit" in r for r in s.guard.reasons) for s in held)
+        assert sorted(s.guard.runs_in_window for s in ran) == list(range(1, 21))
+        assert sum(e.automatic for e in book.entries) == 20
+        assert len(book.entries) == 30
+
+    async def test_an_incident_closed_before_its_run_frees_its_guard_entry(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """Held by the guard, then cancelled: no run came of it, so the ledger forgets it."""
+        env = time_skipping_env
+        service = guarded(max_runs=0)
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
+            held = await ledger(env, task_queue_prefix)
+            await handle.execute_update(UPDATE_ACK, Ack(by="alice"), result_type=IncidentState)
+            await handle.execute_update(
+                UPDATE_CANCEL, Resolve(by="alice", comment="false alarm"), result_type=IncidentState
+            )
+            final = await handle.result()
+            await asyncio.sleep(0.5)
+            after = await ledger(env, task_queue_prefix)
+
+        assert final.run.workflow_id is None
+        assert [e.automatic for e in held.entries] == [False]
+        assert after.entries == []
+
+    async def test_a_guard_that_never_answers_holds_the_run_for_a_person(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """A guard nobody serves: the incident asks again, then fails closed to a human gate;
+        a reply that answers no request of its (forged, or stale) lets nothing through."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        guard_id = guard_workflow_id("payments", task_queue_prefix)
+        silent_queue = f"{task_queue_prefix}-silent"
+        async with (
+            fireline_workers(env.client, task_queue_prefix),
+            Worker(env.client, task_queue=silent_queue, workflows=[SilentGuard]),
+        ):
+            # The guard's id taken by a guard that takes requests and never answers them.
+            silent = await env.client.start_workflow(
+                GUARD_WORKFLOW, GuardLedger(), id=guard_id, task_queue=silent_queue
+            )
+            handle = await open_incident(
+                env.client,
+                task_queue_prefix,
+                with_plan(tmp_path, PLAIN, guarded(), task_queue_prefix, paging.base_url, key()),
+                alert(),
+            )
+            await until(handle, lambda s: len(s.pages) == 2, "paged while the guard is silent")
+            await handle.signal(
+                SIGNAL_GUARD_REPLY, GuardReply(nonce="forged", status=GuardStatus(allowed=True))
+            )
+            await asyncio.sleep(0.5)
+            forged = await state_of(handle)
+            await env.sleep(timedelta(seconds=GUARD_REPLY_WAIT_S * GUARD_TRIES + 5))
+            held = await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
+            asked = await silent.fetch_history()
+            await silent.terminate()
+
+        assert forged.run.workflow_id is None, "a reply to no request started nothing"
+        assert held.run.workflow_id is None
+        assert held.phase is IncidentPhase.awaiting_approval
+        assert any("did not answer" in r for r in held.guard.reasons)
+        assert sum(e.kind == "guard" and "asking again" in e.message for e in held.timeline) == (
+            GUARD_TRIES - 1
+        )
+        signalled = [
+            e for e in asked.events if e.HasField("workflow_execution_signaled_event_attributes")
+        ]
+        assert len(signalled) == GUARD_TRIES
+        assert len(paging.hits("POST", "/restart")) == 0
+
 
 class TestLongLived:
     async def test_continue_as_new_carries_counts_dedupe_and_the_ladder(
@@ -690,6 +840,34 @@ class TestLongLived:
         assert state.alerts.resolved == 20
         assert len(state.pages) == 2, "the ladder position survived: tier 1 not paged again"
         assert any(e.kind == "continued" for e in state.timeline)
+
+    async def test_large_alert_batches_continue_as_new_by_size(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """Few events but large ones (a storm's batches): the history is cut by its size."""
+        env = time_skipping_env
+        start = incident_start(
+            catalog(LADDER), "payments", key(), task_queue_prefix=task_queue_prefix
+        ).model_copy(update={"history_bytes_limit": 16 * 1024})
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert(n=0))
+            await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
+            for n in range(1, 21):
+                big = [
+                    alert(n=n * 10 + i).model_copy(update={"summary": "x" * 3000}) for i in range(4)
+                ]
+                await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id=f"b{n}", alerts=big))
+            latest = env.client.get_workflow_handle(handle.id)
+            state = await until(
+                latest,
+                lambda s: s.runs > 1 and s.alerts.total == 81,
+                "all counted in a continued run",
+            )
+            history = await latest.fetch_history()
+
+        assert len(history.events) < start.history_limit
+        assert any(e.kind == "continued" for e in state.timeline)
+        assert state.alerts.duplicates == 0
 
     async def test_failed_page_is_retried_then_shown(
         self,

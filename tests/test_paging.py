@@ -13,18 +13,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.core.paging import (
-    PREVIEW_CHARS,
-    PageInput,
-    PagingModules,
-    pagerduty_event,
-    preview_line,
-    summarise,
-    webhook_body,
-)
+from activities.core.paging import PageInput, PagingModules, pagerduty_event, webhook_body
 from fireline import errors
 from fireline.messages import RunState, StepState, StepStatus
 from fireline.plan import Preview
+from fireline.run_view import PREVIEW_CHARS, preview_line, summarise
 from fireline.runtime.settings import Settings
 from tests.support.target import Reply, Target
 

@@ -172,10 +172,11 @@ class TestWorkerProcess:
     async def test_polls_then_exits_zero_on_sigterm(
         self, env: WorkflowEnvironment, task_queue_prefix: str, tmp_path: Path, stop_on_exit: Any
     ) -> None:
-        """Default run polls the workflow and core queues; SIGTERM drains and exits 0."""
+        """Default run polls the workflow, guards and core queues; SIGTERM drains and exits 0."""
         process = await start_worker(env, task_queue_prefix, tmp_path, "--domains", "core")
         stop_on_exit.append(process)
         assert await wait_for_pollers(env.client, task_queue_prefix, WORKFLOW)
+        assert await wait_for_pollers(env.client, f"{task_queue_prefix}-guards", WORKFLOW)
         assert await wait_for_pollers(env.client, f"{task_queue_prefix}-core", ACTIVITY)
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
@@ -183,6 +184,7 @@ class TestWorkerProcess:
         events = {line["event"]: line for line in json_lines(stderr)}
         assert events["workers started"]["task_queues"] == [
             task_queue_prefix,
+            f"{task_queue_prefix}-guards",
             f"{task_queue_prefix}-core",
         ]
         assert "workers stopped" in events

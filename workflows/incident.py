@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -29,6 +30,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from fireline import errors, messages
     from fireline.incident import (
+        GUARD_QUEUE_SUFFIX,
         GUARD_STEP,
         INCIDENT_WORKFLOW,
         QUERY_STATUS,
@@ -37,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         SA_SEVERITY,
         SIGNAL_ALERTS,
         SIGNAL_APPROVE,
+        SIGNAL_GUARD_REPLY,
         SIGNAL_REJECT,
         UPDATE_ACK,
         UPDATE_APPROVE,
@@ -48,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         AckRecord,
         AlertBatch,
         Command,
+        GuardReply,
         GuardStatus,
         IncidentPhase,
         IncidentStart,
@@ -65,11 +69,13 @@ with workflow.unsafe.imports_passed_through():
         start_attributes,
     )
     from fireline.plan import IncludeNode, Plan, StepNode
+    from fireline.run_view import RunReport, RunStatusView
     from workflows import escalation
     from workflows.gate import IncidentAttempt, IncidentFacts, Refusal, judge_incident
     from workflows.gate import screen_incident as screen_incident_attempt
     from workflows.guard import (
         SIGNAL_OUTCOME,
+        AdmitAsk,
         AdmitRequest,
         Outcome,
         guard_workflow_id,
@@ -91,11 +97,33 @@ PAGE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=4,
 )
+GUARD_BY_SIGNAL = "guard-by-signal"
+"""Patch id: incidents ask the guard by signal and get the answer by signal (see
+:mod:`workflows.guard`); those opened before it replay their update from a local activity."""
+HISTORY_BYTES = "history-bytes-limit"
+"""Patch id: continue-as-new by history size too (``IncidentStart.history_bytes_limit``)."""
+RUN_REPORTS = "run-reports-status"
+"""Patch id: the run reports its status to the incident (``RunRequest.report_to``); runs of
+incidents opened before it are read by polling their status query."""
+GUARD_REPLY_WAIT_S = 30.0
+"""How long an incident waits for the guard's answer before asking again."""
+GUARD_PAGE_GRACE_S = 5.0
+"""How long the first page waits for the guard's answer."""
+GUARD_TRIES = 3
+"""Unanswered asks before the run is held for a person instead (fail closed, never stuck)."""
 SA_PHASE_KEY = SearchAttributeKey.for_keyword(messages.SA_PHASE)
 SA_PLAYBOOK_KEY = SearchAttributeKey.for_keyword(messages.SA_PLAYBOOK)
 SA_SERVICE_KEY = SearchAttributeKey.for_keyword(SA_SERVICE)
 SA_SEVERITY_KEY = SearchAttributeKey.for_keyword(SA_SEVERITY)
 SA_KEY_KEY = SearchAttributeKey.for_keyword(SA_INCIDENT_KEY)
+
+
+class GuardAsk(BaseModel):
+    """The admission request in flight: the answer must carry this nonce."""
+
+    nonce: str
+    at: datetime
+    tries: int = 1
 
 
 def _refused(message: str) -> ApplicationError:
@@ -145,6 +173,7 @@ class IncidentWorkflow:
                 opened_at=workflow.now(),
             )
             self._s.run.playbook = start.plan.name if start.plan else None
+        self._base_size = info.get_current_history_size()
         self._seen = set(self._s.seen_ids)
         self._firing = set(self._s.firing)
         self._changed = False
@@ -154,6 +183,15 @@ class IncidentWorkflow:
         self._cancel_pending: tuple[str, str] | None = None
         self._guard_decision: Approval | None = None
         self._guard_rejected = False
+        self._guard_ask: GuardAsk | None = None
+        self._guard_reply: GuardReply | None = None
+        self._guard_slot = False
+        """Asked the guard by signal and no run started yet: the ledger may hold an entry for
+        this incident that only this incident can release (if it closes without a run)."""
+        self._reports = False
+        """The run reports its status (``RunRequest.report_to``): polled only as a safety net."""
+        self._reported: RunStatusView | None = None
+        """The latest report not yet acted on."""
         self._gate_steps: set[str] = set()
         self._gate_previews: dict[str, str] = {}
         """One-line previews of the run's waiting gates, from its status (for the pages)."""
@@ -170,7 +208,15 @@ class IncidentWorkflow:
             if carry.get("guard_decision"):
                 self._guard_decision = Approval.model_validate(carry["guard_decision"])
             self._guard_rejected = bool(carry.get("guard_rejected"))
+            if carry.get("guard_ask"):
+                self._guard_ask = GuardAsk.model_validate(carry["guard_ask"])
+            if carry.get("guard_reply"):
+                self._guard_reply = GuardReply.model_validate(carry["guard_reply"])
             self._gate_steps = set(carry.get("gates", []))
+            self._reports = bool(carry.get("reports"))
+            self._guard_slot = bool(carry.get("guard_slot"))
+            if carry.get("reported"):
+                self._reported = RunStatusView.model_validate(carry["reported"])
 
     # ------------------------------------------------------------------ run
 
@@ -198,7 +244,18 @@ class IncidentWorkflow:
                         else None
                     ),
                     "guard_rejected": self._guard_rejected,
+                    "guard_ask": (
+                        self._guard_ask.model_dump(mode="json") if self._guard_ask else None
+                    ),
+                    "guard_reply": (
+                        self._guard_reply.model_dump(mode="json") if self._guard_reply else None
+                    ),
                     "gates": sorted(self._gate_steps),
+                    "reports": self._reports,
+                    "guard_slot": self._guard_slot,
+                    "reported": (
+                        self._reported.model_dump(mode="json") if self._reported else None
+                    ),
                 }
                 self._event("continued", "history grew: continued as a new run")
                 workflow.continue_as_new(start.model_copy(update={"carried": self._s}))
@@ -217,9 +274,14 @@ class IncidentWorkflow:
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > (
-            self._start.history_limit
-        )
+        if info.is_continue_as_new_suggested():
+            return True
+        if info.get_current_history_length() > self._start.history_limit:
+            return True
+        # Growth, not size: the carried state alone (timeline, recent alerts) can be large, and
+        # a new run that starts over the limit must not continue again at once.
+        grown = info.get_current_history_size() - self._base_size
+        return grown > self._start.history_bytes_limit and workflow.patched(HISTORY_BYTES)
 
     async def _sleep(self) -> None:
         # A finished run is not polled again (see _step): its last poll time, now in the past,
@@ -227,6 +289,10 @@ class IncidentWorkflow:
         polling = self._s.run.workflow_id is not None and self._s.run.phase not in _TERMINAL_RUN
         next_poll = self._next_poll if polling else None
         wake = [t for t in (self._s.escalation.next_at, next_poll) if t is not None]
+        if self._guard_ask is not None and self._guard_reply is None:
+            at, now = self._guard_ask.at, workflow.now()
+            due = (at + timedelta(seconds=s) for s in (GUARD_PAGE_GRACE_S, GUARD_REPLY_WAIT_S))
+            wake += [t for t in due if t > now]
         if self._s.escalation.state == "acknowledged" and self._s.acknowledged_at:
             lapse = self._policy.ack_timeout
             if lapse is not None and not self._s.commander:
@@ -248,11 +314,15 @@ class IncidentWorkflow:
         run = self._s.run
         if plan is not None and run.workflow_id is None and not self._guard_rejected:
             await self._admit(plan)
+        if self._reported is not None:
+            view, self._reported = self._reported, None
+            if run.phase not in _TERMINAL_RUN:
+                self._apply_view(view.model_dump(mode="json"))
         due = self._poll_now or self._next_poll is None or now >= self._next_poll
         if run.workflow_id is not None and run.phase not in _TERMINAL_RUN and due:
             await self._poll()
         self._settle()
-        if not self._closed():
+        if not self._closed() and not self._awaiting_guard(now):
             await self._ladder()
         self._refresh()
 
@@ -264,26 +334,84 @@ class IncidentWorkflow:
         if self._guard_decision is not None:
             await self._start_run(plan, approved_by=self._guard_decision.approver)
             return
+        if not workflow.patched(GUARD_BY_SIGNAL):
+            await self._admit_by_update(plan)
+            return
+        if self._guard_reply is not None:
+            status, self._guard_reply, self._guard_ask = self._guard_reply.status, None, None
+            await self._guarded(plan, status)
+            return
+        now = workflow.now()
+        ask = self._guard_ask
+        if ask is not None and now < ask.at + timedelta(seconds=GUARD_REPLY_WAIT_S):
+            return  # asked; the answer comes as a signal
+        if ask is not None and ask.tries >= GUARD_TRIES:
+            self._guard_ask = None
+            waited = GUARD_TRIES * GUARD_REPLY_WAIT_S
+            reason = f"the guard did not answer in {waited:g}s: a person decides instead"
+            await self._guarded(
+                plan, GuardStatus(allowed=False, needs_human=True, reasons=[reason])
+            )
+            return
+        if ask is not None:
+            self._event("guard", f"no answer from the guard yet; asking again ({ask.tries + 1})")
+        self._guard_slot = True
+        self._guard_ask = GuardAsk(
+            nonce=workflow.uuid4().hex, at=now, tries=ask.tries + 1 if ask else 1
+        )
+        await workflow.execute_local_activity(
+            "core.guard_ask",
+            {
+                "workflow_id": self._guard_id(),
+                "task_queue": self._start.task_queue_prefix + GUARD_QUEUE_SUFFIX,
+                "ask": AdmitAsk(
+                    request=self._admit_request(),
+                    reply_to=workflow.info().workflow_id,
+                    nonce=self._guard_ask.nonce,
+                ).model_dump(mode="json"),
+            },
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=5)),
+            result_type=dict,
+            summary="ask the remediation guard",
+        )
+
+    def _awaiting_guard(self, now: datetime) -> bool:
+        """The guard's answer is due any moment: page once it is known, so the first page
+        already says whether a person must let the run through (not two pages a second
+        apart). Past the grace, paging goes ahead without it."""
+        ask = self._guard_ask
+        return ask is not None and now < ask.at + timedelta(seconds=GUARD_PAGE_GRACE_S)
+
+    def _admit_request(self) -> AdmitRequest:
         target = self._start.inputs.get("target")
-        request = AdmitRequest(
+        return AdmitRequest(
             service=self._start.service,
             incident_id=self._incident_ref(),
             policy=self._start.guard,
             targets=[str(target)] if target else [self._start.service],
             blast=len(self._mutating),
         )
+
+    async def _admit_by_update(self, plan: Plan) -> None:
+        """How incidents opened before :data:`GUARD_BY_SIGNAL` asked: an update from a local
+        activity, the workflow task held open until the guard answered."""
         status: GuardStatus = await workflow.execute_local_activity(
             "core.guard_admit",
             {
                 "workflow_id": self._guard_id(),
                 "task_queue": self._start.task_queue_prefix,
-                "request": request.model_dump(mode="json"),
+                "request": self._admit_request().model_dump(mode="json"),
             },
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=10)),
             result_type=GuardStatus,
             summary="ask the remediation guard",
         )
+        await self._guarded(plan, status)
+
+    async def _guarded(self, plan: Plan, status: GuardStatus) -> None:
+        """Act on the guard's answer: start the run, or hold it at the guard's human gate."""
         self._s.guard = status
         if status.allowed:
             self._event(
@@ -313,6 +441,8 @@ class IncidentWorkflow:
         if approved_by is not None:
             self._s.guard_approved_by = approved_by
         self._close_gate(GUARD_STEP)
+        self._guard_slot = False  # the run's outcome settles the entry
+        self._reports = workflow.patched(RUN_REPORTS)
         child_id = f"{self._s.incident_id}.run-{workflow.uuid4().hex[:8]}"
         self._s.run.workflow_id = child_id
         self._s.run.phase = "running"
@@ -329,6 +459,7 @@ class IncidentWorkflow:
                 trusted_keys=self._start.trusted_keys,
                 # Whoever acknowledged may not also approve the run's high-risk steps.
                 separated_from=sorted({a.by for a in self._s.acks}),
+                report_to=workflow.info().workflow_id if self._reports else None,
             ),
             id=child_id,
             task_queue=self._start.task_queue_prefix,
@@ -341,7 +472,10 @@ class IncidentWorkflow:
             ),
         )
         self._event("run_started", f"{plan.name} v{plan.version} as {child_id}")
-        self._next_poll = workflow.now() + timedelta(seconds=1)
+        # A run that reports is read only as a safety net (a run terminated from outside
+        # sends nothing); one that does not is read soon and then less and less often.
+        first = self._start.run_poll_max_s if self._reports else 1.0
+        self._next_poll = workflow.now() + timedelta(seconds=first)
 
     # ------------------------------------------------------------------ run
 
@@ -362,12 +496,19 @@ class IncidentWorkflow:
             self._event("run_unreadable", f"status of {run.workflow_id}: {err}")
             self._next_poll = workflow.now() + timedelta(seconds=self._start.run_poll_s)
             return
+        self._apply_view(view)
+
+    def _apply_view(self, view: dict[str, Any]) -> None:
+        """Act on the run's status view, read (``core.run_status``) or reported by the run."""
+        run = self._s.run
         steps = view.get("steps", [])
         phase = str(view.get("phase"))
         # Read often while the run moves, less and less while it waits (a gate, a long
         # step): a thousand incidents at their gates must not keep the server busy.
         signature = json.dumps([phase, [(s["id"], s["status"]) for s in steps]])
-        if signature == self._last_view:
+        if self._reports:
+            self._poll_every = self._start.run_poll_max_s
+        elif signature == self._last_view:
             self._poll_every = min(self._poll_every * 2, self._start.run_poll_max_s)
         else:
             self._poll_every = self._start.run_poll_s
@@ -481,6 +622,16 @@ class IncidentWorkflow:
         if phase is IncidentPhase.resolved:
             self._s.contained_at = self._s.contained_at or self._s.resolved_at
         self._event("resolved" if phase is IncidentPhase.resolved else "closed", why, actor=by)
+        if self._guard_slot:
+            self._release_guard_slot()
+
+    def _release_guard_slot(self) -> None:
+        """Tell the guard no run came of this incident's admission, so it counts for nothing."""
+        self._guard_slot = False
+        outcome = Outcome(incident_id=self._incident_ref(), verified=None, ran=False)
+        self._spawn(
+            workflow.get_external_workflow_handle(self._guard_id()).signal(SIGNAL_OUTCOME, outcome)
+        )
 
     def _cancel_run(self, why: str) -> None:
         run_id = self._s.run.workflow_id
@@ -679,6 +830,24 @@ class IncidentWorkflow:
         self._tasks = []
 
     # ------------------------------------------------------------- messages
+
+    @workflow.signal(name=messages.SIGNAL_RUN_STATUS)
+    def run_status(self, report: RunReport) -> None:
+        """The run's status, sent by the run on every change; only this incident's run counts."""
+        if report.run_id != self._s.run.workflow_id:
+            workflow.logger.info("run status ignored: not this incident's run")
+            return
+        self._reported = report.view
+        self._changed = True
+
+    @workflow.signal(name=SIGNAL_GUARD_REPLY)
+    def guard_reply(self, reply: GuardReply) -> None:
+        """The guard's answer; only the one to the request in flight counts."""
+        if self._guard_ask is None or reply.nonce != self._guard_ask.nonce:
+            workflow.logger.info("guard reply ignored: it answers no request in flight")
+            return
+        self._guard_reply = reply
+        self._changed = True
 
     @workflow.signal(name=SIGNAL_ALERTS)
     def alerts(self, batch: AlertBatch) -> None:
@@ -941,12 +1110,7 @@ class IncidentWorkflow:
                 self._guard_rejected = True
                 self._close_gate(GUARD_STEP)
                 self._s.phase = IncidentPhase.triaging
-                self._spawn(
-                    workflow.get_external_workflow_handle(self._guard_id()).signal(
-                        SIGNAL_OUTCOME,
-                        Outcome(incident_id=self._incident_ref(), verified=None, ran=False),
-                    )
-                )
+                self._release_guard_slot()
             self._changed = True
             return
         run_id = self._s.run.workflow_id

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_APPROVE,
         SIGNAL_DECIDE,
         SIGNAL_REJECT,
+        SIGNAL_RUN_STATUS,
         SIGNAL_SEPARATE,
         UPDATE_APPROVE,
         UPDATE_CANCEL,
@@ -73,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         StepNode,
     )
     from fireline.playbook.expressions import ExpressionError, lookup, parse_path, resolve
+    from fireline.run_view import RunReport, signature, summarise
     from workflows.calls import call_activity, cancelled, failure_text
     from workflows.checks import observe, poll_check
     from workflows.compensation import (
@@ -163,6 +165,8 @@ class PlaybookWorkflow:
         self._refusals = 0
         self._cancel: CancelRun | None = None
         self._cancel_verified: bool | None = None
+        self._reported = ""
+        self._reports: list[asyncio.Task[None]] = []
         rights = request.plan.rights
         service = self._inputs.get(rights.service_input) if rights is not None else None
         self._facts = RunFacts(
@@ -253,6 +257,7 @@ class PlaybookWorkflow:
         self._event("run_finished", f"{phase.value}" + (f": {reason}" if reason else ""))
         self._refresh()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._reports_sent()
 
     def _result(self) -> RunResult:
         return RunResult(
@@ -1006,6 +1011,30 @@ class PlaybookWorkflow:
 
     def _refresh(self) -> None:
         self._journal.refresh()
+        self._report()
+
+    def _report(self) -> None:
+        """Tell the incident that started this run what changed (``RunRequest.report_to``)."""
+        to = self._request.report_to
+        if to is None:
+            return
+        view = summarise(self._state)
+        mark = signature(view)
+        if mark == self._reported:
+            return
+        self._reported = mark
+        report = RunReport(run_id=workflow.info().workflow_id, view=view)
+        handle = workflow.get_external_workflow_handle(to)
+        self._reports = [t for t in self._reports if not t.done()]
+        self._reports.append(asyncio.ensure_future(handle.signal(SIGNAL_RUN_STATUS, report)))
+
+    async def _reports_sent(self) -> None:
+        for task in self._reports:
+            try:
+                await task
+            except ApplicationError as err:  # the incident is gone: nobody to tell
+                workflow.logger.info("run status not delivered: %s", err)
+        self._reports = []
 
 
 def _risk_of(node: AnyNode) -> Risk:

@@ -7,11 +7,13 @@ incoming webhooks show) plus structured fields and a ``thread_key`` that is the 
 page of one incident; PagerDuty gets an Events API v2 event whose ``dedup_key`` is the
 incident, so its pages fold into one PagerDuty incident.
 
-``core.run_status`` and ``core.guard_admit`` are local checks (they run on the workflow
-worker, next to the Temporal client): the incident reads its child run's ``status`` query
-through the first, and asks its service's GuardWorkflow for admission (update-with-start)
-through the second. Reading the run this way keeps the incident's coupling to the playbook
-workflow to its query and :class:`fireline.messages.RunState`.
+``core.run_status``, ``core.guard_ask`` and ``core.guard_admit`` are local checks (they run on
+the workflow worker, next to the Temporal client): the incident reads its child run's
+``status`` query through the first, and asks its service's GuardWorkflow for admission through
+the second (signal-with-start; the answer comes back as a signal). The third is the
+update-with-start that incidents opened before ``guard_ask`` still replay. Reading the run this
+way keeps the incident's coupling to the playbook workflow to its query and
+:class:`fireline.messages.RunState`.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from activities.core.runtime import (
     require_url,
     running,
 )
-from fireline.incident import GUARD_WORKFLOW, GuardStatus
-from fireline.messages import QUERY_STATUS, RunState, StepState, StepStatus
+from fireline.incident import GUARD_SIGNAL_REQUEST, GUARD_WORKFLOW, GuardStatus
+from fireline.messages import QUERY_STATUS, RunState
 from fireline.modules import check, module
 from fireline.plan import RetrySpec, Risk
+from fireline.run_view import RunStatusView, summarise
 
 log = structlog.get_logger(__name__)
+
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 MAX_TEXT = 3000
@@ -197,67 +201,6 @@ class RunStatusInput(BaseModel):
     workflow_id: str = Field(max_length=1024)
 
 
-class RunStepView(BaseModel):
-    id: str
-    status: str
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    gate_tier: int | None = None
-    gate_role: str | None = None
-    approvers: list[str] | None = None
-    post_failed: bool = False
-    post_passed: bool = False
-    preview: str | None = None
-    """What the step would change, in one line, while it waits at its gate (for the pages)."""
-
-
-PREVIEW_CHARS = 300
-"""A page carries the preview's gist; the whole preview is in the run's status."""
-
-
-def preview_line(step: StepState) -> str | None:
-    """One line an approver can read in a page: the change and how far it reaches."""
-    if step.preview is not None:
-        reach = ", ".join(f"{n} {what}" for what, n in sorted(step.preview.blast_radius.items()))
-        line = step.preview.summary + (f" ({reach})" if reach else "")
-    elif step.preview_error:
-        line = f"preview unavailable: {step.preview_error}"
-    else:
-        return None
-    return line[:PREVIEW_CHARS]
-
-
-class RunStatusView(BaseModel):
-    """The part of a run's status the incident acts on (not the whole RunState)."""
-
-    found: bool
-    phase: str | None = None
-    reason: str | None = None
-    steps: list[RunStepView] = Field(default_factory=list)
-
-
-def summarise(state: RunState) -> RunStatusView:
-    steps = []
-    for s in state.steps:
-        posts = [c for c in s.checks if c.stage == "post"]
-        steps.append(
-            RunStepView(
-                id=s.id,
-                status=s.status.value,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-                gate_tier=s.gate.tier if s.gate else None,
-                gate_role=s.gate.role if s.gate else None,
-                approvers=s.gate.approvers if s.gate else None,
-                post_failed=any(not c.satisfied for c in posts)
-                or (s.status is StepStatus.failed and bool(posts)),
-                post_passed=bool(posts) and all(c.satisfied for c in posts),
-                preview=preview_line(s) if s.status is StepStatus.awaiting_approval else None,
-            )
-        )
-    return RunStatusView(found=True, phase=state.phase.value, reason=state.reason, steps=steps)
-
-
 @check("core.run_status", domain="core", local=True, retry=RetrySpec(max_attempts=3))
 async def run_status(request: RunStatusInput) -> RunStatusView:
     """Read a playbook run's status query: phase, step statuses, open gates, verification."""
@@ -294,6 +237,37 @@ class GuardAdmitInput(BaseModel):
     request: dict[str, Any]
     """A :class:`workflows.guard.AdmitRequest` dump (kept as data: activities do not import
     workflow code)."""
+
+
+class GuardAsked(BaseModel):
+    guard: str
+    """The GuardWorkflow's id."""
+
+
+class GuardAskInput(BaseModel):
+    workflow_id: str
+    task_queue: str
+    ask: dict[str, Any]
+    """A :class:`workflows.guard.AdmitAsk` dump."""
+
+
+@check("core.guard_ask", domain="core", local=True, retry=RetrySpec(max_attempts=5))
+async def guard_ask(request: GuardAskInput) -> GuardAsked:
+    """Queue an admission request at the service's GuardWorkflow, starting it if needed.
+
+    Returns once the signal is durable; the guard answers with a signal of its own, so no
+    workflow task waits on the guard's."""
+    service = request.ask.get("request", {}).get("service", "")
+    await activity.client().start_workflow(
+        GUARD_WORKFLOW,
+        {"service": service},
+        id=request.workflow_id,
+        task_queue=request.task_queue,
+        start_signal=GUARD_SIGNAL_REQUEST,
+        start_signal_args=[request.ask],
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    return GuardAsked(guard=request.workflow_id)
 
 
 @check("core.guard_admit", domain="core", local=True, retry=RetrySpec(max_attempts=5))

@@ -26,6 +26,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from fireline.incident import GUARD_QUEUE_SUFFIX
 from fireline.modules import ModuleSet, Registry, bind_activities, load_registry
 from fireline.runtime.client import make_client
 from fireline.runtime.interceptors import LogContextInterceptor
@@ -47,6 +48,8 @@ __all__ = [
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 """How long running activities get to finish after a stop before they are cancelled."""
+GUARD_POLLERS = 2
+"""Guards are few (one per service) and their tasks small: two pollers keep one ready."""
 
 log = structlog.get_logger("fireline.worker")
 
@@ -162,6 +165,7 @@ def build_workers(
     instances: list[ModuleSet] = []
     if workflows:
         from workflows import WORKFLOWS
+        from workflows.guard import GuardWorkflow
 
         checks, sets = bind_activities(registry.for_worker([], local_checks=True), settings)
         instances += sets
@@ -179,6 +183,21 @@ def build_workers(
                 interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 **tuning.workflow_worker(),
+            )
+        )
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.workflow_task_queue + GUARD_QUEUE_SUFFIX,
+                workflows=[GuardWorkflow],
+                workflow_runner=(
+                    SandboxedWorkflowRunner()
+                    if settings.workflow_sandbox
+                    else UnsandboxedWorkflowRunner()
+                ),
+                interceptors=interceptors,
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                max_concurrent_workflow_task_polls=GUARD_POLLERS,
             )
         )
     for domain in domains:

@@ -22,6 +22,7 @@ from fireline.identity.signing import (
     inputs_digest,
     sign_decision,
 )
+from fireline.incident import GUARD_QUEUE_SUFFIX
 from fireline.messages import (
     QUERY_STATUS,
     SIGNAL_APPROVE,
@@ -42,6 +43,7 @@ from fireline.modules import Registry, bind_activities, load_registry
 from fireline.plan import Plan
 from fireline.runtime.settings import Settings
 from workflows import WORKFLOWS
+from workflows.guard import GuardWorkflow
 
 TEST_KEY_ID = "tests"
 TEST_PRIVATE, TEST_PUBLIC = generate_key()
@@ -77,7 +79,10 @@ async def fireline_workers(
     settings = (settings or Settings()).model_copy(update={"task_queue_prefix": prefix})
     async with AsyncExitStack() as stack:
         local, local_sets = bind_activities(registry.for_worker((), local_checks=True), settings)
-        workers = [Worker(client, task_queue=prefix, workflows=WORKFLOWS, activities=local)]
+        workers = [
+            Worker(client, task_queue=prefix, workflows=WORKFLOWS, activities=local),
+            Worker(client, task_queue=prefix + GUARD_QUEUE_SUFFIX, workflows=[GuardWorkflow]),
+        ]
         sets = list(local_sets)
         for domain in domains:
             acts, domain_sets = bind_activities(
