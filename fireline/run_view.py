@@ -28,6 +28,7 @@ class RunStepView(BaseModel):
     post_passed: bool = False
     preview: str | None = None
     """What the step would change, in one line, while it waits at its gate (for the pages)."""
+    mutates: bool = False
 
 
 PREVIEW_CHARS = 300
@@ -72,6 +73,7 @@ def summarise(state: RunState) -> RunStatusView:
                 or (s.status is StepStatus.failed and bool(posts)),
                 post_passed=bool(posts) and all(c.satisfied for c in posts),
                 preview=preview_line(s) if s.status is StepStatus.awaiting_approval else None,
+                mutates=s.mutates,
             )
         )
     return RunStatusView(found=True, phase=state.phase.value, reason=state.reason, steps=steps)
@@ -84,8 +86,23 @@ class RunReport(BaseModel):
     view: RunStatusView
 
 
+CHANGED = frozenset(
+    {"running", "verifying", "awaiting_decision", "succeeded", "compensated", "compensation_failed"}
+)
+"""Statuses of a mutating step that mean it has (or may have) changed something."""
+
+
 def signature(view: RunStatusView) -> str:
-    """What changes when the incident has something to act on (not timestamps)."""
+    """What the incident acts on, and only that: the run's phase, its open gates, whether each
+    mutating step has changed something and what its verification said, and whether a step is
+    verifying. A run reports when this changes, not at every step's every status (a storm of
+    incidents must not cost a storm of reports)."""
     parts = [view.phase or "", view.reason or ""]
-    parts += [f"{s.id}:{s.status}:{s.post_failed:d}{s.post_passed:d}" for s in view.steps]
+    parts += [f"gate:{s.id}" for s in view.steps if s.status == "awaiting_approval"]
+    parts += [
+        f"{s.id}:{s.status in CHANGED:d}{s.post_failed:d}{s.post_passed:d}"
+        for s in view.steps
+        if s.mutates
+    ]
+    parts.append(f"verifying:{any(s.status == 'verifying' for s in view.steps):d}")
     return "|".join(parts)

@@ -165,7 +165,8 @@ class PlaybookWorkflow:
         self._refusals = 0
         self._cancel: CancelRun | None = None
         self._cancel_verified: bool | None = None
-        self._reported = ""
+        # What the incident learns from its own start; only a change from it is reported.
+        self._reported = signature(summarise(self._state))
         self._reports: list[asyncio.Task[None]] = []
         rights = request.plan.rights
         service = self._inputs.get(rights.service_input) if rights is not None else None
