@@ -713,6 +713,8 @@ class TestGuard:
             )
             guard = client.get_workflow_handle(guard_workflow_id("payments", task_queue_prefix))
             book = await guard.query(QUERY_LEDGER, result_type=GuardLedger)
+            run_id = next(s.run.workflow_id for s in states if s.run.workflow_id)
+            run = await client.get_workflow_handle(run_id).describe()
             for h in handles:
                 await h.terminate()
             await guard.terminate()
@@ -725,6 +727,8 @@ class TestGuard:
         assert sorted(s.guard.runs_in_window for s in ran) == list(range(1, 21))
         assert sum(e.automatic for e in book.entries) == 20
         assert len(book.entries) == 30
+        # Remediation goes first when the queues are backlogged (Temporal's default key is 3).
+        assert run.raw_description.workflow_execution_info.priority.priority_key == 1
 
     async def test_an_incident_closed_before_its_run_frees_its_guard_entry(
         self,

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import Priority, RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
@@ -105,6 +105,12 @@ HISTORY_BYTES = "history-bytes-limit"
 RUN_REPORTS = "run-reports-status"
 """Patch id: the run reports its status to the incident (``RunRequest.report_to``); runs of
 incidents opened before it are read by polling their status query."""
+RUN_PRIORITY = "run-priority"
+"""Patch id: runs start with :data:`REMEDIATION_PRIORITY`."""
+REMEDIATION_PRIORITY = Priority(priority_key=1)
+"""A run's tasks (and its activities, which inherit it) go ahead of incident bookkeeping when
+the queues are backlogged, as in a storm: the remediation is what the outage waits for.
+Temporal's default key is 3."""
 GUARD_REPLY_WAIT_S = 30.0
 """How long an incident waits for the guard's answer before asking again."""
 GUARD_PAGE_GRACE_S = 5.0
@@ -462,6 +468,7 @@ class IncidentWorkflow:
                 report_to=workflow.info().workflow_id if self._reports else None,
             ),
             id=child_id,
+            priority=REMEDIATION_PRIORITY if workflow.patched(RUN_PRIORITY) else Priority(),
             task_queue=self._start.task_queue_prefix,
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary=f"{plan.name} for incident {self._s.key}",
