@@ -38,8 +38,9 @@ GUARD_WORKFLOW = "GuardWorkflow"
 GUARD_QUEUE_SUFFIX = "-guards"
 """Guards have a task queue of their own (``<prefix>-guards``): in a storm the service's guard
 must answer while hundreds of incidents' first tasks wait on the main queue, not behind them."""
-GUARD_SIGNAL_REQUEST = "request"
-"""Signal to a GuardWorkflow: an admission request (``workflows.guard.AdmitAsk``)."""
+GUARD_UPDATE_ADMIT_BATCH = "admit_batch"
+"""Update to a GuardWorkflow: a list of ``workflows.guard.AdmitRequest`` -> a list of
+:class:`GuardStatus`, one per request, decided in order."""
 
 SIGNAL_ALERTS = "alerts"
 """Signal: one :class:`AlertBatch` (ingress coalesces concurrent notifications per key)."""
@@ -62,8 +63,6 @@ SIGNAL_APPROVE = "approve_gate"
 """Signal passthrough: :class:`fireline.messages.Approval` forwarded to the child run."""
 SIGNAL_REJECT = "reject_gate"
 """Signal passthrough: :class:`fireline.messages.Approval` forwarded to the child run."""
-SIGNAL_GUARD_REPLY = "guard_reply"
-"""Signal from the service's GuardWorkflow: :class:`GuardReply`, the answer to an admission."""
 QUERY_STATUS = "status"
 """Query: -> :class:`IncidentState`."""
 
@@ -177,6 +176,8 @@ class IncidentStart(BaseModel):
     starter already did; off only for a server where they are not registered."""
     history_limit: int = Field(default=8000, ge=50, le=40_000)
     """Continue-as-new beyond this many history events (Temporal warns at 10k)."""
+    guard_timeout_s: float = Field(default=30.0, ge=0.5, le=600.0)
+    """How long one ask of the guard may take; after a few the run waits for a person."""
     history_bytes_limit: int = Field(default=256 * 1024, ge=16 * 1024, le=50 * 1024 * 1024)
     """Continue-as-new past this much history too: a storm's alert batches are large, and a
     worker that lost the incident from its cache replays all of it in one task."""
@@ -290,15 +291,6 @@ class GuardStatus(BaseModel):
     blast_used: int = 0
     blast_budget: int = 0
     breaker_open: bool = False
-
-
-class GuardReply(BaseModel):
-    """The guard's answer, sent back to the incident that asked (by signal, see
-    :mod:`workflows.guard`). The nonce is the one the incident put in its request: an answer
-    to any other request (an older one, a resent one, or one nobody made) is ignored."""
-
-    nonce: str = Field(min_length=1, max_length=64)
-    status: GuardStatus
 
 
 class RunSummary(BaseModel):

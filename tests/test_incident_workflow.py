@@ -27,12 +27,12 @@ from temporalio.worker import Replayer, Worker
 from fireline.catalog.model import Catalog
 from fireline.identity.signing import DecisionClaim, SignedDecision, inputs_digest, sign_decision
 from fireline.incident import (
+    GUARD_UPDATE_ADMIT_BATCH,
     GUARD_WORKFLOW,
     INCIDENT_WORKFLOW,
     QUERY_STATUS,
     SIGNAL_ALERTS,
     SIGNAL_APPROVE,
-    SIGNAL_GUARD_REPLY,
     UPDATE_ACK,
     UPDATE_APPROVE,
     UPDATE_CANCEL,
@@ -40,8 +40,6 @@ from fireline.incident import (
     Ack,
     AlertBatch,
     Command,
-    GuardReply,
-    GuardStatus,
     IncidentPhase,
     IncidentStart,
     IncidentState,
@@ -73,7 +71,7 @@ from workflows.gate import (
     may_decide_guard,
 )
 from workflows.guard import QUERY_LEDGER, GuardLedger, guard_workflow_id
-from workflows.incident import GUARD_REPLY_WAIT_S, GUARD_TRIES
+from workflows.incident import GUARD_ATTEMPTS
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -553,9 +551,10 @@ class SilentGuard:
     async def run(self, ledger: GuardLedger) -> None:
         await workflow.wait_condition(lambda: False)
 
-    @workflow.signal(name="request")
-    def request(self, ask: dict[str, Any]) -> None:
-        pass
+    @workflow.update(name=GUARD_UPDATE_ADMIT_BATCH)
+    async def admit_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        await workflow.wait_condition(lambda: False)
+        return []
 
 
 class TestGuard:
@@ -768,12 +767,13 @@ class TestGuard:
         paging: Target,
         tmp_path: Path,
     ) -> None:
-        """A guard nobody serves: the incident asks again, then fails closed to a human gate;
-        a reply that answers no request of its (forged, or stale) lets nothing through."""
+        """A guard that never answers: the incident asks a few times, then fails closed to the
+        guard's human gate instead of hanging (or running unguarded)."""
         env = time_skipping_env
         paging.route("POST", "/restart", Reply(200))
         guard_id = guard_workflow_id("payments", task_queue_prefix)
         silent_queue = f"{task_queue_prefix}-silent"
+        start = with_plan(tmp_path, PLAIN, guarded(), task_queue_prefix, paging.base_url, key())
         async with (
             fireline_workers(env.client, task_queue_prefix),
             Worker(env.client, task_queue=silent_queue, workflows=[SilentGuard]),
@@ -785,31 +785,22 @@ class TestGuard:
             handle = await open_incident(
                 env.client,
                 task_queue_prefix,
-                with_plan(tmp_path, PLAIN, guarded(), task_queue_prefix, paging.base_url, key()),
+                start.model_copy(update={"guard_timeout_s": 0.5}),
                 alert(),
             )
-            await until(handle, lambda s: len(s.pages) == 2, "paged while the guard is silent")
-            await handle.signal(
-                SIGNAL_GUARD_REPLY, GuardReply(nonce="forged", status=GuardStatus(allowed=True))
-            )
-            await asyncio.sleep(0.5)
-            forged = await state_of(handle)
-            await env.sleep(timedelta(seconds=GUARD_REPLY_WAIT_S * GUARD_TRIES + 5))
             held = await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
             asked = await silent.fetch_history()
             await silent.terminate()
 
-        assert forged.run.workflow_id is None, "a reply to no request started nothing"
         assert held.run.workflow_id is None
         assert held.phase is IncidentPhase.awaiting_approval
         assert any("did not answer" in r for r in held.guard.reasons)
-        assert sum(e.kind == "guard" and "asking again" in e.message for e in held.timeline) == (
-            GUARD_TRIES - 1
-        )
-        signalled = [
-            e for e in asked.events if e.HasField("workflow_execution_signaled_event_attributes")
+        accepted = [
+            e
+            for e in asked.events
+            if e.HasField("workflow_execution_update_accepted_event_attributes")
         ]
-        assert len(signalled) == GUARD_TRIES
+        assert 1 <= len(accepted) <= GUARD_ATTEMPTS
         assert len(paging.hits("POST", "/restart")) == 0
 
 

@@ -2,20 +2,17 @@
 
 The rules are plain functions (:func:`admit`, :func:`record`) over :class:`GuardLedger`.
 They are kept durable across incidents by one long-lived **GuardWorkflow per service**
-(id :func:`guard_workflow_id`), an entity workflow. An incident asks with a ``request`` signal
-(signal-with-start from a local activity, so the first incident of a service creates it) and
-the guard answers with a ``guard_reply`` signal to the incident; the incident reports its run's
-outcome with an ``outcome`` signal. Why an entity workflow: its handlers run one at a time, so
-two incidents opening together on the same service cannot both take the last slot of the
-window; the ledger lives in Temporal like everything else (no extra store to back up),
+(id :func:`guard_workflow_id`), an entity workflow: incidents ask it through an update
+(update-with-start from a local activity, so the first incident of a service creates it), and
+report the outcome of their run with a signal. Why an entity workflow: its handlers run one at
+a time, so two incidents opening together on the same service cannot both take the last slot
+of the window; the ledger lives in Temporal like everything else (no extra store to back up),
 survives worker restarts, and shows in the UI.
 
-Why signals both ways rather than an update: a storm opens hundreds of incidents on one service
-within a second. Temporal refuses more than a few in-flight updates per workflow (ten on a
-stock server), so updates made the storm retry and back off; signals queue without limit, the
-guard decides a whole batch in one workflow task, and no incident holds a workflow task open
-while it waits for its answer. (Incidents opened before this asked by ``admit`` update, which
-is still served.)
+A storm opens hundreds of incidents on one service within a second, and Temporal refuses more
+than ten in-flight updates per workflow (stock setting). So a worker coalesces the concurrent
+asks for one guard into one ``admit_batch`` update (``core.guard_admit``, like ingress's group
+commit); the guard decides the batch in order, in one task, on a task queue of its own.
 
 It continues-as-new when its history grows, carrying the ledger, which stays small because
 entries older than the window are pruned.
@@ -23,27 +20,20 @@ entries older than the window are pruned.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from fireline.catalog.services import GuardPolicy
-    from fireline.incident import (
-        GUARD_SIGNAL_REQUEST,
-        GUARD_WORKFLOW,
-        SIGNAL_GUARD_REPLY,
-        GuardReply,
-        GuardStatus,
-    )
+    from fireline.incident import GUARD_UPDATE_ADMIT_BATCH, GUARD_WORKFLOW, GuardStatus
 
 UPDATE_ADMIT = "admit"
-"""Update (incidents opened before :data:`SIGNAL_REQUEST`): :class:`AdmitRequest` -> status."""
-SIGNAL_REQUEST = GUARD_SIGNAL_REQUEST
-"""Signal: :class:`AdmitAsk`; answered by a :class:`GuardReply` signal to ``reply_to``."""
+"""Update: one :class:`AdmitRequest` -> :class:`GuardStatus` (as incidents asked before
+batches; still served)."""
+UPDATE_ADMIT_BATCH = GUARD_UPDATE_ADMIT_BATCH
+MAX_BATCH = 200
 SIGNAL_OUTCOME = "outcome"
 QUERY_LEDGER = "ledger"
 MAX_ENTRIES = 1000
@@ -86,14 +76,6 @@ class AdmitRequest(BaseModel):
     """What the run would change (a ``target`` input, else the service itself)."""
     blast: int = 1
     """How many targets the run may change (its mutating steps)."""
-
-
-class AdmitAsk(BaseModel):
-    request: AdmitRequest
-    reply_to: str = Field(min_length=1, max_length=4096)
-    """The asking incident's workflow id."""
-    nonce: str = Field(min_length=1, max_length=64)
-    """Echoed in the reply, so the incident can tell its answer from any other."""
 
 
 class Outcome(BaseModel):
@@ -201,41 +183,27 @@ class GuardWorkflow:
     @workflow.init
     def __init__(self, ledger: GuardLedger) -> None:
         self._ledger = ledger
-        self._replies: list[tuple[str, GuardReply]] = []
 
     @workflow.run
     async def run(self, ledger: GuardLedger) -> None:
-        while True:
-            await workflow.wait_condition(lambda: bool(self._replies) or self._history_full())
-            if self._replies:
-                batch, self._replies = self._replies, []
-                await asyncio.gather(*(self._reply(to, answer) for to, answer in batch))
-                continue
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            if not self._replies:
-                workflow.continue_as_new(self._ledger)
-
-    @staticmethod
-    def _history_full() -> bool:
-        info = workflow.info()
-        return info.get_current_history_length() > HISTORY_LIMIT or (
-            info.is_continue_as_new_suggested()
+        await workflow.wait_condition(
+            lambda: (
+                workflow.info().get_current_history_length() > HISTORY_LIMIT
+                or workflow.info().is_continue_as_new_suggested()
+            )
         )
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(self._ledger)
 
-    async def _reply(self, to: str, answer: GuardReply) -> None:
-        try:
-            await workflow.get_external_workflow_handle(to).signal(SIGNAL_GUARD_REPLY, answer)
-        except ApplicationError as err:
-            # The incident closed meanwhile: nobody waits for this answer. Its reservation
-            # stays until the window passes (the incident may have started its run first).
-            workflow.logger.info("guard reply not delivered to %s: %s", to, err)
+    @workflow.update(name=UPDATE_ADMIT_BATCH)
+    def admit_batch(self, requests: list[AdmitRequest]) -> list[GuardStatus]:
+        """Decide each in order, as if they had come one by one."""
+        return [self._admit(r) for r in requests]
 
-    @workflow.signal(name=SIGNAL_REQUEST)
-    def request(self, ask: AdmitAsk) -> None:
-        """Decide at once, in arrival order; the answer is sent by the main loop."""
-        self._replies.append(
-            (ask.reply_to, GuardReply(nonce=ask.nonce, status=self._admit(ask.request)))
-        )
+    @admit_batch.validator
+    def _validate_batch(self, requests: list[AdmitRequest]) -> None:
+        if not 0 < len(requests) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} requests, not {len(requests)}")
 
     @workflow.update(name=UPDATE_ADMIT)
     def admit(self, request: AdmitRequest) -> GuardStatus:

@@ -21,7 +21,6 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -39,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
         SA_SEVERITY,
         SIGNAL_ALERTS,
         SIGNAL_APPROVE,
-        SIGNAL_GUARD_REPLY,
         SIGNAL_REJECT,
         UPDATE_ACK,
         UPDATE_APPROVE,
@@ -51,7 +49,6 @@ with workflow.unsafe.imports_passed_through():
         AckRecord,
         AlertBatch,
         Command,
-        GuardReply,
         GuardStatus,
         IncidentPhase,
         IncidentStart,
@@ -75,7 +72,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.gate import screen_incident as screen_incident_attempt
     from workflows.guard import (
         SIGNAL_OUTCOME,
-        AdmitAsk,
         AdmitRequest,
         Outcome,
         guard_workflow_id,
@@ -97,9 +93,8 @@ PAGE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=4,
 )
-GUARD_BY_SIGNAL = "guard-by-signal"
-"""Patch id: incidents ask the guard by signal and get the answer by signal (see
-:mod:`workflows.guard`); those opened before it replay their update from a local activity."""
+GUARD_RELEASE = "guard-release"
+"""Patch id: an incident held by the guard that closes without a run frees its entry."""
 HISTORY_BYTES = "history-bytes-limit"
 """Patch id: continue-as-new by history size too (``IncidentStart.history_bytes_limit``)."""
 RUN_REPORTS = "run-reports-status"
@@ -111,25 +106,13 @@ REMEDIATION_PRIORITY = Priority(priority_key=1)
 """A run's tasks (and its activities, which inherit it) go ahead of incident bookkeeping when
 the queues are backlogged, as in a storm: the remediation is what the outage waits for.
 Temporal's default key is 3."""
-GUARD_REPLY_WAIT_S = 30.0
-"""How long an incident waits for the guard's answer before asking again."""
-GUARD_PAGE_GRACE_S = 5.0
-"""How long the first page waits for the guard's answer."""
-GUARD_TRIES = 3
-"""Unanswered asks before the run is held for a person instead (fail closed, never stuck)."""
+GUARD_ATTEMPTS = 3
+"""Tries at the guard before the run is held for a person instead."""
 SA_PHASE_KEY = SearchAttributeKey.for_keyword(messages.SA_PHASE)
 SA_PLAYBOOK_KEY = SearchAttributeKey.for_keyword(messages.SA_PLAYBOOK)
 SA_SERVICE_KEY = SearchAttributeKey.for_keyword(SA_SERVICE)
 SA_SEVERITY_KEY = SearchAttributeKey.for_keyword(SA_SEVERITY)
 SA_KEY_KEY = SearchAttributeKey.for_keyword(SA_INCIDENT_KEY)
-
-
-class GuardAsk(BaseModel):
-    """The admission request in flight: the answer must carry this nonce."""
-
-    nonce: str
-    at: datetime
-    tries: int = 1
 
 
 def _refused(message: str) -> ApplicationError:
@@ -189,11 +172,9 @@ class IncidentWorkflow:
         self._cancel_pending: tuple[str, str] | None = None
         self._guard_decision: Approval | None = None
         self._guard_rejected = False
-        self._guard_ask: GuardAsk | None = None
-        self._guard_reply: GuardReply | None = None
         self._guard_slot = False
-        """Asked the guard by signal and no run started yet: the ledger may hold an entry for
-        this incident that only this incident can release (if it closes without a run)."""
+        """Held by the guard and no run started yet: the ledger holds an entry for this
+        incident that only this incident can release (if it closes without a run)."""
         self._reports = False
         """The run reports its status (``RunRequest.report_to``): polled only as a safety net."""
         self._reported: RunStatusView | None = None
@@ -214,10 +195,6 @@ class IncidentWorkflow:
             if carry.get("guard_decision"):
                 self._guard_decision = Approval.model_validate(carry["guard_decision"])
             self._guard_rejected = bool(carry.get("guard_rejected"))
-            if carry.get("guard_ask"):
-                self._guard_ask = GuardAsk.model_validate(carry["guard_ask"])
-            if carry.get("guard_reply"):
-                self._guard_reply = GuardReply.model_validate(carry["guard_reply"])
             self._gate_steps = set(carry.get("gates", []))
             self._reports = bool(carry.get("reports"))
             self._guard_slot = bool(carry.get("guard_slot"))
@@ -250,12 +227,6 @@ class IncidentWorkflow:
                         else None
                     ),
                     "guard_rejected": self._guard_rejected,
-                    "guard_ask": (
-                        self._guard_ask.model_dump(mode="json") if self._guard_ask else None
-                    ),
-                    "guard_reply": (
-                        self._guard_reply.model_dump(mode="json") if self._guard_reply else None
-                    ),
                     "gates": sorted(self._gate_steps),
                     "reports": self._reports,
                     "guard_slot": self._guard_slot,
@@ -295,10 +266,6 @@ class IncidentWorkflow:
         polling = self._s.run.workflow_id is not None and self._s.run.phase not in _TERMINAL_RUN
         next_poll = self._next_poll if polling else None
         wake = [t for t in (self._s.escalation.next_at, next_poll) if t is not None]
-        if self._guard_ask is not None and self._guard_reply is None:
-            at, now = self._guard_ask.at, workflow.now()
-            due = (at + timedelta(seconds=s) for s in (GUARD_PAGE_GRACE_S, GUARD_REPLY_WAIT_S))
-            wake += [t for t in due if t > now]
         if self._s.escalation.state == "acknowledged" and self._s.acknowledged_at:
             lapse = self._policy.ack_timeout
             if lapse is not None and not self._s.commander:
@@ -328,7 +295,7 @@ class IncidentWorkflow:
         if run.workflow_id is not None and run.phase not in _TERMINAL_RUN and due:
             await self._poll()
         self._settle()
-        if not self._closed() and not self._awaiting_guard(now):
+        if not self._closed():
             await self._ladder()
         self._refresh()
 
@@ -340,54 +307,27 @@ class IncidentWorkflow:
         if self._guard_decision is not None:
             await self._start_run(plan, approved_by=self._guard_decision.approver)
             return
-        if not workflow.patched(GUARD_BY_SIGNAL):
-            await self._admit_by_update(plan)
-            return
-        if self._guard_reply is not None:
-            status, self._guard_reply, self._guard_ask = self._guard_reply.status, None, None
-            await self._guarded(plan, status)
-            return
-        now = workflow.now()
-        ask = self._guard_ask
-        if ask is not None and now < ask.at + timedelta(seconds=GUARD_REPLY_WAIT_S):
-            return  # asked; the answer comes as a signal
-        if ask is not None and ask.tries >= GUARD_TRIES:
-            self._guard_ask = None
-            waited = GUARD_TRIES * GUARD_REPLY_WAIT_S
-            reason = f"the guard did not answer in {waited:g}s: a person decides instead"
-            await self._guarded(
-                plan, GuardStatus(allowed=False, needs_human=True, reasons=[reason])
+        try:
+            status: GuardStatus = await workflow.execute_local_activity(
+                "core.guard_admit",
+                {
+                    "workflow_id": self._guard_id(),
+                    "task_queue": self._start.task_queue_prefix + GUARD_QUEUE_SUFFIX,
+                    "request": self._admit_request().model_dump(mode="json"),
+                },
+                start_to_close_timeout=timedelta(seconds=self._start.guard_timeout_s),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=GUARD_ATTEMPTS, maximum_interval=timedelta(seconds=10)
+                ),
+                result_type=GuardStatus,
+                summary="ask the remediation guard",
             )
-            return
-        if ask is not None:
-            self._event("guard", f"no answer from the guard yet; asking again ({ask.tries + 1})")
-        self._guard_slot = True
-        self._guard_ask = GuardAsk(
-            nonce=workflow.uuid4().hex, at=now, tries=ask.tries + 1 if ask else 1
-        )
-        await workflow.execute_local_activity(
-            "core.guard_ask",
-            {
-                "workflow_id": self._guard_id(),
-                "task_queue": self._start.task_queue_prefix + GUARD_QUEUE_SUFFIX,
-                "ask": AdmitAsk(
-                    request=self._admit_request(),
-                    reply_to=workflow.info().workflow_id,
-                    nonce=self._guard_ask.nonce,
-                ).model_dump(mode="json"),
-            },
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=5)),
-            result_type=dict,
-            summary="ask the remediation guard",
-        )
-
-    def _awaiting_guard(self, now: datetime) -> bool:
-        """The guard's answer is due any moment: page once it is known, so the first page
-        already says whether a person must let the run through (not two pages a second
-        apart). Past the grace, paging goes ahead without it."""
-        ask = self._guard_ask
-        return ask is not None and now < ask.at + timedelta(seconds=GUARD_PAGE_GRACE_S)
+        except ActivityError as err:
+            # Fail closed, never stuck: a person decides instead of the guard.
+            cause = err.cause or err
+            reason = f"the guard did not answer ({cause}): a person decides instead"
+            status = GuardStatus(allowed=False, needs_human=True, reasons=[reason])
+        await self._guarded(plan, status)
 
     def _admit_request(self) -> AdmitRequest:
         target = self._start.inputs.get("target")
@@ -398,23 +338,6 @@ class IncidentWorkflow:
             targets=[str(target)] if target else [self._start.service],
             blast=len(self._mutating),
         )
-
-    async def _admit_by_update(self, plan: Plan) -> None:
-        """How incidents opened before :data:`GUARD_BY_SIGNAL` asked: an update from a local
-        activity, the workflow task held open until the guard answered."""
-        status: GuardStatus = await workflow.execute_local_activity(
-            "core.guard_admit",
-            {
-                "workflow_id": self._guard_id(),
-                "task_queue": self._start.task_queue_prefix,
-                "request": self._admit_request().model_dump(mode="json"),
-            },
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=10)),
-            result_type=GuardStatus,
-            summary="ask the remediation guard",
-        )
-        await self._guarded(plan, status)
 
     async def _guarded(self, plan: Plan, status: GuardStatus) -> None:
         """Act on the guard's answer: start the run, or hold it at the guard's human gate."""
@@ -429,6 +352,7 @@ class IncidentWorkflow:
             await self._start_run(plan, approved_by=None)
             return
         self._s.phase = IncidentPhase.awaiting_approval
+        self._guard_slot = True
         self._event(
             "guard",
             "automatic run held for a human: " + "; ".join(status.reasons),
@@ -629,7 +553,7 @@ class IncidentWorkflow:
         if phase is IncidentPhase.resolved:
             self._s.contained_at = self._s.contained_at or self._s.resolved_at
         self._event("resolved" if phase is IncidentPhase.resolved else "closed", why, actor=by)
-        if self._guard_slot:
+        if self._guard_slot and workflow.patched(GUARD_RELEASE):
             self._release_guard_slot()
 
     def _release_guard_slot(self) -> None:
@@ -845,15 +769,6 @@ class IncidentWorkflow:
             workflow.logger.info("run status ignored: not this incident's run")
             return
         self._reported = report.view
-        self._changed = True
-
-    @workflow.signal(name=SIGNAL_GUARD_REPLY)
-    def guard_reply(self, reply: GuardReply) -> None:
-        """The guard's answer; only the one to the request in flight counts."""
-        if self._guard_ask is None or reply.nonce != self._guard_ask.nonce:
-            workflow.logger.info("guard reply ignored: it answers no request in flight")
-            return
-        self._guard_reply = reply
         self._changed = True
 
     @workflow.signal(name=SIGNAL_ALERTS)

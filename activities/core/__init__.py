@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from activities.core.http import HttpModules
 from activities.core.notify import NotifyModules
-from activities.core.paging import PagingModules, guard_admit, guard_ask, run_status
+from activities.core.paging import PagingModules, guard_admit, run_status
 from activities.core.timing import wait
 
-MODULES = [HttpModules, NotifyModules, wait, PagingModules, run_status, guard_ask, guard_admit]
+MODULES = [HttpModules, NotifyModules, wait, PagingModules, run_status, guard_admit]

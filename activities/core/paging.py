@@ -7,24 +7,24 @@ incoming webhooks show) plus structured fields and a ``thread_key`` that is the 
 page of one incident; PagerDuty gets an Events API v2 event whose ``dedup_key`` is the
 incident, so its pages fold into one PagerDuty incident.
 
-``core.run_status``, ``core.guard_ask`` and ``core.guard_admit`` are local checks (they run on
-the workflow worker, next to the Temporal client): the incident reads its child run's
-``status`` query through the first, and asks its service's GuardWorkflow for admission through
-the second (signal-with-start; the answer comes back as a signal). The third is the
-update-with-start that incidents opened before ``guard_ask`` still replay. Reading the run this
-way keeps the incident's coupling to the playbook workflow to its query and
-:class:`fireline.messages.RunState`.
+``core.run_status`` and ``core.guard_admit`` are local checks (they run on the workflow
+worker, next to the Temporal client): the incident reads its child run's ``status`` query
+through the first (a safety net: runs report their status to their incident), and asks its
+service's GuardWorkflow for admission (update-with-start, batched per guard) through the
+second. Reading the run this way keeps the incident's coupling to the playbook workflow to its
+query and :class:`fireline.messages.RunState`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from temporalio import activity
-from temporalio.client import WithStartWorkflowOperation, WorkflowExecutionStatus
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -35,7 +35,7 @@ from activities.core.runtime import (
     require_url,
     running,
 )
-from fireline.incident import GUARD_SIGNAL_REQUEST, GUARD_WORKFLOW, GuardStatus
+from fireline.incident import GUARD_UPDATE_ADMIT_BATCH, GUARD_WORKFLOW, GuardStatus
 from fireline.messages import QUERY_STATUS, RunState
 from fireline.modules import check, module
 from fireline.plan import RetrySpec, Risk
@@ -239,48 +239,76 @@ class GuardAdmitInput(BaseModel):
     workflow code)."""
 
 
-class GuardAsked(BaseModel):
-    guard: str
-    """The GuardWorkflow's id."""
+BATCH_LIMIT = 200
+"""Requests per ``admit_batch`` update (the guard refuses more)."""
 
 
-class GuardAskInput(BaseModel):
-    workflow_id: str
-    task_queue: str
-    ask: dict[str, Any]
-    """A :class:`workflows.guard.AdmitAsk` dump."""
+class AdmitBatcher:
+    """Coalesces the concurrent asks of this worker for one guard into one update.
+
+    Temporal allows a workflow only a few in-flight updates, so a storm of incidents asking
+    one guard one update each was refused and retried. Here the first ask for a guard sends
+    an update; asks arriving while it is in flight wait and go together in the next one, and
+    each caller gets its own answer. (Ingress's group commit, on the worker side.)
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str], list[tuple[dict[str, Any], asyncio.Future[Any]]]] = {}
+        self._sending: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def admit(self, client: Client, request: GuardAdmitInput) -> GuardStatus:
+        key = (request.workflow_id, request.task_queue)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append((request.request, answer))
+        if key not in self._sending:
+            self._sending.add(key)
+            task = asyncio.create_task(self._send(client, key, request.request.get("service", "")))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        result: GuardStatus = await answer
+        return result
+
+    async def _send(self, client: Client, key: tuple[str, str], service: str) -> None:
+        try:
+            while self._waiting.get(key):
+                pending = self._waiting.pop(key)
+                batch, rest = pending[:BATCH_LIMIT], pending[BATCH_LIMIT:]
+                if rest:
+                    self._waiting[key] = rest + self._waiting.get(key, [])
+                live = [(r, f) for r, f in batch if not f.done()]  # a cancelled ask is dropped
+                if not live:
+                    continue
+                start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+                    GUARD_WORKFLOW,
+                    {"service": service},
+                    id=key[0],
+                    task_queue=key[1],
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                )
+                try:
+                    statuses = await client.execute_update_with_start_workflow(
+                        GUARD_UPDATE_ADMIT_BATCH,
+                        [r for r, _ in live],
+                        start_workflow_operation=start,
+                        result_type=list[GuardStatus],
+                    )
+                except Exception as err:  # every waiting ask fails and retries on its own
+                    for _, f in live:
+                        if not f.done():
+                            f.set_exception(err)
+                    continue
+                for (_, f), status in zip(live, statuses, strict=True):
+                    if not f.done():
+                        f.set_result(status)
+        finally:
+            self._sending.discard(key)
 
 
-@check("core.guard_ask", domain="core", local=True, retry=RetrySpec(max_attempts=5))
-async def guard_ask(request: GuardAskInput) -> GuardAsked:
-    """Queue an admission request at the service's GuardWorkflow, starting it if needed.
-
-    Returns once the signal is durable; the guard answers with a signal of its own, so no
-    workflow task waits on the guard's."""
-    service = request.ask.get("request", {}).get("service", "")
-    await activity.client().start_workflow(
-        GUARD_WORKFLOW,
-        {"service": service},
-        id=request.workflow_id,
-        task_queue=request.task_queue,
-        start_signal=GUARD_SIGNAL_REQUEST,
-        start_signal_args=[request.ask],
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
-    return GuardAsked(guard=request.workflow_id)
+BATCHER = AdmitBatcher()
 
 
 @check("core.guard_admit", domain="core", local=True, retry=RetrySpec(max_attempts=5))
 async def guard_admit(request: GuardAdmitInput) -> GuardStatus:
     """Ask the service's GuardWorkflow whether a run may go ahead (starting it if needed)."""
-    client = activity.client()
-    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-        GUARD_WORKFLOW,
-        {"service": request.request.get("service", "")},
-        id=request.workflow_id,
-        task_queue=request.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
-    return await client.execute_update_with_start_workflow(
-        "admit", request.request, start_workflow_operation=start, result_type=GuardStatus
-    )
+    return await BATCHER.admit(activity.client(), request)
