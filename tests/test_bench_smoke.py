@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.scale import QUICK_SIZES
+
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = {
     "per_step_noop",
@@ -97,6 +99,13 @@ class TestBenchQuick:
         scale = {s["name"]: s for s in printed["scale"]}
         assert set(scale) == SCALE, [s.get("note") for s in printed["scale"]]
         for name, figure in scale.items():
+            if name == "timers_worst_lateness":
+                # Measured from the first page's arrival, while the rung's clock starts when
+                # it was sent: a rung on time can read a few ms early, never a delay early.
+                delay_ms = QUICK_SIZES.timer_delay_s * 1000
+                assert -0.1 * delay_ms < figure["fireline"] < delay_ms, name
+                assert -0.1 * delay_ms < figure["raw"] < delay_ms, name
+                continue
             assert figure["fireline"] > 0, name
             if name == "waiting_all_held":
                 assert figure["raw"] is None
