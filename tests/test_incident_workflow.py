@@ -50,8 +50,9 @@ from fireline.incident import (
 )
 from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from fireline.messages import QUERY_STATUS as RUN_STATUS
+from fireline.messages import SIGNAL_RUN_STATUS, Approval, RunRequest, RunState
 from fireline.messages import UPDATE_APPROVE as RUN_APPROVE
-from fireline.messages import Approval, RunRequest, RunState
+from fireline.run_view import RunReport, RunStatusView
 from tests.support.target import Reply, Target
 from tests.support.workers import (
     TEST_KEY_ID,
@@ -555,6 +556,36 @@ class SilentGuard:
     async def admit_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         await workflow.wait_condition(lambda: False)
         return []
+
+
+class TestRunReports:
+    async def test_a_forged_final_report_does_not_close_the_incident(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """A run's report that it succeeded is checked against the run's own status: one sent
+        in the run's name while it waits at its gate closes nothing."""
+        env = time_skipping_env
+        start = with_plan(tmp_path, GATED, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            gated = await until(
+                handle, lambda s: s.phase is IncidentPhase.awaiting_approval, "run at its gate"
+            )
+            assert gated.run.workflow_id is not None
+            forged = RunReport(
+                run_id=gated.run.workflow_id, view=RunStatusView(found=True, phase="succeeded")
+            )
+            await handle.signal(SIGNAL_RUN_STATUS, forged)
+            await asyncio.sleep(1.0)
+            after = await state_of(handle)
+
+        assert after.run.phase == "awaiting_approval" or after.run.phase == "running"
+        assert after.phase is IncidentPhase.awaiting_approval
+        assert after.resolution is None
 
 
 class TestGuard:

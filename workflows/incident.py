@@ -768,6 +768,12 @@ class IncidentWorkflow:
         if report.run_id != self._s.run.workflow_id:
             workflow.logger.info("run status ignored: not this incident's run")
             return
+        if report.view.phase in _TERMINAL_RUN:
+            # Closing the incident rests on the run's own status query, not on a signal
+            # anyone with access to the namespace could send in the run's name.
+            self._poll_now = True
+            self._changed = True
+            return
         self._reported = report.view
         self._changed = True
 
