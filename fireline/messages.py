@@ -77,7 +77,8 @@ class RunRequest(BaseModel):
     incident's acknowledger, when an incident starts the run)."""
     report_to: str | None = None
     """Workflow id of the incident that started this run: the run signals it its status view
-    (:class:`fireline.run_view.RunReport`) on every change, so the incident need not poll."""
+    (:class:`fireline.run_view.RunReport`) whenever something the incident acts on changes
+    (:func:`fireline.run_view.signature`), so the incident need not poll."""
 
 
 SIGNAL_RUN_STATUS = "run_status"

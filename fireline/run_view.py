@@ -1,9 +1,10 @@
 """What an incident knows of its run: the part of the run's status it acts on.
 
 The run computes this view itself and reports it to the incident that started it (a
-``run_status`` signal on every change, see ``RunRequest.report_to``); the incident can also
-read it from the run's ``status`` query (``core.run_status``), its fallback and how incidents
-opened before the reports learn of their run. Both ends share this module, so the two ways
+``run_status`` signal when :func:`signature` changes, see ``RunRequest.report_to``); the
+incident can also read it from the run's ``status`` query (``core.run_status``): its safety
+net, the check before it treats the run as finished, and how incidents opened before the
+reports learn of their run. Both ends share this module, so the two ways
 give the same answer.
 """
 

@@ -25,8 +25,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from fireline.catalog.model import Catalog
+from fireline.catalog.services import GuardPolicy
 from fireline.identity.signing import DecisionClaim, SignedDecision, inputs_digest, sign_decision
 from fireline.incident import (
+    GUARD_QUEUE_SUFFIX,
     GUARD_UPDATE_ADMIT_BATCH,
     GUARD_WORKFLOW,
     INCIDENT_WORKFLOW,
@@ -71,7 +73,7 @@ from workflows.gate import (
     may_command,
     may_decide_guard,
 )
-from workflows.guard import QUERY_LEDGER, GuardLedger, guard_workflow_id
+from workflows.guard import MAX_BATCH, QUERY_LEDGER, AdmitRequest, GuardLedger, guard_workflow_id
 from workflows.incident import GUARD_ATTEMPTS
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -796,6 +798,32 @@ class TestGuard:
         assert final.run.workflow_id is None
         assert [e.automatic for e in held.entries] == [False]
         assert after.entries == []
+
+    async def test_an_oversized_admission_batch_is_refused_and_records_nothing(
+        self, client: Client, task_queue_prefix: str
+    ) -> None:
+        """A batch past the limit (a hostile or broken caller) is refused before the ledger
+        changes; a batch within it is decided."""
+        guard = await client.start_workflow(
+            GUARD_WORKFLOW,
+            GuardLedger(),
+            id=guard_workflow_id("payments", task_queue_prefix),
+            task_queue=task_queue_prefix + GUARD_QUEUE_SUFFIX,
+        )
+        request = AdmitRequest(service="payments", incident_id="i", policy=GuardPolicy())
+        async with fireline_workers(client, task_queue_prefix):
+            with pytest.raises(WorkflowUpdateFailedError):
+                await guard.execute_update(
+                    GUARD_UPDATE_ADMIT_BATCH, [request] * (MAX_BATCH + 1), result_type=list
+                )
+            refused = await guard.query(QUERY_LEDGER, result_type=GuardLedger)
+            answers = await guard.execute_update(
+                GUARD_UPDATE_ADMIT_BATCH, [request], result_type=list
+            )
+            await guard.terminate()
+
+        assert refused.entries == []
+        assert len(answers) == 1
 
     async def test_a_guard_that_never_answers_holds_the_run_for_a_person(
         self,

@@ -66,7 +66,7 @@ with workflow.unsafe.imports_passed_through():
         start_attributes,
     )
     from fireline.plan import IncludeNode, Plan, StepNode
-    from fireline.run_view import RunReport, RunStatusView
+    from fireline.run_view import CHANGED, RunReport, RunStatusView
     from workflows import escalation
     from workflows.gate import IncidentAttempt, IncidentFacts, Refusal, judge_incident
     from workflows.gate import screen_incident as screen_incident_attempt
@@ -84,9 +84,6 @@ MAX_TIMELINE = 1000
 MAX_FIRING = 1000
 _TERMINAL_RUN = frozenset(
     {"succeeded", "failed", "compensated", "compensation_failed", "cancelled"}
-)
-_MUTATED = frozenset(
-    {"running", "verifying", "awaiting_decision", "succeeded", "compensated", "compensation_failed"}
 )
 PAGE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -447,11 +444,11 @@ class IncidentWorkflow:
         self._next_poll = workflow.now() + timedelta(seconds=self._poll_every)
         if not view.get("found"):
             return  # not started yet
-        mutated = any(s["id"] in self._mutating and s["status"] in _MUTATED for s in steps)
+        mutated = any(s["id"] in self._mutating and s["status"] in CHANGED for s in steps)
         if mutated and not run.mutated:
             run.mutated = True
             self._event("remediating", "a mutating step has started")
-        run.blast = sum(1 for s in steps if s["id"] in self._mutating and s["status"] in _MUTATED)
+        run.blast = sum(1 for s in steps if s["id"] in self._mutating and s["status"] in CHANGED)
         verification = [s for s in steps if s["id"] in self._mutating]
         if any(s.get("post_failed") for s in verification):
             run.verified = False
