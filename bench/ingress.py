@@ -4,8 +4,8 @@ One dev server (tuned, SQLite, as ``fireline up`` runs it), one run, four figure
 
 - same-key storm: ``--storm`` notifications over ``--keys`` incident keys from
   ``--connections`` connections, driven by ``wrk`` (C, a fraction of a core) with a Lua script
-  that gives every notification its own id; the API (a separate uvicorn process running
-  ``create_app``) group-commits them into the real ``IncidentWorkflow``;
+  that gives every notification its own id; the API (``fireline api`` in a
+  process of its own) group-commits them into the real ``IncidentWorkflow``;
 - its raw twin: the same number of signal-with-start calls (one per notification, to a
   workflow that only counts) from as many concurrent client calls;
 - distinct keys: ``--distinct`` notifications over as many keys (each opens an incident), and
@@ -167,22 +167,17 @@ def _free_port() -> int:
 
 
 def _spawn_api(port: int, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """``fireline api``, exactly as an operator starts it."""
     return subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "fireline.operator.api:create_app",
+            "-c",
+            "from fireline.operator.cli import main; main()",
+            "api",
             "--host",
             "127.0.0.1",
             "--port",
             str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--backlog",
-            "4096",
         ],
         cwd=cwd,
         env={**os.environ, **env, "PYTHONPATH": str(REPO)},
@@ -191,7 +186,7 @@ def _spawn_api(port: int, env: dict[str, str], cwd: Path) -> subprocess.Popen[by
 
 @contextlib.asynccontextmanager
 async def api_process(env: dict[str, str], cwd: Path) -> AsyncIterator[Api]:
-    """``create_app`` under uvicorn in its own process, stopped by its PID afterwards."""
+    """``fireline api`` in its own process, stopped by its PID afterwards."""
     port = _free_port()
     process = _spawn_api(port, env, cwd)
     url = f"http://127.0.0.1:{port}"
@@ -477,6 +472,8 @@ async def api_storm(
     result, prefix, seconds, routed = await run_wrk(
         url, script, total, keys, connections, threads, mode
     )
+    async with httpx.AsyncClient(timeout=10) as http:
+        during = (await http.get(f"{url}/v1/alerts/stats")).json().get("stats", {})
     refused = result["status_errors"] + result["timeouts"]
     found, alerts = await count_incidents(
         client, prefix, keys, total, settle_s=60.0 if not refused else 5.0
@@ -509,6 +506,7 @@ async def api_storm(
             "resent_after_503": resent,
             "incidents": found,
             "alerts_in_incidents": alerts,
+            "signals_during_storm": during.get("signals"),
             "signals": stats.get("signals"),
             "largest_batch": stats.get("largest_batch"),
             "shed": stats.get("shed"),

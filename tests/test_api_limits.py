@@ -237,6 +237,40 @@ class TestMiddlewareAlone:
 
 
 class TestSlowClients:
+    async def test_pipelined_requests_are_served_then_the_deadline_holds(
+        self, fl_settings: Settings
+    ) -> None:
+        """Two requests in one write are both answered; after them the connection has the
+        head deadline again (a third head left unfinished is cut off)."""
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(fl_settings),
+            http=head_deadline_protocol(0.5),
+            log_config=None,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:  # noqa: ASYNC110  (uvicorn exposes only a flag)
+                await asyncio.sleep(0.02)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+            writer.write(head + head)
+            await writer.drain()
+            await asyncio.sleep(0.2)  # the two are answered meanwhile
+            writer.write(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n")  # never finished
+            await writer.drain()
+            received = await asyncio.wait_for(reader.read(), timeout=10)  # until closed
+            writer.close()
+            assert received.count(b"HTTP/1.1 200 OK") == 2
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()
+
     async def test_a_request_head_that_trickles_in_is_cut_off(self, fl_settings: Settings) -> None:
         """A client sending its headers too slowly is disconnected; a prompt one is served."""
         sock = socket.socket()

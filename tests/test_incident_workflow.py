@@ -537,6 +537,39 @@ class TestDedupe:
         assert [e.kind for e in after.timeline].count("alert") == 2
 
 
+class TestWakeTimer:
+    async def test_a_burst_of_alert_batches_starts_no_new_timers(
+        self, time_skipping_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target
+    ) -> None:
+        """While the next escalation stays due at the same instant, batches of alerts wake the
+        incident without a new timer (and a cancelled one) each: in a storm those were a third
+        of the incident's history."""
+        env = time_skipping_env
+        start = incident_start(
+            catalog(LADDER), "payments", key(), task_queue_prefix=task_queue_prefix
+        )
+
+        def timers(events: Any) -> int:
+            return sum(1 for e in events if e.HasField("timer_started_event_attributes"))
+
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert(n=0))
+            await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
+            before = timers((await handle.fetch_history()).events)
+            for n in range(1, 11):
+                batch = AlertBatch(batch_id=f"b{n}", alerts=[alert(n=n)])
+                await handle.signal(SIGNAL_ALERTS, batch)
+                await until(handle, lambda s, n=n: s.alerts.total == n + 1, f"batch {n}")
+            events = (await handle.fetch_history()).events
+
+        signalled = sum(
+            1 for e in events if e.HasField("workflow_execution_signaled_event_attributes")
+        )
+        assert signalled >= 10
+        assert timers(events) == before
+        assert not any(e.HasField("timer_canceled_event_attributes") for e in events)
+
+
 def guarded(**guard: Any) -> dict[str, Any]:
     return {**LADDER, "guard": guard}
 

@@ -40,6 +40,7 @@ from fireline.incident import (
 )
 from fireline.ingress.config import IngressSettings
 from fireline.operator.alerts_api import alerts_router
+from fireline.operator.alerts_fast_path import mount as mount_alerts
 from fireline.runtime.settings import Settings
 from tests.support.workers import fireline_workers
 
@@ -151,7 +152,7 @@ async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
 async def api(settings: Settings, workers: None) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     keys = {DECISION_KEY: generate_key()[1]}
-    app.include_router(alerts_router(settings, ingress_config(), trusted_keys=keys))
+    mount_alerts(app, alerts_router(settings, ingress_config(), trusted_keys=keys))
     server, task, url = await serve(app)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -503,7 +504,7 @@ class TestBackpressure:
 
         app = FastAPI()
         config = ingress_config(max_pending=1, deadline_seconds=0.5, retry_after_seconds=3)
-        app.include_router(alerts_router(settings, config, starter=stuck))
+        mount_alerts(app, alerts_router(settings, config, starter=stuck))
         server, task, url = await serve(app)
         try:
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -525,7 +526,7 @@ class TestBackpressure:
     async def test_temporal_unreachable(self, settings: Settings, tmp_path: Path) -> None:
         down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
         app = FastAPI()
-        app.include_router(alerts_router(down, ingress_config()))
+        mount_alerts(app, alerts_router(down, ingress_config()))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             answer = await http.post("/v1/alerts", json=fixture("generic.json"), headers=bearer())
@@ -550,6 +551,83 @@ class TestMounted:
             assert (await http.get("/v1/alerts/stats")).status_code == 401
             wrong = {"Authorization": "Bearer fl_not_a_real_token"}
             assert (await http.get("/v1/alerts/unrouted", headers=wrong)).status_code == 401
+
+
+class TestLanes:
+    """The webhook POSTs have a lane of their own in front of FastAPI's stack (for storms)."""
+
+    @staticmethod
+    async def _answers(app: FastAPI, key: str) -> list[tuple[int, Any]]:
+        good = {**fixture("generic.json"), "dedup_key": key}
+        deep = b'{"title": "x", "labels": ' + b'{"a": ' * 40 + b"1" + b"}" * 41
+        tries: list[tuple[str, bytes, dict[str, str]]] = [
+            ("/v1/alerts", json.dumps(good).encode(), bearer()),
+            ("/v1/alerts", json.dumps(good).encode(), {}),
+            ("/v1/alerts", b"{not json", bearer()),
+            ("/v1/alerts", deep, bearer()),
+            ("/v1/alerts", b'{"title": "x", "labels": "no"}', bearer()),
+            ("/v1/alerts", json.dumps({"summary": "a" * 70_000}).encode(), bearer()),
+            ("/v1/alerts/alertmanager", b"{}", {}),
+        ]
+        server, task, url = await serve(app)
+        out: list[tuple[int, Any]] = []
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                for path, body, headers in tries:
+                    answer = await http.post(path, content=body, headers=headers)
+                    assert answer.headers["content-type"] == "application/json"
+                    doc = answer.json()
+                    if answer.status_code == 202:  # ids differ with the key, the shape does not
+                        doc = {k: len(v) if isinstance(v, list) else v for k, v in doc.items()}
+                    out.append((answer.status_code, doc))
+        finally:
+            server.should_exit = True
+            await task
+        return out
+
+    async def test_both_lanes_answer_alike(self, settings: Settings, workers: None) -> None:
+        """Every outcome (202, 401, 400 twice, 422, 413) is the same through the fast lane as
+        through the router's own routes, the fast lane's JSON-depth refusal included."""
+        routed = FastAPI()
+        routed.include_router(alerts_router(settings, ingress_config()))
+        fast = FastAPI()
+        mount_alerts(fast, alerts_router(settings, ingress_config()))
+        by_router = await self._answers(routed, uuid.uuid4().hex)
+        by_lane = await self._answers(fast, uuid.uuid4().hex)
+        assert [code for code, _ in by_lane] == [202, 401, 400, 400, 422, 413, 401]
+        assert by_lane == by_router
+        assert "levels deep" in by_lane[3][1]["detail"]
+
+    async def test_create_app_lane_keeps_the_docs_and_the_source_limit(
+        self, settings: Settings, workers: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The operator app documents the webhooks, serves its other routes as before, and an
+        alert source's own body limit holds even above the operator API's smaller one (the
+        operator limit used to cut alerts off first)."""
+        from fireline.operator.api import create_app
+
+        monkeypatch.setenv("FIRELINE_INGRESS_AUTH", json.dumps(AUTH))
+        monkeypatch.setenv("FIRELINE_INGRESS_MAX_BODY_BYTES", str(64 * 1024))
+        app = create_app(settings.model_copy(update={"api_max_body_bytes": 2048}))
+        server, task, url = await serve(app)
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                paths = (await http.get("/openapi.json")).json()["paths"]
+                assert {"/v1/alerts", "/v1/alerts/alertmanager", "/v1/alerts/pagerduty"} <= set(
+                    paths
+                )
+                doc = {**fixture("generic.json"), "dedup_key": uuid.uuid4().hex}
+                doc["summary"] = "s" * 4000  # over the operator's 2 KiB, under the source's
+                answer = await http.post("/v1/alerts", json=doc, headers=bearer())
+                assert answer.status_code == 202, answer.text
+                operator = await http.post("/runs", content=b"x" * 4096)
+                assert operator.status_code == 413  # the operator routes keep their limit
+                stats = await http.get("/v1/alerts/stats", headers=bearer())
+                assert stats.status_code == 200
+                assert stats.json()["stats"]["routed"] == 1
+        finally:
+            server.should_exit = True
+            await task
 
 
 class TestCli:
@@ -593,7 +671,7 @@ class TestDevMode:
         for dev, expected in ((False, 401), (True, 202)):
             app = FastAPI()
             local = settings.model_copy(update={"dev_mode": dev})
-            app.include_router(alerts_router(local, IngressSettings()))
+            mount_alerts(app, alerts_router(local, IngressSettings()))
             server, task, url = await serve(app)
             try:
                 async with httpx.AsyncClient(base_url=url, timeout=30) as http:

@@ -99,6 +99,10 @@ RUN_REPORTS = "run-reports-status"
 incidents opened before it are read by polling their status query."""
 RUN_PRIORITY = "run-priority"
 """Patch id: runs start with :data:`REMEDIATION_PRIORITY`."""
+STEADY_TIMER = "steady-wake-timer"
+"""Patch id: the wait for the next wake-up keeps one timer while its instant stays the same,
+instead of a new timer (and a cancelled one) on every signal: in an alert storm that was two
+of the six history events each batch of alerts cost."""
 REMEDIATION_PRIORITY = Priority(priority_key=1)
 """A run's tasks (and its activities, which inherit it) go ahead of incident bookkeeping when
 the queues are backlogged, as in a storm: the remediation is what the outage waits for.
@@ -165,6 +169,8 @@ class IncidentWorkflow:
         self._changed = False
         self._poll_now = False
         self._next_poll: datetime | None = None
+        self._wake_timer: asyncio.Task[None] | None = None
+        self._wake_at: datetime | None = None
         self._resolve_pending: tuple[str, str] | None = None
         self._cancel_pending: tuple[str, str] | None = None
         self._guard_decision: Approval | None = None
@@ -270,12 +276,33 @@ class IncidentWorkflow:
         if self._changed or self._poll_now:
             self._changed = False
             return
+        if workflow.patched(STEADY_TIMER):
+            await self._wait_until(min(wake) if wake else None)
+            self._changed = False
+            return
         timeout = None
         if wake:
             timeout = max((min(wake) - workflow.now()).total_seconds(), 0.0)
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(lambda: self._changed or self._poll_now, timeout=timeout)
         self._changed = False
+
+    async def _wait_until(self, at: datetime | None) -> None:
+        """Until something changes or ``at`` comes, on a timer kept across wake-ups."""
+        timer = self._wake_timer
+        if timer is not None and (self._wake_at != at or timer.done()):
+            timer.cancel()
+            timer = None
+        if at is not None and timer is None:
+            seconds = (at - workflow.now()).total_seconds()
+            if seconds <= 0:
+                self._wake_timer = None
+                return
+            timer = asyncio.create_task(asyncio.sleep(seconds))
+        self._wake_timer, self._wake_at = timer, at
+        await workflow.wait_condition(
+            lambda: self._changed or self._poll_now or (timer is not None and timer.done())
+        )
 
     async def _step(self) -> None:
         """One pass: run lifecycle, resolution, ladder; each part idempotent."""

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from fireline.ingress import alertmanager, generic, grafana, pagerduty
@@ -37,6 +37,7 @@ from fireline.ingress.delivery import Ingress, IngressStats, Starter, TemporalSt
 from fireline.ingress.group_commit import CommitTimeout, Overloaded
 from fireline.ingress.routing import RoutingTable
 from fireline.ingress.unrouted import UnroutedSummary
+from fireline.operator.limits import JsonDepth
 from fireline.runtime.settings import Settings
 
 log = structlog.get_logger("fireline.ingress.api")
@@ -63,7 +64,8 @@ def auth_table(config: IngressSettings) -> AuthTable:
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (before reading the rest)."""
+    """The body, refused with 413 as soon as it passes ``limit`` (before reading the rest),
+    or with 400 once it nests deeper than any alert does (counted before any parser recurses)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -73,10 +75,13 @@ async def read_capped(request: Request, limit: int) -> bytes:
             raise _Refusal(400, "Content-Length is not a number") from None
     chunks: list[bytes] = []
     size = 0
+    depth = JsonDepth()
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise _Refusal(413, f"the body is over the {limit}-byte limit")
+        if not depth.feed(chunk):
+            raise _Refusal(400, f"the body nests more than {depth.limit} levels deep")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -174,7 +179,16 @@ class AlertsDoor:
         if not isinstance(scheme, HEADER_SCHEMES):
             self.auth.check(source, request.headers, body)
 
-    async def receive(self, source: str, request: Request, parse: Parse) -> JSONResponse:
+    async def receive(self, source: str, request: Request, parse: Parse) -> Response:
+        """The answer as a response (the FastAPI routes; the fast path uses :meth:`answer`)."""
+        code, body, headers = await self.answer(source, request, parse)
+        return Response(body, code, headers, media_type="application/json")
+
+    async def answer(
+        self, source: str, request: Request, parse: Parse
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """(status, JSON body, extra headers) for one notification: every refusal (401, 400,
+        413, 422, 503) is an answer here, never an exception for the caller to map."""
         deadline = time.monotonic() + self.config.deadline_seconds
         ingress = self.ingress(request)
         try:
@@ -228,7 +242,7 @@ class AlertsDoor:
             self.check_headers(READ, request)
         except Unauthorized as exc:
             challenge = {"WWW-Authenticate": exc.challenge} if exc.challenge else {}
-            return _answer(401, {"detail": str(exc)}, challenge)
+            return JSONResponse({"detail": str(exc)}, 401, challenge)
         return None
 
     async def aclose(self) -> None:
@@ -236,8 +250,21 @@ class AlertsDoor:
             await self._ingress.aclose()
 
 
-def _answer(code: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=code, content=body, headers=headers)
+def _answer(
+    code: int, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    """JSON encoded as Starlette's JSONResponse encodes it."""
+    text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return code, text.encode(), headers or {}
+
+
+WEBHOOKS: dict[str, tuple[str, Parse]] = {
+    "/alertmanager": ("alertmanager", _am),
+    "/grafana": ("grafana", _grafana),
+    "/pagerduty": ("pagerduty", _pd),
+    "": ("generic", _generic),
+}
+"""Path under ``/v1/alerts`` -> (source, parser): the webhook POSTs, for both lanes."""
 
 
 class StatsAnswer(BaseModel):
@@ -269,22 +296,22 @@ def alerts_router(
     }
 
     @router.post("/alertmanager", status_code=status.HTTP_202_ACCEPTED, responses=responses)
-    async def from_alertmanager(request: Request) -> JSONResponse:
+    async def from_alertmanager(request: Request) -> Response:
         """Prometheus Alertmanager webhook (version 4)."""
         return await door.receive("alertmanager", request, _am)
 
     @router.post("/grafana", status_code=status.HTTP_202_ACCEPTED, responses=responses)
-    async def from_grafana(request: Request) -> JSONResponse:
+    async def from_grafana(request: Request) -> Response:
         """Grafana alerting webhook contact point (version 1)."""
         return await door.receive("grafana", request, _grafana)
 
     @router.post("/pagerduty", status_code=status.HTTP_202_ACCEPTED, responses=responses)
-    async def from_pagerduty(request: Request) -> JSONResponse:
+    async def from_pagerduty(request: Request) -> Response:
         """PagerDuty v3 webhook subscription."""
         return await door.receive("pagerduty", request, _pd)
 
     @router.post("", status_code=status.HTTP_202_ACCEPTED, responses=responses)
-    async def from_generic(request: Request) -> JSONResponse:
+    async def from_generic(request: Request) -> Response:
         """The generic JSON alert (see fireline.ingress.generic for its fields)."""
         return await door.receive("generic", request, _generic)
 

@@ -5,8 +5,9 @@ or an OIDC JWT, see :mod:`fireline.operator.auth`); the person acting is the one
 and each decision they make is signed for the workflow to verify. Failures map to status codes
 the way an operator expects: a refused decision is 409 with the workflow's reason, an unknown
 run or playbook 404, a playbook that does not compile 422 with every problem, bad inputs 400,
-an unreachable Temporal 503. Alert webhooks will live on their
-own router next to the operator one.
+an unreachable Temporal 503. Alert webhooks live on their own router
+(:mod:`fireline.operator.alerts_api`), reached through a lane of their own
+(:mod:`fireline.operator.alerts_fast_path`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from fireline.errors import CompileError
 from fireline.identity import signing
 from fireline.identity.keys import load_decision_key
 from fireline.messages import DecisionAction, RunState, StepState
-from fireline.operator import alerts_api, incidents_api, limits, operations
+from fireline.operator import alerts_api, alerts_fast_path, incidents_api, limits, operations
 from fireline.operator.auth import Authenticator, Principal
 from fireline.operator.plan_preview import PlanPreview
 from fireline.plan import InputSpec
@@ -428,6 +429,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return CancelAnswer(workflow_id=workflow_id)
 
     app.include_router(ops)
-    app.include_router(alerts_api.alerts_router(settings, trusted_keys=signer.trusted_keys()))
     app.include_router(incidents_api.router)
+    # Last, so its lane is outermost: alert storms skip the rest of the middleware and routing.
+    alerts_fast_path.mount(
+        app, alerts_api.alerts_router(settings, trusted_keys=signer.trusted_keys())
+    )
     return app
