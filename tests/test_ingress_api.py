@@ -40,6 +40,7 @@ from fireline.incident import (
 )
 from fireline.ingress.config import IngressSettings
 from fireline.operator.alerts_api import alerts_router
+from fireline.operator.alerts_fast_path import LaneApp
 from fireline.operator.alerts_fast_path import mount as mount_alerts
 from fireline.runtime.settings import Settings
 from tests.support.workers import fireline_workers
@@ -150,7 +151,7 @@ async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
 
 @pytest.fixture
 async def api(settings: Settings, workers: None) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
+    app = LaneApp()
     keys = {DECISION_KEY: generate_key()[1]}
     mount_alerts(app, alerts_router(settings, ingress_config(), trusted_keys=keys))
     server, task, url = await serve(app)
@@ -502,7 +503,7 @@ class TestBackpressure:
             await release.wait()
             return "run"
 
-        app = FastAPI()
+        app = LaneApp()
         config = ingress_config(max_pending=1, deadline_seconds=0.5, retry_after_seconds=3)
         mount_alerts(app, alerts_router(settings, config, starter=stuck))
         server, task, url = await serve(app)
@@ -525,7 +526,7 @@ class TestBackpressure:
 
     async def test_temporal_unreachable(self, settings: Settings, tmp_path: Path) -> None:
         down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
-        app = FastAPI()
+        app = LaneApp()
         mount_alerts(app, alerts_router(down, ingress_config()))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
@@ -590,7 +591,7 @@ class TestLanes:
         through the router's own routes, the fast lane's JSON-depth refusal included."""
         routed = FastAPI()
         routed.include_router(alerts_router(settings, ingress_config()))
-        fast = FastAPI()
+        fast = LaneApp()
         mount_alerts(fast, alerts_router(settings, ingress_config()))
         by_router = await self._answers(routed, uuid.uuid4().hex)
         by_lane = await self._answers(fast, uuid.uuid4().hex)
@@ -669,7 +670,7 @@ class TestDevMode:
     ) -> None:
         """No ingress credentials: closed by default, open in dev mode on loopback."""
         for dev, expected in ((False, 401), (True, 202)):
-            app = FastAPI()
+            app = LaneApp()
             local = settings.model_copy(update={"dev_mode": dev})
             mount_alerts(app, alerts_router(local, IngressSettings()))
             server, task, url = await serve(app)

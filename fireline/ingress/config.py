@@ -60,6 +60,17 @@ class IngressSettings(BaseSettings):
             "time); a loaded server answers each call slowly, so throughput needs many in flight"
         ),
     )
+    key_spacing_seconds: float = Field(
+        default=0.15,
+        ge=0,
+        le=5,
+        description=(
+            "least time between the starts of two writes for one incident key: a key's first "
+            "notification is written at once, a storm's are gathered into fewer, larger signals "
+            "(each costs the server a write and the incident a task); a storm's answers wait "
+            "up to this much longer"
+        ),
+    )
     retry_after_seconds: int = Field(default=2, ge=1, le=3600)
     unrouted_max_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
     reload_seconds: float = Field(

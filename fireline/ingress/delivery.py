@@ -130,6 +130,7 @@ class Ingress:
             max_batch=config.max_batch,
             max_batch_bytes=config.max_batch_bytes,
             max_in_flight=config.max_in_flight,
+            spacing=config.key_spacing_seconds,
             retry_after=config.retry_after_seconds,
         )
         self.unrouted_log: GroupCommitter[Alert] = GroupCommitter(
@@ -211,10 +212,13 @@ class Ingress:
             waits.append(
                 self.unrouted_log.submit(UNROUTED_KEY, unrouted, remaining, share * len(unrouted))
             )
-        results = await asyncio.gather(*waits, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        if len(waits) == 1:  # the usual notification: one incident key, no task to gather
+            await waits[0]
+        else:
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         self._routed += sum(len(v) for v in by_key.values())
         self._unrouted += len(unrouted)
         if unrouted:

@@ -313,7 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         yield
 
-    app = FastAPI(title="Fireline", version=__version__, lifespan=lifespan)
+    app = alerts_fast_path.LaneApp(title="Fireline", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.temporal = temporal
     app.state.authenticate = authenticate
@@ -430,7 +430,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(ops)
     app.include_router(incidents_api.router)
-    # Last, so its lane is outermost: alert storms skip the rest of the middleware and routing.
+    # Alert storms take their own lane, past the middleware and routing of the rest.
     alerts_fast_path.mount(
         app, alerts_api.alerts_router(settings, trusted_keys=signer.trusted_keys())
     )
