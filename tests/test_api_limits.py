@@ -9,6 +9,7 @@ while most of the body is still unsent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -236,26 +237,36 @@ class TestMiddlewareAlone:
         assert response.status_code == 413
 
 
+@contextlib.asynccontextmanager
+async def deadline_server(settings: Settings, seconds: float = 0.5) -> AsyncIterator[int]:
+    """``create_app`` under uvicorn with the head-deadline protocol, on a loopback port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        create_app(settings),
+        http=head_deadline_protocol(seconds),
+        log_config=None,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:  # noqa: ASYNC110  (uvicorn exposes only a flag)
+            await asyncio.sleep(0.02)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
 class TestSlowClients:
     async def test_pipelined_requests_are_served_then_the_deadline_holds(
         self, fl_settings: Settings
     ) -> None:
         """Two requests in one write are both answered; after them the connection has the
         head deadline again (a third head left unfinished is cut off)."""
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(fl_settings),
-            http=head_deadline_protocol(0.5),
-            log_config=None,
-            lifespan="off",
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            while not server.started:  # noqa: ASYNC110  (uvicorn exposes only a flag)
-                await asyncio.sleep(0.02)
+        async with deadline_server(fl_settings) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             head = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
             writer.write(head + head)
@@ -265,28 +276,11 @@ class TestSlowClients:
             await writer.drain()
             received = await asyncio.wait_for(reader.read(), timeout=10)  # until closed
             writer.close()
-            assert received.count(b"HTTP/1.1 200 OK") == 2
-        finally:
-            server.should_exit = True
-            await task
-            sock.close()
+        assert received.count(b"HTTP/1.1 200 OK") == 2
 
     async def test_a_request_head_that_trickles_in_is_cut_off(self, fl_settings: Settings) -> None:
         """A client sending its headers too slowly is disconnected; a prompt one is served."""
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(fl_settings),
-            http=head_deadline_protocol(0.5),
-            log_config=None,
-            lifespan="off",
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            while not server.started:  # noqa: ASYNC110  (uvicorn exposes only a flag)
-                await asyncio.sleep(0.02)
+        async with deadline_server(fl_settings) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
             await writer.drain()
@@ -298,7 +292,32 @@ class TestSlowClients:
                 await asyncio.sleep(0.1)
                 again = await http.get("/openapi.json")  # the same kept-alive connection
             assert (first.status_code, again.status_code) == (200, 200)
-        finally:
-            server.should_exit = True
-            await task
-            sock.close()
+
+    @pytest.mark.parametrize(
+        "framing",
+        [
+            b"Content-Length: 2\r\nContent-Length: 40\r\n",
+            b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+        ],
+        ids=["two-lengths", "length-and-chunked"],
+    )
+    async def test_an_alert_with_ambiguous_framing_is_refused(
+        self, fl_settings: Settings, framing: bytes
+    ) -> None:
+        """The alert lane skips the app's body middleware, so the parser must refuse bodies a
+        proxy in front could frame differently (request smuggling): 400, connection closed,
+        nothing read as a second request."""
+        async with deadline_server(fl_settings) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            smuggled = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+            writer.write(
+                b"POST /v1/alerts HTTP/1.1\r\nHost: x\r\n"
+                + framing
+                + b"Content-Type: application/json\r\n\r\n{}"
+                + smuggled
+            )
+            await writer.drain()
+            received = await asyncio.wait_for(reader.read(), timeout=10)
+            writer.close()
+        assert received.startswith(b"HTTP/1.1 400 ")
+        assert b"openapi" not in received
