@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from fireline.catalog.routes import (
     route_alert,
     service_routes,
 )
-from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from fireline.ingress.routing import RoutingTable
 from fireline.runtime.settings import Settings
 
@@ -169,39 +167,6 @@ class TestRoutingTable:
         table.refresh()
         assert [name for name, _ in table.routes] == ["fine"]
         assert table.problems[0].startswith("service broken:")
-
-    def test_remembered_routes_follow_the_alert_and_the_catalog(self, tmp_path: Path) -> None:
-        """Routes are remembered per alert, never across a difference routing reads (a label
-        the key is built from) and never across a catalog reload."""
-        catalog = tmp_path / "catalog.yaml"
-        route = "routes: [{matchers: ['alertname=\"Down\"'], incident_key: '{labels.host}'}]"
-        catalog.write_text(f"roles: {{}}\nservices:\n  first:\n    {route}\n")
-        table = RoutingTable(Settings(playbooks_dir=tmp_path), reload_seconds=0)
-        table.refresh()
-
-        def down(host: str, n: int) -> Alert:
-            return Alert(
-                source=AlertSource.generic,
-                notification_id=f"n{n}",
-                group_key="g",
-                status=AlertStatus.firing,
-                name="Down",
-                labels={"alertname": "Down", "host": host},
-                received_at=datetime.now(UTC),
-            )
-
-        first = table.route(down("a", 1))
-        assert first is not None
-        assert table.route(down("a", 2)) == first  # another notification, the same route
-        other = table.route(down("b", 3))
-        assert other is not None
-        assert (first.incident_key, other.incident_key) == ("a", "b")
-        catalog.write_text(f"roles: {{}}\nservices:\n  second:\n    {route}\n")
-        os.utime(catalog, (time.time() + 5, time.time() + 5))
-        table.refresh()
-        again = table.route(down("a", 4))
-        assert again is not None
-        assert again.service == "second"
 
     def test_reload_on_change(self, tmp_path: Path) -> None:
         catalog = tmp_path / "catalog.yaml"

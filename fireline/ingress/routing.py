@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("fireline.ingress.routing")
 
-ROUTE_MEMORY = 4096
-"""Distinct alerts (by what routing reads of them) whose route is remembered."""
-
 
 def facts(alert: Alert) -> AlertFacts:
     return AlertFacts(
@@ -64,7 +61,6 @@ class RoutingTable:
         self.routes: list[tuple[str, list[Route]]] = []
         self.problems: list[str] = []
         self._plans: dict[str, Plan | None] = {}
-        self._matches: dict[tuple[Any, ...], RouteMatch | None] = {}
 
     def due(self) -> bool:
         return self.library is None or time.monotonic() - self._checked >= self.reload_seconds
@@ -96,31 +92,9 @@ class RoutingTable:
                 log.error("route does not validate; its alerts stay unrouted", service=name)
         self.library, self.catalog, self.routes, self.problems = library, catalog, routes, problems
         self._plans = {}
-        self._matches = {}
 
     def route(self, alert: Alert) -> RouteMatch | None:
-        """The first route that takes ``alert``; remembered by what routing reads of it.
-
-        A storm repeats the same few alerts thousands of times (only their ids differ), and
-        matching every route's matchers was a tenth of the API's CPU per notification. The
-        memory is bounded and forgotten whenever the catalog reloads."""
-        key = (
-            alert.source,
-            alert.name,
-            alert.group_key,
-            alert.severity,
-            frozenset(alert.labels.items()),
-            frozenset(alert.annotations.items()),
-        )
-        try:
-            return self._matches[key]
-        except KeyError:
-            pass
-        match = route_alert(facts(alert), self.routes)
-        if len(self._matches) >= ROUTE_MEMORY:
-            del self._matches[next(iter(self._matches))]  # the oldest
-        self._matches[key] = match
-        return match
+        return route_alert(facts(alert), self.routes)
 
     def plan(self, playbook: str | None) -> Plan | None:
         """The compiled plan, cached; a playbook that does not compile opens without a run."""
