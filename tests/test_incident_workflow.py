@@ -410,6 +410,19 @@ def with_plan(
     ).model_copy(update={"run_poll_s": 1.0, "run_poll_max_s": 2.0})
 
 
+async def open_planned(
+    client: Client,
+    prefix: str,
+    tmp_path: Path,
+    playbook: str,
+    service: dict[str, Any],
+    paging: Target,
+) -> WorkflowHandle[Any, Any]:
+    """A new incident routed to ``playbook`` against ``paging``, opened by one alert."""
+    start = with_plan(tmp_path, playbook, service, prefix, paging.base_url, key())
+    return await open_incident(client, prefix, start, alert())
+
+
 class TestGateLadder:
     async def test_gate_pages_its_tier_then_the_next(
         self,
@@ -636,18 +649,12 @@ class TestGuard:
         paging.route("POST", "/restart", Reply(200))
         service = guarded(max_runs=1, window="1h")
         async with fireline_workers(env.client, task_queue_prefix):
-            one = await open_incident(
-                env.client,
-                task_queue_prefix,
-                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
-                alert(),
+            one = await open_planned(
+                env.client, task_queue_prefix, tmp_path, PLAIN, service, paging
             )
             first = await until(one, lambda s: s.run.phase == "succeeded", "first run done")
-            two = await open_incident(
-                env.client,
-                task_queue_prefix,
-                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
-                alert(),
+            two = await open_planned(
+                env.client, task_queue_prefix, tmp_path, PLAIN, service, paging
             )
             held = await until(
                 two, lambda s: s.escalation.gate_step == "guard" and len(s.pages) == 2, "held"
@@ -683,11 +690,8 @@ class TestGuard:
         paging.route("POST", "/restart", Reply(200))
         service = guarded(blast_budget=0)
         async with fireline_workers(env.client, task_queue_prefix):
-            handle = await open_incident(
-                env.client,
-                task_queue_prefix,
-                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
-                alert(),
+            handle = await open_planned(
+                env.client, task_queue_prefix, tmp_path, PLAIN, service, paging
             )
             held = await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
             await handle.execute_update(
@@ -716,20 +720,14 @@ class TestGuard:
         paging.route("GET", "/health", Reply(500))
         service = guarded(max_runs=10)
         async with fireline_workers(env.client, task_queue_prefix):
-            one = await open_incident(
-                env.client,
-                task_queue_prefix,
-                with_plan(tmp_path, VERIFIED, service, task_queue_prefix, paging.base_url, key()),
-                alert(),
+            one = await open_planned(
+                env.client, task_queue_prefix, tmp_path, VERIFIED, service, paging
             )
             failed = await until(one, lambda s: s.phase is IncidentPhase.failed, "run failed")
             opened = await ledger(env, task_queue_prefix)
             paging.route("GET", "/health", Reply(200))
-            two = await open_incident(
-                env.client,
-                task_queue_prefix,
-                with_plan(tmp_path, VERIFIED, service, task_queue_prefix, paging.base_url, key()),
-                alert(),
+            two = await open_planned(
+                env.client, task_queue_prefix, tmp_path, VERIFIED, service, paging
             )
             held = await until(two, lambda s: s.escalation.gate_step == "guard", "held")
             await two.execute_update(UPDATE_APPROVE, Approval(step="guard", approver="carol"))
@@ -812,11 +810,8 @@ class TestGuard:
         env = time_skipping_env
         service = guarded(max_runs=0)
         async with fireline_workers(env.client, task_queue_prefix):
-            handle = await open_incident(
-                env.client,
-                task_queue_prefix,
-                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
-                alert(),
+            handle = await open_planned(
+                env.client, task_queue_prefix, tmp_path, PLAIN, service, paging
             )
             await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
             held = await ledger(env, task_queue_prefix)
@@ -1342,11 +1337,8 @@ class TestIncidentRightsEnforced:
         paging.route("POST", "/restart", Reply(200))
         service = guarded(blast_budget=0)
         async with fireline_workers(env.client, task_queue_prefix):
-            handle = await open_incident(
-                env.client,
-                task_queue_prefix,
-                with_plan(tmp_path, PLAIN, service, task_queue_prefix, paging.base_url, key()),
-                alert(),
+            handle = await open_planned(
+                env.client, task_queue_prefix, tmp_path, PLAIN, service, paging
             )
             await until(handle, lambda s: s.escalation.gate_step == "guard", "held")
             await handle.execute_update(UPDATE_ACK, Ack(by="bob", comment="looking"))

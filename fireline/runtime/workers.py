@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import structlog
 from temporalio.client import Client
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from fireline.incident import GUARD_QUEUE_SUFFIX
@@ -169,17 +169,18 @@ def build_workers(
 
         checks, sets = bind_activities(registry.for_worker([], local_checks=True), settings)
         instances += sets
+
+        def runner() -> WorkflowRunner:
+            sandboxed = settings.workflow_sandbox
+            return SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner()
+
         workers.append(
             Worker(
                 client,
                 task_queue=settings.workflow_task_queue,
                 workflows=WORKFLOWS,
                 activities=checks,
-                workflow_runner=(
-                    SandboxedWorkflowRunner()
-                    if settings.workflow_sandbox
-                    else UnsandboxedWorkflowRunner()
-                ),
+                workflow_runner=runner(),
                 interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 **tuning.workflow_worker(),
@@ -190,11 +191,7 @@ def build_workers(
                 client,
                 task_queue=settings.workflow_task_queue + GUARD_QUEUE_SUFFIX,
                 workflows=[GuardWorkflow],
-                workflow_runner=(
-                    SandboxedWorkflowRunner()
-                    if settings.workflow_sandbox
-                    else UnsandboxedWorkflowRunner()
-                ),
+                workflow_runner=runner(),
                 interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 max_concurrent_workflow_task_polls=GUARD_POLLERS,
