@@ -322,6 +322,26 @@ class TestRunStack:
         with pytest.raises(DevServerError, match=f"pid {info.server_pid}\\) exited with code -9"):
             await asyncio.wait_for(stack, timeout=60)
 
+    async def test_workers_that_cannot_drain_after_the_server_died_are_cut_off(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Once the dev server has died, a worker stuck retrying against it is cancelled after
+        the bound, and the server's death is what the stack reports. Plain tasks stand in for
+        the worker (a worker's hang needs a server dying mid-start, too rare to stage)."""
+        from fireline.runtime import stack
+
+        monkeypatch.setattr(stack, "DEAD_SERVER_DRAIN_S", 0.2)
+
+        async def died() -> None:
+            raise DevServerError("the temporal dev server (pid 1) exited with code -9")
+
+        server = asyncio.create_task(died(), name="dev-server")
+        stuck = asyncio.create_task(asyncio.Event().wait(), name="fireline-workers")
+        await asyncio.sleep(0)
+        results = await asyncio.wait_for(stack._settle([stuck, server]), timeout=10)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert isinstance(results[1], DevServerError)
+
     async def test_api_port_in_use_is_refused(self, tmp_path: Path, listener: int) -> None:
         """A taken API port fails before any server is started."""
         settings = make_settings(tmp_path, temporal_address=f"127.0.0.1:{free_port_with_ui()}")

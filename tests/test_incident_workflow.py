@@ -20,7 +20,7 @@ import pytest
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -408,6 +408,23 @@ def with_plan(
         inputs={"base": base},
         task_queue_prefix=prefix,
     ).model_copy(update={"run_poll_s": 1.0, "run_poll_max_s": 2.0})
+
+
+async def deliver(handle: WorkflowHandle[Any, Any], batch: AlertBatch) -> None:
+    """Signal ``batch`` as a sender would, sending again while the incident continues as new.
+
+    The time-skipping test server's continue-as-new is not atomic (temporalio/sdk-java#1538):
+    a signal sent in that window is refused NOT_FOUND, where Temporal's own server takes it.
+    Sending again is safe: the incident dedupes a batch by its id.
+    """
+    for attempt in range(40):
+        try:
+            await handle.signal(SIGNAL_ALERTS, batch)
+            return
+        except RPCError as exc:
+            if exc.status is not RPCStatusCode.NOT_FOUND or attempt == 39:
+                raise
+            await asyncio.sleep(0.05)
 
 
 async def open_planned(
@@ -911,10 +928,8 @@ class TestLongLived:
             await until(handle, lambda s: len(s.pages) == 2, "tier 1 paged")
             for n in range(1, 41):
                 status = "resolved" if n % 2 else "firing"
-                await handle.signal(
-                    SIGNAL_ALERTS, AlertBatch(batch_id=f"b{n}", alerts=[alert(status, n=n)])
-                )
-            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="again", alerts=[alert(n=40)]))
+                await deliver(handle, AlertBatch(batch_id=f"b{n}", alerts=[alert(status, n=n)]))
+            await deliver(handle, AlertBatch(batch_id="again", alerts=[alert(n=40)]))
             latest = env.client.get_workflow_handle(handle.id)  # the newest run, not the first
             state = await until(
                 latest,
@@ -944,7 +959,7 @@ class TestLongLived:
                 big = [
                     alert(n=n * 10 + i).model_copy(update={"summary": "x" * 3000}) for i in range(4)
                 ]
-                await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id=f"b{n}", alerts=big))
+                await deliver(handle, AlertBatch(batch_id=f"b{n}", alerts=big))
             latest = env.client.get_workflow_handle(handle.id)
             state = await until(
                 latest,

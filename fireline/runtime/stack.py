@@ -105,6 +105,9 @@ PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger("fireline.runtime.stack")
 
+DEAD_SERVER_DRAIN_S = 15.0
+"""How long the workers may take to stop once the dev server under them has died."""
+
 
 def _prctl() -> Callable[..., int] | None:
     """libc's prctl, resolved before any fork (a forked child should do as little as possible)."""
@@ -793,6 +796,24 @@ async def _watch_server(server: DevServer, stop: asyncio.Event) -> None:
         )
 
 
+async def _settle(tasks: list[asyncio.Task[Any]]) -> list[Any]:
+    """Every task's result or error, once all have ended.
+
+    With the dev server dead, the workers cannot drain against it (a worker still starting
+    retries its first call for minutes): after :data:`DEAD_SERVER_DRAIN_S` they are cancelled,
+    so the stack ends and says why instead of hanging."""
+    dead = any(
+        t.get_name() == "dev-server" and t.done() and not t.cancelled() and t.exception()
+        for t in tasks
+    )
+    if dead:
+        _, pending = await asyncio.wait(tasks, timeout=DEAD_SERVER_DRAIN_S)
+        for task in pending:
+            log.warning("cancelled: the dev server is gone", task=task.get_name())
+            task.cancel()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _serve(
     settings: Settings,
     client: Client,
@@ -840,7 +861,7 @@ async def _serve(
         if api is not None:
             await asyncio.shield(api.stop())
         workers_stop.set()
-        results = await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+        results = await asyncio.shield(_settle(tasks))
     failures = [r for r in results if isinstance(r, BaseException)]
     # A dead server is the cause of whatever the workers then failed with: name it first.
     failures.sort(key=lambda r: not isinstance(r, DevServerError))
