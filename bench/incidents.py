@@ -44,6 +44,7 @@ from fireline.incident import (
     IncidentState,
     incident_start,
     incident_workflow_id,
+    search_attributes,
 )
 from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from fireline.messages import (
@@ -172,6 +173,7 @@ class Incidents:
             start_signal_args=[_alert(key)],
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=search_attributes(start),
         )
 
     async def open_raw(self, key: str) -> WorkflowHandle[Any, Any]:

@@ -45,6 +45,7 @@ from fireline.incident import (
     AlertBatch,
     IncidentState,
     incident_start,
+    search_attributes,
 )
 from fireline.incident import QUERY_STATUS as INCIDENT_STATUS
 from fireline.ingress.alert import Alert, AlertSource, AlertStatus
@@ -277,6 +278,9 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
 INCIDENT = "incident_guarded"
 """An incident with a routed run: opened, paged, admitted by the guard, acknowledged, its run
 succeeded, resolved by its alert."""
+LABELLED = "incident_labelled"
+"""The same incident opened as ingress opens it since the patch baseline: its search
+attributes set at start, so it records the one baseline marker and writes no labels itself."""
 GUARD = "guard_ledger"
 """The service's guard as that incident left it: an admission and the run's outcome."""
 INCIDENT_CATALOG = {
@@ -312,7 +316,9 @@ async def until_incident(
         await asyncio.sleep(0.1)
 
 
-async def record_incident(client: Client, target: Target, out: Path) -> None:
+async def record_incident(
+    client: Client, target: Target, out: Path, labelled: bool = False
+) -> None:
     target.route("POST", "/page", Reply(200))
     target.route("POST", "/a", Reply(200))
     prefix = f"rec-{uuid.uuid4().hex[:8]}"
@@ -326,16 +332,17 @@ async def record_incident(client: Client, target: Target, out: Path) -> None:
         plan=plan,
         inputs={"base": target.base_url},
         task_queue_prefix=prefix,
-    ).model_copy(update={"upsert_search_attributes": False, "run_poll_s": 1.0})
+    ).model_copy(update={"upsert_search_attributes": labelled, "run_poll_s": 1.0})
     settings = Settings(targets={"webhook": {"default": {"url": target.url("/page")}}})
     async with fireline_workers(client, prefix, settings=settings):
         handle = await client.start_workflow(
             INCIDENT_WORKFLOW,
             start,
-            id=history_id(INCIDENT),
+            id=history_id(out.stem),
             task_queue=prefix,
             start_signal=SIGNAL_ALERTS,
             start_signal_args=[_alert("firing")],
+            search_attributes=search_attributes(start) if labelled else None,
         )
         await until_incident(handle, lambda s: len(s.pages) == 2)
         await handle.execute_update(UPDATE_ACK, Ack(by="alice"), result_type=IncidentState)
@@ -346,7 +353,10 @@ async def record_incident(client: Client, target: Target, out: Path) -> None:
         guard = await client.get_workflow_handle(
             guard_workflow_id("payments", prefix)
         ).fetch_history()
-    for path, recorded in ((out, history), (out.with_name(f"{GUARD}.json"), guard)):
+    recordings = [(out, history)]
+    if not labelled:
+        recordings.append((out.with_name(f"{GUARD}.json"), guard))
+    for path, recorded in recordings:
         path.write_text(json.dumps(recorded.to_json_dict(), indent=1) + "\n")
         print(f"recorded {path.name}: {len(recorded.events)} events")
 
@@ -374,6 +384,12 @@ async def main(names: list[str]) -> None:
             target = start_target()
             try:
                 await record_incident(env.client, target, HERE / f"{INCIDENT}.json")
+            finally:
+                target.close()
+        if not names or LABELLED in names:
+            target = start_target()
+            try:
+                await record_incident(env.client, target, HERE / f"{LABELLED}.json", labelled=True)
             finally:
                 target.close()
     finally:

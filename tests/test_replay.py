@@ -42,7 +42,8 @@ class TestReplay:
         """Histories exist for success, rollback, gates, ask, parallel/include, cancel, a run
         judged by decision rights (forged signal, signed approvals, a reopened gate), and an
         incident (paged, admitted by the guard, acknowledged, its run done, resolved) with the
-        guard it asked."""
+        guard it asked, and that incident again as ingress opens it now (labelled at start, one
+        patch baseline)."""
         assert {p.stem for p in HISTORIES} >= {
             "succeeded",
             "compensated",
@@ -52,6 +53,7 @@ class TestReplay:
             "cancelled",
             "rights_reopened",
             "incident_guarded",
+            "incident_labelled",
             "guard_ledger",
         }
 

@@ -103,6 +103,13 @@ STEADY_TIMER = "steady-wake-timer"
 """Patch id: the wait for the next wake-up keeps one timer while its instant stays the same,
 instead of a new timer (and a cancelled one) on every signal: in an alert storm that was two
 of the six history events each batch of alerts cost."""
+BASELINE = "baseline-2026-12"
+"""Patch id standing for every patch above: an incident that records it takes all their new
+paths and records none of their markers. Each patch marker costs a history event and a
+search-attribute write (the SDK upserts ``TemporalChangeVersion`` for every patch id), and
+visibility writes are the dev server's dearest work in a storm of new incidents. Incidents
+that recorded the older markers replay by them. A patch added later is recorded on its own,
+until the next baseline folds it in."""
 REMEDIATION_PRIORITY = Priority(priority_key=1)
 """A run's tasks (and its activities, which inherit it) go ahead of incident bookkeeping when
 the queues are backlogged, as in a storm: the remediation is what the outage waits for.
@@ -185,7 +192,11 @@ class IncidentWorkflow:
         self._gate_steps: set[str] = set()
         self._gate_previews: dict[str, str] = {}
         """One-line previews of the run's waiting gates, from its status (for the pages)."""
+        self._baseline: bool | None = None
         self._sa_phase: str | None = None
+        if start.carried is None:
+            # A starter that set the labels (ingress does) set the phase the first task enters.
+            self._sa_phase = info.typed_search_attributes.get(SA_PHASE_KEY)
         self._tasks: list[asyncio.Task[Any]] = []
         self._poll_every = start.run_poll_s
         self._last_view = ""
@@ -247,6 +258,14 @@ class IncidentWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._s
 
+    def _patched(self, patch_id: str) -> bool:
+        """``workflow.patched``, unless this incident recorded :data:`BASELINE`, which stands
+        for it. Every patch of this workflow goes through here, so the baseline is asked first
+        wherever a patch is first asked, on replay as on the first run."""
+        if self._baseline is None:
+            self._baseline = workflow.patched(BASELINE)
+        return self._baseline or workflow.patched(patch_id)
+
     def _closed(self) -> bool:
         return self._s.phase is IncidentPhase.resolved or (
             self._s.phase is IncidentPhase.failed and self._s.resolution is not None
@@ -261,7 +280,7 @@ class IncidentWorkflow:
         # Growth, not size: the carried state alone (timeline, recent alerts) can be large, and
         # a new run that starts over the limit must not continue again at once.
         grown = info.get_current_history_size() - self._base_size
-        return grown > self._start.history_bytes_limit and workflow.patched(HISTORY_BYTES)
+        return grown > self._start.history_bytes_limit and self._patched(HISTORY_BYTES)
 
     async def _sleep(self) -> None:
         # A finished run is not polled again (see _step): its last poll time, now in the past,
@@ -276,7 +295,7 @@ class IncidentWorkflow:
         if self._changed or self._poll_now:
             self._changed = False
             return
-        if workflow.patched(STEADY_TIMER):
+        if self._patched(STEADY_TIMER):
             await self._wait_until(min(wake) if wake else None)
             self._changed = False
             return
@@ -396,7 +415,7 @@ class IncidentWorkflow:
             self._s.guard_approved_by = approved_by
         self._close_gate(GUARD_STEP)
         self._guard_slot = False  # the run's outcome settles the entry
-        self._reports = workflow.patched(RUN_REPORTS)
+        self._reports = self._patched(RUN_REPORTS)
         child_id = f"{self._s.incident_id}.run-{workflow.uuid4().hex[:8]}"
         self._s.run.workflow_id = child_id
         self._s.run.phase = "running"
@@ -416,7 +435,7 @@ class IncidentWorkflow:
                 report_to=workflow.info().workflow_id if self._reports else None,
             ),
             id=child_id,
-            priority=REMEDIATION_PRIORITY if workflow.patched(RUN_PRIORITY) else Priority(),
+            priority=REMEDIATION_PRIORITY if self._patched(RUN_PRIORITY) else Priority(),
             task_queue=self._start.task_queue_prefix,
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary=f"{plan.name} for incident {self._s.key}",
@@ -577,7 +596,7 @@ class IncidentWorkflow:
         if phase is IncidentPhase.resolved:
             self._s.contained_at = self._s.contained_at or self._s.resolved_at
         self._event("resolved" if phase is IncidentPhase.resolved else "closed", why, actor=by)
-        if self._guard_slot and workflow.patched(GUARD_RELEASE):
+        if self._guard_slot and self._patched(GUARD_RELEASE):
             self._release_guard_slot()
 
     def _release_guard_slot(self) -> None:
@@ -870,7 +889,7 @@ class IncidentWorkflow:
             source == "fireline"
             and run_id is not None
             and s.run.phase not in _TERMINAL_RUN
-            and workflow.patched("separate-late-acknowledger")
+            and self._patched("separate-late-acknowledger")
         ):
             # The run was started before this ack: tell it, so the acknowledger may not also
             # approve its high/critical steps (separation of duties).

@@ -86,18 +86,53 @@ class TemporalStarter:
 
     ``USE_EXISTING``: an open incident for the key takes the batch; ``ALLOW_DUPLICATE``: a key
     whose incident has closed opens a new one (its start input names the previous run).
+
+    A new incident starts with its search attributes set (service, severity, key, playbook,
+    phase), so its first task writes none. A namespace that lacks them (nobody ran
+    ``fireline up`` or ``fireline worker`` against it) refuses such a start: the starter then
+    opens incidents without them, and tells each incident not to set them either, so that a
+    missing registration costs the UI's filters, never an alert.
     """
 
     def __init__(self, client: Callable[[], Awaitable[Client]], task_queue: str) -> None:
         self._client = client
         self.task_queue = task_queue
+        self.labels = True
+        """False once the namespace refused Fireline's search attributes."""
 
     async def __call__(self, key: str, start: IncidentStart, batch: AlertBatch) -> str:
-        from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-
-        from fireline.incident import INCIDENT_WORKFLOW, SIGNAL_ALERTS, incident_workflow_id
+        from temporalio.service import RPCError
 
         client = await self._client()
+        if self.labels and start.upsert_search_attributes:
+            try:
+                return await self._start(client, key, start, batch, labelled=True)
+            except RPCError as exc:
+                if not unregistered_attributes(exc):
+                    raise
+                self.labels = False
+                log.warning(
+                    "search attributes not registered: incidents open without them",
+                    namespace=client.namespace,
+                    error=exc.message,
+                    fix="run `fireline worker` or `fireline up` once against this namespace",
+                )
+        if self.labels is False and start.upsert_search_attributes:
+            start = start.model_copy(update={"upsert_search_attributes": False})
+        return await self._start(client, key, start, batch, labelled=False)
+
+    async def _start(
+        self, client: Client, key: str, start: IncidentStart, batch: AlertBatch, labelled: bool
+    ) -> str:
+        from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+        from fireline.incident import (
+            INCIDENT_WORKFLOW,
+            SIGNAL_ALERTS,
+            incident_workflow_id,
+            search_attributes,
+        )
+
         handle = await client.start_workflow(
             INCIDENT_WORKFLOW,
             start,
@@ -107,8 +142,20 @@ class TemporalStarter:
             start_signal_args=[batch],
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=search_attributes(start) if labelled else None,
         )
         return handle.result_run_id or ""
+
+
+def unregistered_attributes(exc: Exception) -> bool:
+    """Whether Temporal refused a start for search attributes the namespace does not have."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    return (
+        isinstance(exc, RPCError)
+        and exc.status == RPCStatusCode.INVALID_ARGUMENT
+        and "search attribute" in exc.message.lower()
+    )
 
 
 class Ingress:

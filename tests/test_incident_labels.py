@@ -1,0 +1,189 @@
+"""Incidents open with their search attributes set by ingress, and write none of their own.
+
+Real dev servers: the session's (Fireline's search attributes registered) and, for the
+fallback, a second one started bare, as a namespace nobody ran ``fireline up`` against.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from fireline.incident import (
+    SA_INCIDENT_KEY,
+    SA_SERVICE,
+    SA_SEVERITY,
+    AlertBatch,
+    IncidentPhase,
+    IncidentStart,
+    incident_workflow_id,
+)
+from fireline.ingress.delivery import TemporalStarter, unregistered_attributes
+from fireline.messages import SA_PHASE, SA_PLAYBOOK
+from fireline.runtime.binaries import temporal_cli
+from tests.support.target import Reply, Target
+from tests.support.workers import fireline_workers
+from tests.test_incident_workflow import PLAIN, alert, key, until, with_plan
+from workflows.incident import BASELINE, RUN_PRIORITY, RUN_REPORTS, STEADY_TIMER
+
+SERVICE = {"escalation": {"levels": [{"tier": 1, "delay": "5m", "targets": [{"person": "al"}]}]}}
+LABELS = {SA_SERVICE, SA_SEVERITY, SA_INCIDENT_KEY, SA_PLAYBOOK}
+
+
+@pytest.fixture
+def paging(monkeypatch: pytest.MonkeyPatch, target: Target) -> Target:
+    target.route("POST", "/page", Reply(200))
+    target.route("POST", "/restart", Reply(200))
+    monkeypatch.setenv(
+        "FIRELINE_TARGETS", json.dumps({"webhook": {"default": {"url": target.url("/page")}}})
+    )
+    return target
+
+
+@pytest.fixture
+async def bare_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server whose namespace has none of Fireline's search attributes."""
+    environment = await WorkflowEnvironment.start_local(
+        ip="127.0.0.1",
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+    )
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
+
+
+def planned(tmp_path: Path, prefix: str, paging: Target) -> IncidentStart:
+    start = with_plan(tmp_path, PLAIN, SERVICE, prefix, paging.base_url, key())
+    return start.model_copy(update={"severity": "critical"})
+
+
+def batch() -> AlertBatch:
+    return AlertBatch(batch_id=uuid.uuid4().hex, alerts=[alert()])
+
+
+def upserted(event: HistoryEvent) -> set[str]:
+    attributes = event.upsert_workflow_search_attributes_event_attributes
+    return set(attributes.search_attributes.indexed_fields)
+
+
+def patches(events: list[HistoryEvent]) -> list[str]:
+    """Patch ids recorded, from the ``core_patch`` markers' details."""
+    out = []
+    for event in events:
+        marker = event.marker_recorded_event_attributes
+        if (
+            event.HasField("marker_recorded_event_attributes")
+            and marker.marker_name == "core_patch"
+        ):
+            out.append(json.loads(marker.details["patch-data"].payloads[0].data)["id"])
+    return out
+
+
+class TestLabelledAtStart:
+    async def test_ingress_sets_them_and_the_first_task_writes_none(
+        self, client: Client, task_queue_prefix: str, paging: Target, tmp_path: Path
+    ) -> None:
+        """The UI filters by the labels from the start; the incident's own tasks upsert no label
+        (only the SDK's patch version) and record one baseline marker for every patch."""
+        start = planned(tmp_path, task_queue_prefix, paging)
+        starter = TemporalStarter(lambda: _ready(client), task_queue_prefix)
+        async with fireline_workers(client, task_queue_prefix):
+            await starter(start.key, start, batch())
+            handle = client.get_workflow_handle(incident_workflow_id(start.key))
+            await until(handle, lambda s: s.run.phase == "succeeded", "run succeeded")
+            described = await handle.describe()
+            history = await handle.fetch_history()
+        attributes = {p.key.name: p.value for p in described.typed_search_attributes}
+        assert starter.labels is True
+        assert attributes[SA_SERVICE] == "payments"
+        assert attributes[SA_SEVERITY] == "critical"
+        assert attributes[SA_INCIDENT_KEY] == start.key
+        assert attributes[SA_PLAYBOOK] == "fix-payments"
+        written = [
+            upserted(e)
+            for e in history.events
+            if e.HasField("upsert_workflow_search_attributes_event_attributes")
+        ]
+        assert all(not (fields & LABELS) for fields in written), written
+        first_child = next(
+            i
+            for i, e in enumerate(history.events)
+            if e.HasField("child_workflow_execution_started_event_attributes")
+        )
+        before = [
+            upserted(e)
+            for e in history.events[:first_child]
+            if e.HasField("upsert_workflow_search_attributes_event_attributes")
+        ]
+        assert before == [{"TemporalChangeVersion"}], "one patch marker's version, no phase"
+        recorded = patches(history.events)
+        assert recorded[0] == BASELINE
+        assert not {RUN_REPORTS, RUN_PRIORITY, STEADY_TIMER} & set(recorded)
+
+    async def test_phase_at_start_is_the_first_tasks(self) -> None:
+        """A phase set at start that the first task would change costs that task a write."""
+        from fireline.incident import search_attributes
+
+        start = IncidentStart.model_validate(_minimal())
+        phase = {p.key.name: p.value for p in search_attributes(start)}[SA_PHASE]
+        assert phase == IncidentPhase.triaging.value
+
+
+class TestUnregistered:
+    async def test_bare_namespace_opens_incidents_without_labels(
+        self, bare_env: WorkflowEnvironment, task_queue_prefix: str, paging: Target, tmp_path: Path
+    ) -> None:
+        """The namespace refuses the labelled start: the alert still opens its incident, which
+        then sets no labels itself (an upsert there would fail every one of its tasks)."""
+        client = bare_env.client
+        start = planned(tmp_path, task_queue_prefix, paging)
+        starter = TemporalStarter(lambda: _ready(client), task_queue_prefix)
+        async with fireline_workers(client, task_queue_prefix):
+            run_id = await starter(start.key, start, batch())
+            handle = client.get_workflow_handle(incident_workflow_id(start.key))
+            state = await until(handle, lambda s: s.run.phase == "succeeded", "run succeeded")
+            second = planned(tmp_path, task_queue_prefix, paging)
+            await starter(second.key, second, batch())  # remembered: no refused start first
+            await until(
+                client.get_workflow_handle(incident_workflow_id(second.key)),
+                lambda s: s.run.phase == "succeeded",
+                "second run succeeded",
+            )
+        assert run_id
+        assert starter.labels is False
+        assert state.phase is not IncidentPhase.failed
+        assert len(state.pages) == 1
+
+    async def test_only_that_refusal_counts(self) -> None:
+        """Any other refusal of a start is the caller's to see, not a reason to drop labels."""
+        from temporalio.service import RPCError, RPCStatusCode
+
+        missing = RPCError(
+            "Namespace default has no mapping defined for search attribute FirelineService",
+            RPCStatusCode.INVALID_ARGUMENT,
+            b"",
+        )
+        other = RPCError("WorkflowId length exceeds limit", RPCStatusCode.INVALID_ARGUMENT, b"")
+        down = RPCError("search attribute service unavailable", RPCStatusCode.UNAVAILABLE, b"")
+        assert unregistered_attributes(missing)
+        assert not unregistered_attributes(other)
+        assert not unregistered_attributes(down)
+
+
+async def _ready(client: Client) -> Client:
+    return client
+
+
+def _minimal() -> dict[str, Any]:
+    return {"key": "k", "service": "s", "policy": {"levels": []}}
