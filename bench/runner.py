@@ -48,7 +48,13 @@ from fireline.messages import (
 from fireline.operator.operations import plan_details
 from fireline.plan import Plan
 from fireline.runtime.settings import Settings
-from fireline.runtime.workers import SDK_DEFAULTS, TUNED, WorkerTuning, build_workers
+from fireline.runtime.workers import (
+    SDK_DEFAULTS,
+    TUNED,
+    WorkerTuning,
+    build_workers,
+    workflow_runner,
+)
 
 RUN_TIMEOUT_S = 300.0
 """No single run (or burst of runs) may take longer than this; the bench fails instead."""
@@ -299,7 +305,8 @@ async def workers(
     client: Client, fireline_queue: str, raw_queue: str, sink: PageSink, tuning: WorkerTuning
 ) -> AsyncIterator[None]:
     """Fireline's workers as the product builds them, and the raw twins' laid out alike, with
-    the same tuning. Fireline pages by webhook to the sink, as the raw twins do."""
+    the same tuning and the same workflow runner (the sandbox alone costs a new run tens of
+    milliseconds). Fireline pages by webhook to the sink, as the raw twins do."""
     settings = Settings(task_queue_prefix=fireline_queue, notify_webhook_url=sink.url)
     fireline_workers, module_sets = build_workers(
         client, settings, ["core"], registry=bench_modules.REGISTRY, tuning=tuning
@@ -309,6 +316,7 @@ async def workers(
             client,
             task_queue=raw_queue,
             workflows=raw.RAW_WORKFLOWS,
+            workflow_runner=workflow_runner(settings),
             **tuning.workflow_worker(),
         ),
         Worker(
