@@ -21,6 +21,8 @@ class PageSink:
     def __init__(self) -> None:
         self.arrivals: dict[str, list[float]] = defaultdict(list)
         self.url = ""
+        self.open: set[asyncio.StreamWriter] = set()
+        """Kept-alive connections, closed when the sink stops so none is cut mid-read."""
 
     def count(self, thread: str) -> int:
         return len(self.arrivals.get(thread, ()))
@@ -31,6 +33,7 @@ class PageSink:
         return seen[n - 1] if len(seen) >= n else None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -50,6 +53,7 @@ class PageSink:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
+            self.open.discard(writer)
             writer.close()
 
 
@@ -63,3 +67,6 @@ async def page_sink() -> AsyncIterator[PageSink]:
         yield sink
     finally:
         server.close()
+        for writer in list(sink.open):
+            writer.close()
+        await server.wait_closed()

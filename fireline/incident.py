@@ -13,25 +13,22 @@ import hashlib
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
+from fireline.catalog.model import Catalog, pin_policy
 from fireline.catalog.services import (
     GuardPolicy,
     PagingChannel,
     PinnedPolicy,
     Service,
-    pin_policy,
 )
 from fireline.identity.signing import SignedDecision
 from fireline.ingress.alert import Alert
 from fireline.messages import SA_PHASE, SA_PLAYBOOK
 from fireline.plan import Person, Plan, Risk
-
-if TYPE_CHECKING:
-    from fireline.catalog.model import Catalog
 
 INCIDENT_WORKFLOW = "IncidentWorkflow"
 GUARD_WORKFLOW = "GuardWorkflow"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from fireline.catalog.model import Catalog
+from fireline.catalog.model import Catalog, pin_policy
 from fireline.catalog.services import (
     PinnedLevel,
     PinnedPolicy,
@@ -15,7 +15,6 @@ from fireline.catalog.services import (
     Service,
     Strategy,
     on_call,
-    pin_policy,
 )
 from fireline.incident import incident_start, incident_workflow_id
 from workflows import escalation

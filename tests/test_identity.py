@@ -18,8 +18,8 @@ from fireline.identity.dev import dev_credential_path, ensure_dev_identity
 from fireline.identity.keys import DecisionKeyError, key_path, load_decision_key, read_key
 from fireline.identity.people import People
 from fireline.identity.tokens import TokenStore, tokens_path
-from fireline.operator.api import Signer
 from fireline.operator.auth import Principal, is_loopback
+from fireline.operator.decision_signing import Signer
 from fireline.runtime.settings import Settings
 
 CATALOG = """

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from fireline.catalog.embargo import EmbargoSpec
 from fireline.catalog.people import PersonSpec
 from fireline.catalog.rights import RightsSpec
-from fireline.catalog.services import Service
+from fireline.catalog.services import PinnedLevel, PinnedPolicy, Service
 from fireline.errors import CompileError
 from fireline.playbook.loader import Problem, read_yaml, validate
 from fireline.playbook.spec import Strict
@@ -94,6 +94,40 @@ class Catalog(Strict):
         for role in self.roles.values():
             names |= set(role.members or ())
         return sorted(names)
+
+
+def pin_policy(catalog: Catalog, service: Service) -> PinnedPolicy:
+    """Snapshot ``service``'s policy, roles resolved to their members now."""
+    policy = service.policy()
+    levels: list[PinnedLevel] = []
+    for level in policy.levels:
+        people: list[str] = []
+        rotation = False
+        for target in level.targets:
+            if target.person is not None:
+                people.append(target.person)
+            elif target.role is not None:
+                role = catalog.roles.get(target.role)
+                members = role.members if role is not None and role.members else []
+                people.extend(members or [f"role:{target.role}"])
+            else:
+                rotation = True
+        deduped = list(dict.fromkeys(people))
+        levels.append(
+            PinnedLevel(
+                tier=level.tier,
+                delay=level.delay,
+                people=deduped,
+                rotation=rotation,
+                strategy=level.strategy,
+            )
+        )
+    return PinnedPolicy(
+        levels=levels,
+        repeat=policy.repeat,
+        ack_timeout=policy.ack_timeout,
+        rotation=service.rotation,
+    )
 
 
 def parse_catalog(path: Path) -> tuple[Catalog | None, list[Problem]]:

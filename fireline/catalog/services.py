@@ -1,7 +1,8 @@
 """Services in the catalog: owner team, responders, on-call rotation, escalation policy, guard.
 
 Routes (label matchers -> playbook) are read by the ingress router; this module gives the
-rest of a service its shape, and :func:`pin_policy` takes the snapshot an incident keeps, so
+rest of a service its shape, and :class:`PinnedPolicy` the snapshot an incident keeps (taken
+by :func:`fireline.catalog.model.pin_policy`, which resolves roles against the catalog), so
 editing the catalog never changes an incident that is already running.
 """
 
@@ -9,15 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
 from fireline.playbook.durations import parse_duration
 from fireline.playbook.spec import Strict
-
-if TYPE_CHECKING:
-    from fireline.catalog.model import Catalog
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 """A duration written as ``15m`` (or plain seconds) in the catalog, kept as seconds."""
@@ -154,40 +152,6 @@ class PinnedPolicy(Strict):
     repeat: int = 0
     ack_timeout: float | None = None
     rotation: Rotation | None = None
-
-
-def pin_policy(catalog: Catalog, service: Service) -> PinnedPolicy:
-    """Snapshot ``service``'s policy, roles resolved to their members now."""
-    policy = service.policy()
-    levels: list[PinnedLevel] = []
-    for level in policy.levels:
-        people: list[str] = []
-        rotation = False
-        for target in level.targets:
-            if target.person is not None:
-                people.append(target.person)
-            elif target.role is not None:
-                role = catalog.roles.get(target.role)
-                members = role.members if role is not None and role.members else []
-                people.extend(members or [f"role:{target.role}"])
-            else:
-                rotation = True
-        deduped = list(dict.fromkeys(people))
-        levels.append(
-            PinnedLevel(
-                tier=level.tier,
-                delay=level.delay,
-                people=deduped,
-                rotation=rotation,
-                strategy=level.strategy,
-            )
-        )
-    return PinnedPolicy(
-        levels=levels,
-        repeat=policy.repeat,
-        ack_timeout=policy.ack_timeout,
-        rotation=service.rotation,
-    )
 
 
 def on_call(rotation: Rotation, at: datetime) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import structlog
@@ -26,11 +26,10 @@ from temporalio.client import Client
 
 from fireline import __version__
 from fireline.errors import CompileError
-from fireline.identity import signing
-from fireline.identity.keys import load_decision_key
 from fireline.messages import DecisionAction, RunState, StepState
 from fireline.operator import alerts_api, alerts_fast_path, incidents_api, limits, operations
 from fireline.operator.auth import Authenticator, Principal
+from fireline.operator.decision_signing import Signer, step_inputs
 from fireline.operator.plan_preview import PlanPreview
 from fireline.plan import InputSpec
 from fireline.runtime.client import make_client
@@ -235,65 +234,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(operations.OperationError, upstream)
 
 
-class Signer:
-    """Signs what a verified person decided, bound to the step's inputs as the run shows them.
-
-    The digest is taken from the run's own status query just before the decision is sent, so
-    an approval covers exactly the inputs the approver could see; unverified (development)
-    identities get no signature, and the workflow records them as unverified.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.key = load_decision_key(settings)
-
-    def trusted_keys(self) -> dict[str, str]:
-        return self.key.trusted(self.settings.decision_trusted_keys)
-
-    def sign(
-        self,
-        who: Principal,
-        workflow_id: str,
-        step: str,
-        action: signing.DecisionAction,
-        inputs: dict[str, Any] | None,
-    ) -> signing.SignedDecision | None:
-        """None for an unverified person; ``inputs`` None: a decision no inputs apply to
-        (a cancel), signed with an empty digest."""
-        if not who.verified:
-            return None
-        claim = signing.DecisionClaim(
-            workflow_id=workflow_id,
-            step=step,
-            action=action,
-            person=who.person,
-            inputs_digest=signing.inputs_digest(inputs) if inputs is not None else "",
-            expires_at=datetime.now(UTC) + timedelta(seconds=self.settings.decision_ttl_seconds),
-        )
-        return signing.sign_decision(claim, self.key.private, self.key.key_id)
-
-
-async def _step_inputs(
-    c: Client, workflow_id: str, step: str, seen_digest: str | None = None
-) -> dict[str, Any]:
-    """The step's resolved inputs as the run reports them ({} when none or for a step it does
-    not know: the workflow refuses an unknown step with its own reason).
-
-    With ``seen_digest``, refuses when they are no longer the inputs the decider looked at.
-    """
-    state = await operations.status(c, workflow_id)
-    try:
-        inputs = state.step(step).inputs or {}
-    except KeyError:
-        inputs = {}
-    if seen_digest is not None and seen_digest != signing.inputs_digest(inputs):
-        raise operations.OperationRefused(
-            f"the inputs of step {step!r} changed since you looked "
-            f"(now {signing.inputs_digest(inputs)[:12]}); look again and decide anew"
-        )
-    return inputs
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; ``uvicorn`` serves it for ``fireline api`` and ``fireline up``."""
     settings = settings or Settings()
@@ -391,7 +331,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def approve(
         workflow_id: RunId, step: StepId, body: GateBody, who: Who, c: Temporal
     ) -> StepState:
-        inputs = await _step_inputs(c, workflow_id, step, body.seen_digest)
+        inputs = await step_inputs(c, workflow_id, step, body.seen_digest)
         signed = signer.sign(who, workflow_id, step, "approve", inputs)
         return await operations.approve(c, workflow_id, step, who.person, body.comment, signed)
 
@@ -399,7 +339,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def reject(
         workflow_id: RunId, step: StepId, body: GateBody, who: Who, c: Temporal
     ) -> StepState:
-        inputs = await _step_inputs(c, workflow_id, step, body.seen_digest)
+        inputs = await step_inputs(c, workflow_id, step, body.seen_digest)
         signed = signer.sign(who, workflow_id, step, "reject", inputs)
         return await operations.reject(c, workflow_id, step, who.person, body.comment, signed)
 
@@ -407,7 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def decide(
         workflow_id: RunId, step: StepId, body: DecideBody, who: Who, c: Temporal
     ) -> StepState:
-        shown = await _step_inputs(c, workflow_id, step, body.seen_digest)
+        shown = await step_inputs(c, workflow_id, step, body.seen_digest)
         # A retry's new values are part of what is decided: the signature covers them too.
         inputs = {**shown, **(body.inputs or {})}
         signed = signer.sign(who, workflow_id, step, body.action.value, inputs)

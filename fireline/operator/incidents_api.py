@@ -48,6 +48,7 @@ from fireline.messages import QUERY_STATUS as RUN_QUERY
 from fireline.messages import SA_PHASE, Approval, RunState
 from fireline.operator import operations
 from fireline.operator.auth import Principal
+from fireline.operator.decision_signing import Signer, step_inputs
 from fireline.operator.postmortem import postmortem_markdown, timeline_json, timeline_markdown
 from fireline.operator.report import Report, build_report
 
@@ -212,14 +213,12 @@ async def show_incident(incident_id: IncidentId, c: Temporal) -> IncidentState:
     return await _state(c, incident_id)
 
 
-def _signer(request: Request) -> Any:
+def _signer(request: Request) -> Signer:
     """The run API's signer (one per app): the incident's own decisions are signed the same
     way as a run's, with the decision key the incident trusts."""
     signer = getattr(request.app.state, "incident_signer", None)
     if signer is None:
-        from fireline.operator import api
-
-        signer = request.app.state.incident_signer = api.Signer(request.app.state.settings)
+        signer = request.app.state.incident_signer = Signer(request.app.state.settings)
     return signer
 
 
@@ -286,11 +285,9 @@ async def _decide(
     run_id = state.run.workflow_id
     if not run_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "this incident has no run yet")
-    # The run's own approval route signs the decision over the step's inputs; reuse it.
-    from fireline.operator import api
-
+    # Signed over the step's inputs, as the run's own approval route signs it.
     signer = _signer(request)
-    inputs = await api._step_inputs(c, run_id, body.step)
+    inputs = await step_inputs(c, run_id, body.step)
     signed = signer.sign(
         who, run_id, body.step, "approve" if verb == "approve" else "reject", inputs
     )
