@@ -278,6 +278,10 @@ async def record(client: Client, target: Target, scenario: Scenario, out: Path) 
 INCIDENT = "incident_guarded"
 """An incident with a routed run: opened, paged, admitted by the guard, acknowledged, its run
 succeeded, resolved by its alert."""
+GATED_INCIDENT = "incident_gated"
+"""A labelled incident whose run waits at a gate: the run's report of the gate is checked
+against the run's status before the incident pages for it; bob approves; it resolves."""
+INCIDENT_GATE = "\n    approval: {role: sre-oncall, timeout: 1h}"
 LABELLED = "incident_labelled"
 """The same incident opened as ingress opens it since the patch baseline: its search
 attributes set at start, so it records the one baseline marker and writes no labels itself."""
@@ -317,13 +321,16 @@ async def until_incident(
 
 
 async def record_incident(
-    client: Client, target: Target, out: Path, labelled: bool = False
+    client: Client, target: Target, out: Path, labelled: bool = False, gated: bool = False
 ) -> None:
+    """``gated``: step ``a`` waits for an sre-oncall approval, which bob gives once the
+    incident has paged for the gate (instead of alice's acknowledgement)."""
     target.route("POST", "/page", Reply(200))
     target.route("POST", "/a", Reply(200))
     prefix = f"rec-{uuid.uuid4().hex[:8]}"
+    body = STEP.format(id="a") + (INCIDENT_GATE if gated else "")
     with tempfile.TemporaryDirectory() as tmp:
-        plan = compile_playbooks(Path(tmp), {"p.yaml": playbook("fix", STEP.format(id="a"))}, "fix")
+        plan = compile_playbooks(Path(tmp), {"p.yaml": playbook("fix", body)}, "fix")
     start = incident_start(
         Catalog.model_validate(INCIDENT_CATALOG),
         "payments",
@@ -344,8 +351,14 @@ async def record_incident(
             start_signal_args=[_alert("firing")],
             search_attributes=search_attributes(start) if labelled else None,
         )
-        await until_incident(handle, lambda s: len(s.pages) == 2)
-        await handle.execute_update(UPDATE_ACK, Ack(by="alice"), result_type=IncidentState)
+        if gated:
+            await until_incident(handle, lambda s: any(p.reason == "gate" for p in s.pages))
+            state = await handle.query(INCIDENT_STATUS, result_type=IncidentState)
+            run = client.get_workflow_handle(state.run.workflow_id or "")
+            await run.execute_update(UPDATE_APPROVE, Approval(step="a", approver="bob"))
+        else:
+            await until_incident(handle, lambda s: len(s.pages) == 2)
+            await handle.execute_update(UPDATE_ACK, Ack(by="alice"), result_type=IncidentState)
         await until_incident(handle, lambda s: s.run.phase == "succeeded")
         await handle.signal(SIGNAL_ALERTS, _alert("resolved"))
         await handle.result()
@@ -354,7 +367,7 @@ async def record_incident(
             guard_workflow_id("payments", prefix)
         ).fetch_history()
     recordings = [(out, history)]
-    if not labelled:
+    if not labelled and not gated:
         recordings.append((out.with_name(f"{GUARD}.json"), guard))
     for path, recorded in recordings:
         path.write_text(json.dumps(recorded.to_json_dict(), indent=1) + "\n")
@@ -386,10 +399,14 @@ async def main(names: list[str]) -> None:
                 await record_incident(env.client, target, HERE / f"{INCIDENT}.json")
             finally:
                 target.close()
-        if not names or LABELLED in names:
+        for name, gated in ((LABELLED, False), (GATED_INCIDENT, True)):
+            if names and name not in names:
+                continue
             target = start_target()
             try:
-                await record_incident(env.client, target, HERE / f"{LABELLED}.json", labelled=True)
+                await record_incident(
+                    env.client, target, HERE / f"{name}.json", labelled=True, gated=gated
+                )
             finally:
                 target.close()
     finally:

@@ -54,7 +54,7 @@ from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 from fireline.messages import QUERY_STATUS as RUN_STATUS
 from fireline.messages import SIGNAL_RUN_STATUS, Approval, RunRequest, RunState
 from fireline.messages import UPDATE_APPROVE as RUN_APPROVE
-from fireline.run_view import RunReport, RunStatusView
+from fireline.run_view import RunReport, RunStatusView, RunStepView
 from tests.support.target import Reply, Target
 from tests.support.workers import (
     TEST_KEY_ID,
@@ -651,6 +651,81 @@ class TestRunReports:
         assert after.run.phase == "awaiting_approval" or after.run.phase == "running"
         assert after.phase is IncidentPhase.awaiting_approval
         assert after.resolution is None
+
+    async def test_a_final_report_after_the_run_ended_changes_nothing(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """A final report that comes after the incident has read that its run ended (the read
+        overtook it, or it was sent again) asks for a read there is no run left for: the
+        incident must not spin on it, and still closes when its alert resolves."""
+        env = time_skipping_env
+        paging.route("POST", "/restart", Reply(200))
+        start = with_plan(tmp_path, PLAIN, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            done = await until(handle, lambda s: s.run.phase == "succeeded", "run succeeded")
+            assert done.run.workflow_id is not None
+            late = RunReport(
+                run_id=done.run.workflow_id, view=RunStatusView(found=True, phase="succeeded")
+            )
+            await handle.signal(SIGNAL_RUN_STATUS, late)
+            # A query is answered once the task that took the signal is done: with a spin,
+            # that task never is.
+            between = await asyncio.wait_for(state_of(handle), timeout=20)
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="r", alerts=[alert("resolved")]))
+            final = await asyncio.wait_for(handle.result(), timeout=30)
+
+        assert between.run.phase == "succeeded"
+        assert final.phase is IncidentPhase.resolved
+        assert final.run.phase == "succeeded"
+
+    async def test_a_forged_report_neither_opens_nor_closes_a_gate(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """Reports sent in the run's name while it waits at `restart`: one that invents a
+        tier-3 gate pages nobody for it, one that says `restart` was decided silences nothing,
+        one that claims a failed check leaves the verification open. Each is checked against
+        the run's own status first."""
+        env = time_skipping_env
+        start = with_plan(tmp_path, GATED, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            gated = await until(
+                handle, lambda s: s.escalation.gate_step == "restart", "run at its gate"
+            )
+            run_id = gated.run.workflow_id
+            assert run_id is not None
+            invented = RunStepView(
+                id="drop-db", status="awaiting_approval", gate_tier=3, gate_role="dba"
+            )
+            waiting = RunStepView(id="restart", status="awaiting_approval", gate_tier=2)
+            forgeries = [
+                [waiting, invented],
+                [RunStepView(id="restart", status="running", mutates=True)],
+                [RunStepView(id="restart", status="running", mutates=True, post_failed=True)],
+            ]
+            for steps in forgeries:
+                view = RunStatusView(found=True, phase="running", steps=steps)
+                await handle.signal(SIGNAL_RUN_STATUS, RunReport(run_id=run_id, view=view))
+            await asyncio.sleep(1.0)
+            after = await state_of(handle)
+
+        kinds = [e.kind for e in after.timeline]
+        assert after.escalation.gate_step == "restart"
+        assert kinds.count("gate_opened") == 1
+        assert "gate_closed" not in kinds
+        assert len(after.pages) == len(gated.pages)
+        assert not any("drop-db" in (p.reason or "") or p.tier == 3 for p in after.pages)
+        assert after.run.verified is None
+        assert after.phase is IncidentPhase.awaiting_approval
 
 
 class TestGuard:

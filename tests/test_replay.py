@@ -43,7 +43,7 @@ class TestReplay:
         judged by decision rights (forged signal, signed approvals, a reopened gate), and an
         incident (paged, admitted by the guard, acknowledged, its run done, resolved) with the
         guard it asked, and that incident again as ingress opens it now (labelled at start, one
-        patch baseline)."""
+        patch baseline), also with a gate its run reports (checked before it pages)."""
         assert {p.stem for p in HISTORIES} >= {
             "succeeded",
             "compensated",
@@ -54,6 +54,7 @@ class TestReplay:
             "rights_reopened",
             "incident_guarded",
             "incident_labelled",
+            "incident_gated",
             "guard_ledger",
         }
 

@@ -110,6 +110,23 @@ search-attribute write (the SDK upserts ``TemporalChangeVersion`` for every patc
 visibility writes are the dev server's dearest work in a storm of new incidents. Incidents
 that recorded the older markers replay by them. A patch added later is recorded on its own,
 until the next baseline folds it in."""
+FOLDED = frozenset(
+    {
+        GUARD_RELEASE,
+        HISTORY_BYTES,
+        RUN_REPORTS,
+        RUN_PRIORITY,
+        STEADY_TIMER,
+        "separate-late-acknowledger",
+    }
+)
+"""The patches :data:`BASELINE` stands for."""
+CHECKED_REPORTS = "checked-gate-reports"
+"""Patch id: a run's report that opens or closes a gate, or says a verification failed, is
+checked against the run's own status before the incident acts on it, as a final report is.
+Anyone with access to the namespace can signal in the run's name: unchecked, such a report
+could page people for a gate that does not exist, silence the ladder of one that does, or
+open the guard's breaker with a failure that never happened."""
 REMEDIATION_PRIORITY = Priority(priority_key=1)
 """A run's tasks (and its activities, which inherit it) go ahead of incident bookkeeping when
 the queues are backlogged, as in a storm: the remediation is what the outage waits for.
@@ -260,8 +277,10 @@ class IncidentWorkflow:
 
     def _patched(self, patch_id: str) -> bool:
         """``workflow.patched``, unless this incident recorded :data:`BASELINE`, which stands
-        for it. Every patch of this workflow goes through here, so the baseline is asked first
-        wherever a patch is first asked, on replay as on the first run."""
+        for the patch (those in :data:`FOLDED`). Every folded patch goes through here, so the
+        baseline is asked first wherever one is first asked, on replay as on the first run."""
+        if patch_id not in FOLDED:
+            return workflow.patched(patch_id)
         if self._baseline is None:
             self._baseline = workflow.patched(BASELINE)
         return self._baseline or workflow.patched(patch_id)
@@ -335,7 +354,12 @@ class IncidentWorkflow:
             if run.phase not in _TERMINAL_RUN:
                 self._apply_view(view.model_dump(mode="json"))
         due = self._poll_now or self._next_poll is None or now >= self._next_poll
-        if run.workflow_id is not None and run.phase not in _TERMINAL_RUN and due:
+        if run.workflow_id is None or run.phase in _TERMINAL_RUN:
+            # A report that asks for a read after the run is known to have ended (the read
+            # that found it ended overtook the report) has nothing left to read: kept, it
+            # would end every wait at once and the task would never yield.
+            self._poll_now = False
+        elif due:
             await self._poll()
         self._settle()
         if not self._closed():
@@ -811,14 +835,25 @@ class IncidentWorkflow:
         if report.run_id != self._s.run.workflow_id:
             workflow.logger.info("run status ignored: not this incident's run")
             return
-        if report.view.phase in _TERMINAL_RUN:
-            # Closing the incident rests on the run's own status query, not on a signal
-            # anyone with access to the namespace could send in the run's name.
+        if report.view.phase in _TERMINAL_RUN or (
+            self._touches_trust(report.view) and self._patched(CHECKED_REPORTS)
+        ):
+            # Closing the incident, paging for a gate and the guard's verdict rest on the
+            # run's own status query, not on a signal anyone with access to the namespace
+            # could send in the run's name.
             self._poll_now = True
             self._changed = True
             return
         self._reported = report.view
         self._changed = True
+
+    def _touches_trust(self, view: RunStatusView) -> bool:
+        """Whether acting on ``view`` would open or close a gate or record a failed check."""
+        gates = {s.id for s in view.steps if s.status == "awaiting_approval"}
+        if gates != self._gate_steps - {GUARD_STEP}:
+            return True
+        failed = any(s.post_failed for s in view.steps if s.id in self._mutating)
+        return failed and self._s.run.verified is not False
 
     @workflow.signal(name=SIGNAL_ALERTS)
     def alerts(self, batch: AlertBatch) -> None:
