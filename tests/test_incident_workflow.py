@@ -699,7 +699,11 @@ class TestRunReports:
         async with fireline_workers(env.client, task_queue_prefix):
             handle = await open_incident(env.client, task_queue_prefix, start, alert())
             gated = await until(
-                handle, lambda s: s.escalation.gate_step == "restart", "run at its gate"
+                handle,
+                lambda s: (
+                    s.escalation.gate_step == "restart" and any(p.reason == "gate" for p in s.pages)
+                ),
+                "run at its gate, its tier paged",
             )
             run_id = gated.run.workflow_id
             assert run_id is not None
