@@ -10,6 +10,7 @@ and acts through the updates below. New fields always get defaults so old histor
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -66,6 +67,10 @@ QUERY_STATUS = "status"
 SA_SERVICE = "FirelineService"
 SA_SEVERITY = "FirelineSeverity"
 SA_INCIDENT_KEY = "FirelineIncidentKey"
+SA_VALUE_BYTES = 1000
+"""An incident key's search attribute is cut to this many bytes of JSON: Temporal refuses a
+start whose keyword value is over its size limit (2 KB by default), and a key is built from
+labels, which a sender chooses."""
 
 MAX_ID = 200
 """Temporal ids may be long, but the UI and logs should not be: longer keys are hashed."""
@@ -357,7 +362,7 @@ def search_attributes(start: IncidentStart) -> TypedSearchAttributes:
     pairs: list[SearchAttributePair[str]] = [
         SearchAttributePair(SearchAttributeKey.for_keyword(SA_SERVICE), start.service),
         SearchAttributePair(SearchAttributeKey.for_keyword(SA_SEVERITY), start.severity),
-        SearchAttributePair(SearchAttributeKey.for_keyword(SA_INCIDENT_KEY), start.key[:1000]),
+        SearchAttributePair(SearchAttributeKey.for_keyword(SA_INCIDENT_KEY), _cut(start.key)),
         SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), IncidentPhase.triaging.value),
     ]
     if start.plan is not None:
@@ -365,6 +370,19 @@ def search_attributes(start: IncidentStart) -> TypedSearchAttributes:
             SearchAttributePair(SearchAttributeKey.for_keyword(SA_PLAYBOOK), start.plan.name)
         )
     return TypedSearchAttributes(pairs)
+
+
+def _cut(value: str, limit: int = SA_VALUE_BYTES) -> str:
+    """``value`` cut so that its JSON, as Temporal sizes a search attribute (non-ASCII escaped:
+    up to 12 bytes a character), stays within ``limit`` bytes."""
+    if len(json.dumps(value)) <= limit:
+        return value
+    size = 2  # the quotes
+    for n, char in enumerate(value):
+        size += len(json.dumps(char)) - 2
+        if size > limit:
+            return value[:n]
+    return value
 
 
 def pin_rights(catalog: Catalog, service: Service, plan: Plan | None = None) -> IncidentRights:

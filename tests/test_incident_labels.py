@@ -22,12 +22,13 @@ from fireline.incident import (
     SA_INCIDENT_KEY,
     SA_SERVICE,
     SA_SEVERITY,
+    SA_VALUE_BYTES,
     AlertBatch,
     IncidentPhase,
     IncidentStart,
     incident_workflow_id,
 )
-from fireline.ingress.delivery import TemporalStarter, unregistered_attributes
+from fireline.ingress.delivery import TemporalStarter, attribute_refusal
 from fireline.messages import SA_PHASE, SA_PLAYBOOK
 from fireline.runtime.binaries import temporal_cli
 from tests.support.target import Reply, Target
@@ -165,20 +166,68 @@ class TestUnregistered:
         assert state.phase is not IncidentPhase.failed
         assert len(state.pages) == 1
 
-    async def test_only_that_refusal_counts(self) -> None:
-        """Any other refusal of a start is the caller's to see, not a reason to drop labels."""
+    async def test_only_those_refusals_count(self) -> None:
+        """A namespace without the attributes turns labels off; values refused (a size limit)
+        cost that one start its labels; any other refusal is the caller's to see."""
         from temporalio.service import RPCError, RPCStatusCode
 
-        missing = RPCError(
-            "Namespace default has no mapping defined for search attribute FirelineService",
-            RPCStatusCode.INVALID_ARGUMENT,
-            b"",
-        )
-        other = RPCError("WorkflowId length exceeds limit", RPCStatusCode.INVALID_ARGUMENT, b"")
-        down = RPCError("search attribute service unavailable", RPCStatusCode.UNAVAILABLE, b"")
-        assert unregistered_attributes(missing)
-        assert not unregistered_attributes(other)
-        assert not unregistered_attributes(down)
+        def refusal(message: str, code: RPCStatusCode = RPCStatusCode.INVALID_ARGUMENT) -> Any:
+            return attribute_refusal(RPCError(message, code, b""))
+
+        missing = "Namespace default has no mapping defined for search attribute FirelineService"
+        size = "search attribute FirelineIncidentKey value size 4000 exceeds size limit 2048"
+        assert refusal(missing) == "unregistered"
+        assert refusal(size) == "refused"
+        assert refusal("WorkflowId length exceeds limit") is None
+        assert refusal("search attribute service unavailable", RPCStatusCode.UNAVAILABLE) is None
+
+
+class TestHostileKey:
+    async def test_a_long_multibyte_key_still_opens_labelled(
+        self, client: Client, task_queue_prefix: str, paging: Target, tmp_path: Path
+    ) -> None:
+        """A key is built from labels a sender chooses: 1,000 emoji are 12,000 bytes of JSON,
+        over Temporal's limit for one value. Its attribute is cut to fit on a character
+        boundary, so the incident still opens with every label, and so does the next one."""
+        hostile = "am/" + "\U0001f525" * 1000
+        start = planned(tmp_path, task_queue_prefix, paging).model_copy(update={"key": hostile})
+        starter = TemporalStarter(lambda: _ready(client), task_queue_prefix)
+        await starter(start.key, start, batch())
+        described = await client.get_workflow_handle(incident_workflow_id(hostile)).describe()
+        attributes = {p.key.name: p.value for p in described.typed_search_attributes}
+        label = attributes[SA_INCIDENT_KEY]
+        assert isinstance(label, str)
+        assert hostile.startswith(label)
+        assert 0 < len(json.dumps(label)) <= SA_VALUE_BYTES
+        assert starter.labels is True
+        await client.get_workflow_handle(incident_workflow_id(hostile)).terminate("test over")
+
+    async def test_values_refused_cost_that_incident_its_labels_only(
+        self,
+        client: Client,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Were a value still too large (here the cut is undone), Temporal refuses the labelled
+        start: the alert still opens its incident, unlabelled and told not to label itself (its
+        own upsert would fail every task), and the starter keeps labelling the next ones."""
+        import fireline.incident
+
+        monkeypatch.setattr(fireline.incident, "_cut", lambda value: value)
+        hostile = "am/" + "\U0001f525" * 1000
+        start = planned(tmp_path, task_queue_prefix, paging).model_copy(update={"key": hostile})
+        starter = TemporalStarter(lambda: _ready(client), task_queue_prefix)
+        async with fireline_workers(client, task_queue_prefix):
+            await starter(start.key, start, batch())
+            handle = client.get_workflow_handle(incident_workflow_id(hostile))
+            state = await until(handle, lambda s: s.run.phase == "succeeded", "run succeeded")
+            described = await handle.describe()
+        attributes = {p.key.name for p in described.typed_search_attributes}
+        assert SA_INCIDENT_KEY not in attributes
+        assert state.phase is not IncidentPhase.failed
+        assert starter.labels is True
 
 
 async def _ready(client: Client) -> Client:

@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from pydantic import BaseModel, Field
@@ -91,7 +91,8 @@ class TemporalStarter:
     phase), so its first task writes none. A namespace that lacks them (nobody ran
     ``fireline up`` or ``fireline worker`` against it) refuses such a start: the starter then
     opens incidents without them, and tells each incident not to set them either, so that a
-    missing registration costs the UI's filters, never an alert.
+    missing registration costs the UI's filters, never an alert. Values Temporal refuses (a
+    size limit) cost that one incident its labels, never the labels of the ones after it.
     """
 
     def __init__(self, client: Callable[[], Awaitable[Client]], task_queue: str) -> None:
@@ -108,16 +109,25 @@ class TemporalStarter:
             try:
                 return await self._start(client, key, start, batch, labelled=True)
             except RPCError as exc:
-                if not unregistered_attributes(exc):
+                refusal = attribute_refusal(exc)
+                if refusal is None:
                     raise
-                self.labels = False
-                log.warning(
-                    "search attributes not registered: incidents open without them",
-                    namespace=client.namespace,
-                    error=exc.message,
-                    fix="run `fireline worker` or `fireline up` once against this namespace",
-                )
-        if self.labels is False and start.upsert_search_attributes:
+                if refusal == "unregistered":
+                    self.labels = False
+                    log.warning(
+                        "search attributes not registered: incidents open without them",
+                        namespace=client.namespace,
+                        error=exc.message,
+                        fix="run `fireline worker` or `fireline up` once against this namespace",
+                    )
+                else:  # this incident's values only (a size limit): the next ones keep theirs
+                    log.warning(
+                        "search attributes refused: this incident opens without them",
+                        key=key[:200],
+                        error=exc.message,
+                    )
+        if start.upsert_search_attributes:
+            # Unlabelled, and told not to label itself: the same refusal would fail its tasks.
             start = start.model_copy(update={"upsert_search_attributes": False})
         return await self._start(client, key, start, batch, labelled=False)
 
@@ -147,15 +157,18 @@ class TemporalStarter:
         return handle.result_run_id or ""
 
 
-def unregistered_attributes(exc: Exception) -> bool:
-    """Whether Temporal refused a start for search attributes the namespace does not have."""
+def attribute_refusal(exc: Exception) -> Literal["unregistered", "refused"] | None:
+    """Why Temporal refused a start for its search attributes, if it did: the namespace does
+    not have them ("unregistered"), or refused these values ("refused", a size limit)."""
     from temporalio.service import RPCError, RPCStatusCode
 
-    return (
-        isinstance(exc, RPCError)
-        and exc.status == RPCStatusCode.INVALID_ARGUMENT
-        and "search attribute" in exc.message.lower()
-    )
+    if not isinstance(exc, RPCError) or exc.status != RPCStatusCode.INVALID_ARGUMENT:
+        return None
+    message = exc.message.lower()
+    if "search attribute" not in message:
+        return None
+    unregistered = "no mapping defined" in message or "is not defined" in message
+    return "unregistered" if unregistered else "refused"
 
 
 class Ingress:
