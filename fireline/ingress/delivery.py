@@ -118,7 +118,7 @@ class TemporalStarter:
                         "search attributes not registered: incidents open without them",
                         namespace=client.namespace,
                         error=exc.message,
-                        fix="run `fireline worker` or `fireline up` once against this namespace",
+                        fix="run `fireline worker` once against it, then restart the API",
                     )
                 else:  # this incident's values only (a size limit): the next ones keep theirs
                     log.warning(
