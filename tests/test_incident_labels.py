@@ -29,7 +29,7 @@ from fireline.incident import (
     incident_workflow_id,
 )
 from fireline.ingress.delivery import TemporalStarter, attribute_refusal
-from fireline.messages import SA_PHASE, SA_PLAYBOOK
+from fireline.messages import SA_PLAYBOOK
 from fireline.runtime.binaries import temporal_cli
 from tests.support.target import Reply, Target
 from tests.support.workers import fireline_workers
@@ -132,14 +132,6 @@ class TestLabelledAtStart:
         assert recorded[0] == BASELINE
         assert not {RUN_REPORTS, RUN_PRIORITY, STEADY_TIMER} & set(recorded)
 
-    async def test_phase_at_start_is_the_first_tasks(self) -> None:
-        """A phase set at start that the first task would change costs that task a write."""
-        from fireline.incident import search_attributes
-
-        start = IncidentStart.model_validate(_minimal())
-        phase = {p.key.name: p.value for p in search_attributes(start)}[SA_PHASE]
-        assert phase == IncidentPhase.triaging.value
-
 
 class TestUnregistered:
     async def test_bare_namespace_opens_incidents_without_labels(
@@ -232,7 +224,3 @@ class TestHostileKey:
 
 async def _ready(client: Client) -> Client:
     return client
-
-
-def _minimal() -> dict[str, Any]:
-    return {"key": "k", "service": "s", "policy": {"levels": []}}
