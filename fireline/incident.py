@@ -362,7 +362,9 @@ def search_attributes(start: IncidentStart) -> TypedSearchAttributes:
     pairs: list[SearchAttributePair[str]] = [
         SearchAttributePair(SearchAttributeKey.for_keyword(SA_SERVICE), start.service),
         SearchAttributePair(SearchAttributeKey.for_keyword(SA_SEVERITY), start.severity),
-        SearchAttributePair(SearchAttributeKey.for_keyword(SA_INCIDENT_KEY), _cut(start.key)),
+        SearchAttributePair(
+            SearchAttributeKey.for_keyword(SA_INCIDENT_KEY), fit_search_attribute(start.key)
+        ),
         SearchAttributePair(SearchAttributeKey.for_keyword(SA_PHASE), IncidentPhase.triaging.value),
     ]
     if start.plan is not None:
@@ -372,7 +374,7 @@ def search_attributes(start: IncidentStart) -> TypedSearchAttributes:
     return TypedSearchAttributes(pairs)
 
 
-def _cut(value: str, limit: int = SA_VALUE_BYTES) -> str:
+def fit_search_attribute(value: str, limit: int = SA_VALUE_BYTES) -> str:
     """``value`` cut so that its JSON, as Temporal sizes a search attribute (non-ASCII escaped:
     up to 12 bytes a character), stays within ``limit`` bytes."""
     if len(json.dumps(value)) <= limit:

@@ -19,10 +19,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from fireline.incident import (
+    INCIDENT_WORKFLOW,
     SA_INCIDENT_KEY,
     SA_SERVICE,
     SA_SEVERITY,
     SA_VALUE_BYTES,
+    SIGNAL_ALERTS,
     AlertBatch,
     IncidentPhase,
     IncidentStart,
@@ -194,6 +196,34 @@ class TestHostileKey:
         assert starter.labels is True
         await client.get_workflow_handle(incident_workflow_id(hostile)).terminate("test over")
 
+    async def test_an_incident_started_unlabelled_cuts_the_key_it_labels_itself_with(
+        self, client: Client, task_queue_prefix: str, paging: Target, tmp_path: Path
+    ) -> None:
+        """An incident started without labels (by hand, or by an older API) sets them in its
+        first task. Its key label is cut as the starter cuts it: cut by characters, as it once
+        was, Temporal refused the upsert and every task of that incident failed."""
+        hostile = f"am/{uuid.uuid4().hex}/" + "\U0001f525" * 1000
+        start = planned(tmp_path, task_queue_prefix, paging).model_copy(update={"key": hostile})
+        async with fireline_workers(client, task_queue_prefix):
+            handle = await client.start_workflow(
+                INCIDENT_WORKFLOW,
+                start,
+                id=incident_workflow_id(hostile),
+                task_queue=task_queue_prefix,
+                start_signal=SIGNAL_ALERTS,
+                start_signal_args=[batch()],
+            )
+            state = await until(handle, lambda s: s.run.phase == "succeeded", "run succeeded")
+            described = await handle.describe()
+            await handle.terminate("test over")
+        attributes = {p.key.name: p.value for p in described.typed_search_attributes}
+        label = attributes[SA_INCIDENT_KEY]
+        assert isinstance(label, str)
+        assert hostile.startswith(label)
+        assert 0 < len(json.dumps(label)) <= SA_VALUE_BYTES
+        assert attributes[SA_SERVICE] == "payments"
+        assert state.phase is not IncidentPhase.failed
+
     async def test_values_refused_cost_that_incident_its_labels_only(
         self,
         client: Client,
@@ -207,7 +237,7 @@ class TestHostileKey:
         own upsert would fail every task), and the starter keeps labelling the next ones."""
         import fireline.incident
 
-        monkeypatch.setattr(fireline.incident, "_cut", lambda value: value)
+        monkeypatch.setattr(fireline.incident, "fit_search_attribute", lambda value: value)
         hostile = "am/" + "\U0001f525" * 1000
         start = planned(tmp_path, task_queue_prefix, paging).model_copy(update={"key": hostile})
         starter = TemporalStarter(lambda: _ready(client), task_queue_prefix)

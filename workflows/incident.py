@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         PageRecord,
         Resolve,
         TimelineEvent,
+        fit_search_attribute,
     )
     from fireline.ingress.alert import Alert, AlertStatus
     from fireline.messages import (
@@ -1236,7 +1237,7 @@ class IncidentWorkflow:
         wanted = [
             (SA_SERVICE_KEY, self._start.service),
             (SA_SEVERITY_KEY, self._s.severity),
-            (SA_KEY_KEY, self._s.key[:1000]),
+            (SA_KEY_KEY, fit_search_attribute(self._s.key)),
             (SA_PHASE_KEY, self._s.phase.value),
             (SA_PLAYBOOK_KEY, plan.name if plan else ""),
         ]
