@@ -285,6 +285,9 @@ INCIDENT_GATE = "\n    approval: {role: sre-oncall, timeout: 1h}"
 LABELLED = "incident_labelled"
 """The same incident opened as ingress opens it since the patch baseline: its search
 attributes set at start, so it records the one baseline marker and writes no labels itself."""
+CHECKED_INCIDENT = "incident_checked"
+"""The gated incident again under the second baseline (``baseline-2026-12b``): one marker, and
+the run's reports of its gate and of its change are both checked against the run's status."""
 GUARD = "guard_ledger"
 """The service's guard as that incident left it: an admission and the run's outcome."""
 INCIDENT_CATALOG = {
@@ -399,7 +402,7 @@ async def main(names: list[str]) -> None:
                 await record_incident(env.client, target, HERE / f"{INCIDENT}.json")
             finally:
                 target.close()
-        for name, gated in ((LABELLED, False), (GATED_INCIDENT, True)):
+        for name, gated in ((LABELLED, False), (GATED_INCIDENT, True), (CHECKED_INCIDENT, True)):
             if names and name not in names:
                 continue
             target = start_target()

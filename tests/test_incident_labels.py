@@ -36,7 +36,14 @@ from fireline.runtime.binaries import temporal_cli
 from tests.support.target import Reply, Target
 from tests.support.workers import fireline_workers
 from tests.test_incident_workflow import PLAIN, alert, key, until, with_plan
-from workflows.incident import BASELINE, RUN_PRIORITY, RUN_REPORTS, STEADY_TIMER
+from workflows.incident import (
+    BASELINE,
+    CHECKED_CHANGES,
+    CHECKED_REPORTS,
+    RUN_PRIORITY,
+    RUN_REPORTS,
+    STEADY_TIMER,
+)
 
 SERVICE = {"escalation": {"levels": [{"tier": 1, "delay": "5m", "targets": [{"person": "al"}]}]}}
 LABELS = {SA_SERVICE, SA_SEVERITY, SA_INCIDENT_KEY, SA_PLAYBOOK}
@@ -132,7 +139,14 @@ class TestLabelledAtStart:
         assert before == [{"TemporalChangeVersion"}], "one patch marker's version, no phase"
         recorded = patches(history.events)
         assert recorded[0] == BASELINE
-        assert not {RUN_REPORTS, RUN_PRIORITY, STEADY_TIMER} & set(recorded)
+        assert recorded == [BASELINE], recorded
+        assert not {
+            RUN_REPORTS,
+            RUN_PRIORITY,
+            STEADY_TIMER,
+            CHECKED_CHANGES,
+            CHECKED_REPORTS,
+        } & set(recorded)
 
 
 class TestUnregistered:

@@ -384,6 +384,20 @@ steps:
     with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
 """
 
+TWO_GATES = """
+name: fix-payments
+inputs: {base: {type: string, required: true}}
+steps:
+  - id: drain
+    uses: core.http_request
+    with: {url: "${{ inputs.base }}/drain", compensation: {url: "${{ inputs.base }}/undrain"}}
+    approval: {role: sre-oncall, timeout: 2h}
+  - id: restart
+    uses: core.http_request
+    with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
+    approval: {role: sre-senior, timeout: 2h}
+"""
+
 VERIFIED = """
 name: fix-payments
 inputs: {base: {type: string, required: true}}
@@ -682,6 +696,44 @@ class TestRunReports:
         assert between.run.phase == "succeeded"
         assert final.phase is IncidentPhase.resolved
         assert final.run.phase == "succeeded"
+
+    async def test_a_forged_report_of_a_change_does_not_stop_auto_resolve(
+        self,
+        time_skipping_env: WorkflowEnvironment,
+        task_queue_prefix: str,
+        paging: Target,
+        tmp_path: Path,
+    ) -> None:
+        """While the run waits at its first gate, a report in its name says its second
+        mutating step is running (the gate left as it is). Believed, the incident would think
+        something had changed, and its resolved alert would no longer close it: the report is
+        checked against the run's own status first, which shows nothing changed."""
+        env = time_skipping_env
+        start = with_plan(tmp_path, TWO_GATES, LADDER, task_queue_prefix, paging.base_url, key())
+        async with fireline_workers(env.client, task_queue_prefix):
+            handle = await open_incident(env.client, task_queue_prefix, start, alert())
+            gated = await until(
+                handle, lambda s: s.escalation.gate_step == "drain", "run at its first gate"
+            )
+            assert gated.run.workflow_id is not None
+            steps = [
+                RunStepView(id="drain", status="awaiting_approval", gate_tier=1, mutates=True),
+                RunStepView(id="restart", status="running", mutates=True),
+            ]
+            view = RunStatusView(found=True, phase="running", steps=steps)
+            await handle.signal(
+                SIGNAL_RUN_STATUS, RunReport(run_id=gated.run.workflow_id, view=view)
+            )
+            await asyncio.sleep(1.0)
+            between = await state_of(handle)
+            await handle.signal(SIGNAL_ALERTS, AlertBatch(batch_id="r", alerts=[alert("resolved")]))
+            final = await asyncio.wait_for(handle.result(), timeout=30)
+
+        assert between.run.mutated is False
+        assert "remediating" not in [e.kind for e in between.timeline]
+        assert final.phase is IncidentPhase.resolved
+        assert final.auto_resolved is True
+        assert not paging.hits("POST", "/restart")
 
     async def test_a_forged_report_neither_opens_nor_closes_a_gate(
         self,

@@ -43,7 +43,8 @@ class TestReplay:
         judged by decision rights (forged signal, signed approvals, a reopened gate), and an
         incident (paged, admitted by the guard, acknowledged, its run done, resolved) with the
         guard it asked, and that incident again as ingress opens it now (labelled at start, one
-        patch baseline), also with a gate its run reports (checked before it pages)."""
+        patch baseline), also with a gate its run reports (checked before it pages), and that one
+        under the second baseline (its report of a change checked too)."""
         assert {p.stem for p in HISTORIES} >= {
             "succeeded",
             "compensated",
@@ -55,6 +56,7 @@ class TestReplay:
             "incident_guarded",
             "incident_labelled",
             "incident_gated",
+            "incident_checked",
             "guard_ledger",
         }
 

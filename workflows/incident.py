@@ -104,14 +104,7 @@ STEADY_TIMER = "steady-wake-timer"
 """Patch id: the wait for the next wake-up keeps one timer while its instant stays the same,
 instead of a new timer (and a cancelled one) on every signal: in an alert storm that was two
 of the six history events each batch of alerts cost."""
-BASELINE = "baseline-2026-12"
-"""Patch id standing for every patch above: an incident that records it takes all their new
-paths and records none of their markers. Each patch marker costs a history event and a
-search-attribute write (the SDK upserts ``TemporalChangeVersion`` for every patch id), and
-visibility writes are the dev server's dearest work in a storm of new incidents. Incidents
-that recorded the older markers replay by them. A patch added later is recorded on its own,
-until the next baseline folds it in."""
-FOLDED = frozenset(
+FOLDED_2026_12 = frozenset(
     {
         GUARD_RELEASE,
         HISTORY_BYTES,
@@ -121,13 +114,31 @@ FOLDED = frozenset(
         "separate-late-acknowledger",
     }
 )
-"""The patches :data:`BASELINE` stands for."""
+"""The patches the first baseline, ``baseline-2026-12``, stands for."""
 CHECKED_REPORTS = "checked-gate-reports"
 """Patch id: a run's report that opens or closes a gate, or says a verification failed, is
 checked against the run's own status before the incident acts on it, as a final report is.
 Anyone with access to the namespace can signal in the run's name: unchecked, such a report
 could page people for a gate that does not exist, silence the ladder of one that does, or
 open the guard's breaker with a failure that never happened."""
+CHECKED_CHANGES = "checked-change-reports"
+"""Patch id: a run's report that a mutating step has started is checked against the run's own
+status too. Believed, a forged one would make the incident think something had changed, and a
+resolved alert would then leave the run going instead of closing the incident automatically.
+Asked only when such a report comes, so an incident records its marker mid-run, never in its
+first task."""
+BASELINE = "baseline-2026-12b"
+"""Patch id standing for every patch above: an incident that records it takes all their new
+paths and records none of their markers. Each patch marker costs a history event and a
+search-attribute write (the SDK upserts ``TemporalChangeVersion`` for every patch id), and
+visibility writes are the dev server's dearest work in a storm of new incidents. Incidents
+that recorded an older baseline or the patches' own markers replay by them. A patch added
+later is recorded on its own, until the next baseline folds it in."""
+BASELINES: tuple[tuple[str, frozenset[str]], ...] = (
+    (BASELINE, FOLDED_2026_12 | {CHECKED_REPORTS, CHECKED_CHANGES}),
+    ("baseline-2026-12", FOLDED_2026_12),
+)
+"""Every baseline with the patches it stands for, newest first."""
 REMEDIATION_PRIORITY = Priority(priority_key=1)
 """A run's tasks (and its activities, which inherit it) go ahead of incident bookkeeping when
 the queues are backlogged, as in a storm: the remediation is what the outage waits for.
@@ -210,7 +221,7 @@ class IncidentWorkflow:
         self._gate_steps: set[str] = set()
         self._gate_previews: dict[str, str] = {}
         """One-line previews of the run's waiting gates, from its status (for the pages)."""
-        self._baseline: bool | None = None
+        self._baselines: dict[str, bool] = {}
         self._sa_phase: str | None = None
         if start.carried is None:
             # A starter that set the labels (ingress does) set the phase the first task enters.
@@ -277,14 +288,18 @@ class IncidentWorkflow:
         return self._s
 
     def _patched(self, patch_id: str) -> bool:
-        """``workflow.patched``, unless this incident recorded :data:`BASELINE`, which stands
-        for the patch (those in :data:`FOLDED`). Every folded patch goes through here, so the
-        baseline is asked first wherever one is first asked, on replay as on the first run."""
-        if patch_id not in FOLDED:
-            return workflow.patched(patch_id)
-        if self._baseline is None:
-            self._baseline = workflow.patched(BASELINE)
-        return self._baseline or workflow.patched(patch_id)
+        """``workflow.patched``, unless this incident recorded a baseline that stands for the
+        patch (:data:`BASELINES`). Every folded patch goes through here, so each baseline is
+        asked, newest first, wherever one is first asked, on replay as on the first run: a new
+        incident records the newest, and one recorded before it replays by what it recorded."""
+        for baseline, folded in BASELINES:
+            if patch_id not in folded:
+                continue
+            if baseline not in self._baselines:
+                self._baselines[baseline] = workflow.patched(baseline)
+            if self._baselines[baseline]:
+                return True
+        return workflow.patched(patch_id)
 
     def _closed(self) -> bool:
         return self._s.phase is IncidentPhase.resolved or (
@@ -836,8 +851,10 @@ class IncidentWorkflow:
         if report.run_id != self._s.run.workflow_id:
             workflow.logger.info("run status ignored: not this incident's run")
             return
-        if report.view.phase in _TERMINAL_RUN or (
-            self._touches_trust(report.view) and self._patched(CHECKED_REPORTS)
+        if (
+            report.view.phase in _TERMINAL_RUN
+            or (self._touches_trust(report.view) and self._patched(CHECKED_REPORTS))
+            or (self._claims_change(report.view) and self._patched(CHECKED_CHANGES))
         ):
             # Closing the incident, paging for a gate and the guard's verdict rest on the
             # run's own status query, not on a signal anyone with access to the namespace
@@ -855,6 +872,12 @@ class IncidentWorkflow:
             return True
         failed = any(s.post_failed for s in view.steps if s.id in self._mutating)
         return failed and self._s.run.verified is not False
+
+    def _claims_change(self, view: RunStatusView) -> bool:
+        """Whether ``view`` says a mutating step has changed something, not yet known here."""
+        if self._s.run.mutated:
+            return False
+        return any(s.id in self._mutating and s.status in CHANGED for s in view.steps)
 
     @workflow.signal(name=SIGNAL_ALERTS)
     def alerts(self, batch: AlertBatch) -> None:
