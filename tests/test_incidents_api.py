@@ -35,9 +35,11 @@ from fireline.incident import (
     QUERY_STATUS,
     SIGNAL_ALERTS,
     UPDATE_COMMAND,
+    UPDATE_RESOLVE,
     AlertBatch,
     Command,
     IncidentState,
+    Resolve,
     incident_start,
     incident_workflow_id,
     search_attributes,
@@ -113,9 +115,11 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
         sock.close()
 
 
-async def open_incident(client: Client, settings: Settings, service: str = "checkout") -> str:
+async def open_incident(
+    client: Client, settings: Settings, service: str = "checkout", key: str | None = None
+) -> str:
     catalog = Catalog.model_validate(yaml.safe_load(CATALOG))
-    key = f"am/{service}/{uuid.uuid4().hex[:8]}"
+    key = key or f"am/{service}/{uuid.uuid4().hex[:8]}"
     # As ingress opens it: the incident trusts the API's decision key.
     start = incident_start(
         catalog,
@@ -148,6 +152,13 @@ async def open_incident(client: Client, settings: Settings, service: str = "chec
             break
         await asyncio.sleep(0.05)
     return handle.id
+
+
+async def state_of(client: Client, incident: str) -> IncidentState:
+    state: IncidentState = await client.get_workflow_handle(incident).query(
+        QUERY_STATUS, result_type=IncidentState
+    )
+    return state
 
 
 def invoke(*args: str, env: dict[str, str]) -> Any:
@@ -260,6 +271,42 @@ class TestIncidentApi:
                 finally:
                     await alice.aclose()
                     await anonymous.aclose()
+
+
+class TestPreviousIncident:
+    async def test_an_incident_opened_unlinked_is_shown_linked_to_the_one_before(
+        self, env: WorkflowEnvironment, settings: Settings, tokens: dict[str, str]
+    ) -> None:
+        """Ingress links a key's new incident to the one before from memory; one opened by an
+        API that never saw the first (restarted, or another replica) starts unlinked, and
+        the API finds the link when it shows the incident and drafts its postmortem. The
+        first incident is linked to nothing (not to itself)."""
+        client = env.client
+        key = f"am/checkout/{uuid.uuid4().hex[:8]}"
+        async with fireline_workers(client, settings.task_queue_prefix):
+            incident = await open_incident(client, settings, key=key)
+            handle = client.get_workflow_handle(incident)
+            first_run = (await handle.describe()).run_id
+            await handle.execute_update(UPDATE_RESOLVE, Resolve(by="alice", comment="fixed"))
+            await handle.result()
+            async with serving(settings) as url:
+                alice = httpx.AsyncClient(
+                    base_url=url, headers={"Authorization": f"Bearer {tokens['alice']}"}
+                )
+                try:
+                    alone = (await alice.get(f"/v1/incidents/{incident}")).json()
+                    await open_incident(client, settings, key=key)
+                    opened = await state_of(client, incident)
+                    shown = (await alice.get(f"/v1/incidents/{incident}")).json()
+                    draft = (await alice.get(f"/v1/incidents/{incident}/postmortem")).text
+                finally:
+                    await alice.aclose()
+            await client.get_workflow_handle(incident).terminate("test over")
+
+        assert alone["previous_incident"] is None
+        assert opened.previous_incident is None
+        assert shown["previous_incident"] == first_run
+        assert "This key had an incident before" in draft
 
 
 class TestIncidentRights:

@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
@@ -53,6 +54,9 @@ from fireline.operator.postmortem import postmortem_markdown, timeline_json, tim
 from fireline.operator.report import Report, build_report
 
 _FILTER = r"^[A-Za-z0-9._:-]{1,128}$"
+LINK_LOOKBACK = 20
+"""Ended runs of an incident id looked at for the previous incident (the latest counts)."""
+log = structlog.get_logger("fireline.operator.incidents")
 MAX_REPORT = 1000
 """Incidents a report reads (each is one query): a wider window is refused, not half-read."""
 
@@ -152,6 +156,35 @@ async def _state(c: Client, incident_id: str) -> IncidentState:
     return state
 
 
+async def _linked(c: Client, incident_id: str, state: IncidentState) -> IncidentState:
+    """``state`` linked to its key's previous incident, looked up when it opened unlinked.
+
+    Ingress links a new incident to the one before it from its memory of the runs it
+    started; an API restarted since, or another replica, did not see that one, so the link
+    is looked up here: the latest run of the same workflow id that ended before this one
+    opened (an earlier run of this incident continued as new, so it is not counted).
+    """
+    if state.previous_incident or state.opened_at is None:
+        return state
+    opened = state.opened_at.astimezone(UTC).isoformat()
+    query = (
+        f"WorkflowId = '{incident_id}' AND ExecutionStatus != 'Running' "
+        f"AND ExecutionStatus != 'ContinuedAsNew' AND CloseTime < '{opened}'"
+    )
+    latest: tuple[datetime, str] | None = None
+    try:
+        async for earlier in c.list_workflows(query, limit=LINK_LOOKBACK):
+            closed = earlier.close_time or datetime.min.replace(tzinfo=UTC)
+            if latest is None or closed > latest[0]:
+                latest = (closed, earlier.run_id)
+    except RPCError as exc:
+        log.warning("previous incident not looked up", incident_id=incident_id, error=exc.message)
+        return state  # a hint for the reader: the incident's own record stands without it
+    if latest is None:
+        return state
+    return state.model_copy(update={"previous_incident": latest[1]})
+
+
 async def _run(c: Client, state: IncidentState) -> RunState | None:
     if not state.run.workflow_id:
         return None
@@ -210,7 +243,7 @@ async def list_incidents(
 
 @router.get("/incidents/{incident_id}", response_model=IncidentState)
 async def show_incident(incident_id: IncidentId, c: Temporal) -> IncidentState:
-    return await _state(c, incident_id)
+    return await _linked(c, incident_id, await _state(c, incident_id))
 
 
 def _signer(request: Request) -> Signer:
@@ -329,7 +362,7 @@ async def timeline(
 
 @router.get("/incidents/{incident_id}/postmortem", response_class=PlainTextResponse)
 async def postmortem(incident_id: IncidentId, c: Temporal) -> PlainTextResponse:
-    state = await _state(c, incident_id)
+    state = await _linked(c, incident_id, await _state(c, incident_id))
     run = await _run(c, state)
     return PlainTextResponse(postmortem_markdown(state, run), media_type="text/markdown")
 
