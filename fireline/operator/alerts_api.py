@@ -37,6 +37,7 @@ from fireline.ingress.delivery import Ingress, IngressStats, Starter, TemporalSt
 from fireline.ingress.group_commit import CommitTimeout, Overloaded
 from fireline.ingress.routing import RoutingTable
 from fireline.ingress.unrouted import UnroutedSummary
+from fireline.operator.auth import bound_to_loopback
 from fireline.operator.limits import JsonDepth
 from fireline.runtime.settings import Settings
 
@@ -157,8 +158,6 @@ class AlertsDoor:
 
     def _development(self, source: str, request: Request) -> bool:
         """No credentials configured for ``source``, dev mode, both ends on loopback: open."""
-        from fireline.operator.auth import bound_to_loopback
-
         return (
             source not in self.auth.schemes
             and self.settings.dev_mode
