@@ -291,6 +291,31 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def until_quiet(
+    pid: int | None, below: float = 0.1, window: float = 1.0, limit: float = 180.0
+) -> float:
+    """Wait until process ``pid`` uses under ``below`` of a core over ``window`` seconds.
+
+    What one measurement leaves behind (the runs, pages and guard asks of the incidents it
+    opened) must not slow the next one down: each figure is taken on a server at rest.
+    Returns the seconds waited (``limit`` at most)."""
+    began = time.monotonic()
+    if pid is None:
+        return 0.0
+    while time.monotonic() - began < limit:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(window)
+        if cpu_seconds(pid) - before < below * window:
+            break
+    return time.monotonic() - began
+
+
 def server_pid() -> int | None:
     """The dev server this process started: our child named ``temporal``."""
     me = os.getpid()

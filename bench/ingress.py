@@ -18,6 +18,10 @@ After each API run the incidents are queried: the bench checks that exactly the 
 number of incidents exist and that their alert counts add up to the notifications sent
 (redeliveries wrk sends after its share change nothing and are not counted). The Fireline
 worker (workflow + core queues) runs in this process, the raw twin's too.
+
+Each measurement starts on a server at rest: the incidents one opens may go on working (their
+runs, pages, guard asks) after their notifications are answered, and that work must not land
+on the next figure.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from bench.incidents import server_pid, until_quiet
 from fireline.incident import QUERY_STATUS, IncidentState, incident_workflow_id
 from fireline.ingress.alert import Alert, AlertSource, AlertStatus
 
@@ -515,6 +520,12 @@ async def api_storm(
     )
 
 
+async def phase(name: str, server: int | None) -> None:
+    """Announce the next measurement once the server has finished the work the last left."""
+    waited = await until_quiet(server)
+    print(f"{name} ... (server at rest after {waited:.0f} s)", file=sys.stderr)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from bench.server import dev_server
     from fireline.runtime.settings import Settings
@@ -570,7 +581,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     ),
                     api_process(api_env, root) as api,
                 ):
-                    print("same-key storm through the API ...", file=sys.stderr)
+                    server = server_pid()
+                    await phase("same-key storm through the API", server)
                     figures.append(
                         await api_storm(
                             client,
@@ -583,17 +595,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                             "same",
                         )
                     )
-                    print("raw twin ...", file=sys.stderr)
+                    await phase("raw twin", server)
                     figures.append(
                         await raw_storm(client, raw_queue, args.storm, args.keys, args.connections)
                     )
-                    print("IncidentWorkflow twin ...", file=sys.stderr)
+                    await phase("IncidentWorkflow twin", server)
                     figures.append(
                         await incident_storm(
                             client, playbooks, prefix, args.storm, args.keys, args.connections
                         )
                     )
-                    print("distinct keys through the API ...", file=sys.stderr)
+                    await phase("distinct keys through the API", server)
                     figures.append(
                         await api_storm(
                             client,
@@ -606,13 +618,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                             "distinct",
                         )
                     )
-                    print("raw twin ...", file=sys.stderr)
+                    await phase("raw twin", server)
                     distinct_raw = await raw_storm(
                         client, raw_queue, args.distinct, args.distinct, args.connections
                     )
                     distinct_raw.name = "raw signal-with-start, distinct keys"
                     figures.append(distinct_raw)
-                    print("IncidentWorkflow twin ...", file=sys.stderr)
+                    await phase("IncidentWorkflow twin", server)
                     distinct_incident = await incident_storm(
                         client, playbooks, prefix, args.distinct, args.distinct, args.connections
                     )
