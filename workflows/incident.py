@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -530,8 +530,7 @@ class IncidentWorkflow:
         self._next_poll = workflow.now() + timedelta(seconds=self._poll_every)
         if not view.get("found"):
             return  # not started yet
-        mutated = any(s["id"] in self._mutating and s["status"] in CHANGED for s in steps)
-        if mutated and not run.mutated:
+        if self._changed_by((s["id"], s["status"]) for s in steps) and not run.mutated:
             run.mutated = True
             self._event("remediating", "a mutating step has started")
         run.blast = sum(1 for s in steps if s["id"] in self._mutating and s["status"] in CHANGED)
@@ -875,9 +874,11 @@ class IncidentWorkflow:
 
     def _claims_change(self, view: RunStatusView) -> bool:
         """Whether ``view`` says a mutating step has changed something, not yet known here."""
-        if self._s.run.mutated:
-            return False
-        return any(s.id in self._mutating and s.status in CHANGED for s in view.steps)
+        return not self._s.run.mutated and self._changed_by((s.id, s.status) for s in view.steps)
+
+    def _changed_by(self, steps: Iterable[tuple[str, str]]) -> bool:
+        """Whether any of these (step id, status) is a mutating step that changed something."""
+        return any(step in self._mutating and status in CHANGED for step, status in steps)
 
     @workflow.signal(name=SIGNAL_ALERTS)
     def alerts(self, batch: AlertBatch) -> None:
