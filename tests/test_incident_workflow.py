@@ -384,19 +384,13 @@ steps:
     with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
 """
 
-TWO_GATES = """
-name: fix-payments
-inputs: {base: {type: string, required: true}}
-steps:
+DRAIN = """
   - id: drain
     uses: core.http_request
     with: {url: "${{ inputs.base }}/drain", compensation: {url: "${{ inputs.base }}/undrain"}}
-    approval: {role: sre-oncall, timeout: 2h}
-  - id: restart
-    uses: core.http_request
-    with: {url: "${{ inputs.base }}/restart", compensation: {url: "${{ inputs.base }}/unrestart"}}
-    approval: {role: sre-senior, timeout: 2h}
-"""
+    approval: {role: sre-oncall, timeout: 2h}"""
+TWO_GATES = GATED.replace("steps:", "steps:" + DRAIN, 1)
+"""GATED with a gated ``drain`` step before its ``restart``."""
 
 VERIFIED = """
 name: fix-payments

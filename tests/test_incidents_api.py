@@ -52,6 +52,7 @@ from fireline.operator.cli import app as cli_app
 from fireline.runtime.settings import Settings
 from tests.support.target import Reply, Target
 from tests.support.workers import compile_playbooks, fireline_workers
+from tests.test_incident_workflow import state_of
 
 CATALOG = """
 roles:
@@ -152,13 +153,6 @@ async def open_incident(
             break
         await asyncio.sleep(0.05)
     return handle.id
-
-
-async def state_of(client: Client, incident: str) -> IncidentState:
-    state: IncidentState = await client.get_workflow_handle(incident).query(
-        QUERY_STATUS, result_type=IncidentState
-    )
-    return state
 
 
 def invoke(*args: str, env: dict[str, str]) -> Any:
@@ -296,9 +290,12 @@ class TestPreviousIncident:
                 try:
                     alone = (await alice.get(f"/v1/incidents/{incident}")).json()
                     await open_incident(client, settings, key=key)
-                    opened = await state_of(client, incident)
+                    opened = await state_of(client.get_workflow_handle(incident))
                     shown = (await alice.get(f"/v1/incidents/{incident}")).json()
                     draft = (await alice.get(f"/v1/incidents/{incident}/postmortem")).text
+                    # The id goes into the lookup's visibility query: one that would widen it
+                    # is refused before any lookup.
+                    widened = await alice.get("/v1/incidents/x' OR WorkflowId != 'y")
                 finally:
                     await alice.aclose()
             await client.get_workflow_handle(incident).terminate("test over")
@@ -307,6 +304,7 @@ class TestPreviousIncident:
         assert opened.previous_incident is None
         assert shown["previous_incident"] == first_run
         assert "This key had an incident before" in draft
+        assert widened.status_code == 422
 
 
 class TestIncidentRights:
